@@ -1,0 +1,3 @@
+from presence.cli import main
+
+main()

@@ -1,0 +1,44 @@
+"""Opens the store the settings ask for: a real Redis, or the embedded one."""
+
+from __future__ import annotations
+
+from fakeredis import FakeAsyncRedis, FakeServer
+from redis.asyncio import Redis
+
+from presence.keys import Keyspace
+from presence.settings import Settings
+from presence.store.redis import Clock, RedisStore
+
+SOCKET_TIMEOUT_SECONDS = 5.0
+CONNECT_TIMEOUT_SECONDS = 2.0
+
+
+def redis_client(url: str) -> Redis:
+    """A client for ``PRESENCE_REDIS_URL`` that gives up quickly when Redis is away, so a
+    webhook is answered 503 (and retried by Twilio) instead of hanging."""
+    client: Redis = Redis.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        health_check_interval=30,
+    )
+    return client
+
+
+def embedded_client() -> Redis:
+    """A fresh in-process Redis emulation (fakeredis, with Lua): state lives as long as the
+    process does."""
+    client: Redis = FakeAsyncRedis(server=FakeServer(), decode_responses=True)
+    return client
+
+
+def open_store(settings: Settings, *, clock: Clock | None = None) -> RedisStore:
+    redis = embedded_client() if settings.redis_url is None else redis_client(settings.redis_url)
+    return RedisStore(
+        redis,
+        Keyspace(settings.key_prefix),
+        offline_grace_ms=settings.offline_grace_ms,
+        endpoint_ttl_ms=settings.endpoint_ttl_ms,
+        clock=clock,
+    )

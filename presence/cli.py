@@ -1,0 +1,79 @@
+"""The ``presence`` command: ``serve`` and ``watch``. It only parses, then calls."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from presence.keys import Keyspace
+from presence.serve import StartupError, serve
+from presence.settings import Settings, SettingsError, check_serve, env_name, load_settings
+from presence.watch import watch
+
+_WATCH_SETTINGS = ("redis_url", "key_prefix", "log_level")
+
+
+def _add_setting_flags(parser: argparse.ArgumentParser, fields: Sequence[str]) -> None:
+    for field in fields:
+        info = Settings.model_fields[field]
+        flag = "--" + field.replace("_", "-")
+        help_text = f"overrides {env_name(field)} (default: {info.default!r})"
+        if info.annotation is bool:
+            parser.add_argument(
+                flag, dest=field, nargs="?", const="true", default=argparse.SUPPRESS, help=help_text
+            )
+        else:
+            parser.add_argument(flag, dest=field, default=argparse.SUPPRESS, help=help_text)
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="presence", description="Who is online on Twilio Sync, right now, and reliably."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    serve_parser = commands.add_parser("serve", help="run the service")
+    _add_setting_flags(serve_parser, list(Settings.model_fields))
+    watch_parser = commands.add_parser("watch", help="print presence changes as JSON lines")
+    _add_setting_flags(watch_parser, _WATCH_SETTINGS)
+    watch_parser.add_argument("--service", help="only changes of this ServiceSid")
+    watch_parser.add_argument("--identity", help="only changes of this identity")
+    return parser
+
+
+def _fail(message: str, status: int = 2) -> None:
+    print(f"presence: {message}", file=sys.stderr)
+    raise SystemExit(status)
+
+
+def main(argv: Sequence[str] | None = None) -> None:
+    args = vars(_parser().parse_args(argv))
+    command = args.pop("command")
+    filters: dict[str, Any] = {name: args.pop(name, None) for name in ("service", "identity")}
+    try:
+        settings = load_settings(**args)
+        if command == "serve":
+            check_serve(settings)
+    except SettingsError as error:
+        _fail(str(error))
+    logging.basicConfig(
+        level=settings.log_level.upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        if command == "serve":
+            try:
+                asyncio.run(serve(settings))
+            except StartupError as error:
+                _fail(str(error), status=1)
+        else:
+            if settings.redis_url is None:
+                _fail(f"watch needs a Redis to watch: set {env_name('redis_url')}")
+            assert settings.redis_url is not None
+            asyncio.run(
+                watch(settings.redis_url, Keyspace(settings.key_prefix), sys.stdout, **filters)
+            )

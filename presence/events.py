@@ -1,0 +1,311 @@
+"""The Sync webhook events: one typed model per event type, validated against Twilio's tables.
+
+``parse_event`` turns the parameters of a webhook (form or JSON) into one member of the
+``SyncEvent`` union, discriminated on ``EventType``, or raises ``InvalidPayload`` naming every
+bad field. Parameters the reference does not list are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError
+from pydantic_core import PydanticCustomError
+
+MAX_SAFE_INTEGER = 2**53 - 1
+"""Largest EventId or revision accepted: Redis' Lua numbers are doubles, exact up to 2**53."""
+
+MAX_NAME_LENGTH = 1024
+"""Longest Identity, EndpointId or ItemKey accepted, in characters."""
+
+SYSTEM_IDENTITY = "system"
+"""The Identity of REST-initiated events: never tracked as presence."""
+
+
+def _sid(prefix: str) -> PlainValidator:
+    pattern = re.compile(rf"{prefix}[0-9a-fA-F]{{32}}")
+
+    def check(value: object) -> str:
+        if isinstance(value, str) and pattern.fullmatch(value):
+            return value
+        raise PydanticCustomError("sid", f"must be {prefix} followed by 32 hex digits")
+
+    return PlainValidator(check)
+
+
+def _count(value: object) -> int:
+    if isinstance(value, str) and value.isascii() and value.isdigit():
+        number = int(value)
+    elif isinstance(value, int) and not isinstance(value, bool):
+        number = value
+    else:
+        raise PydanticCustomError("integer", "must be an integer >= 0")
+    if not 0 <= number <= MAX_SAFE_INTEGER:
+        raise PydanticCustomError("integer", "must be an integer from 0 to 2^53-1")
+    return number
+
+
+def _boolean(value: object) -> bool:
+    if isinstance(value, bool):
+        return value
+    if isinstance(value, str):
+        lowered = value.lower()
+        if lowered in ("true", "false"):
+            return lowered == "true"
+    raise PydanticCustomError("boolean", "must be true or false")
+
+
+def _reject_constant(name: str) -> Any:
+    raise ValueError(name)
+
+
+def _json_value(value: object) -> Any:
+    # In a JSON body the data may already be a JSON value; in a form it is JSON text.
+    if not isinstance(value, str):
+        return value
+    try:
+        return json.loads(value, parse_constant=_reject_constant)
+    except ValueError:
+        raise PydanticCustomError("json", "must be valid JSON") from None
+
+
+def _name(value: object) -> str:
+    if not isinstance(value, str):
+        raise PydanticCustomError("string", "must be a string")
+    if not value:
+        raise PydanticCustomError("string", "must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise PydanticCustomError("string", f"must be at most {MAX_NAME_LENGTH} characters")
+    return value
+
+
+def _text(value: object) -> str:
+    if not isinstance(value, str):
+        raise PydanticCustomError("string", "must be a string")
+    return value
+
+
+AccountSid = Annotated[str, _sid("AC")]
+ServiceSid = Annotated[str, _sid("IS")]
+DocumentSid = Annotated[str, _sid("ET")]
+ListSid = Annotated[str, _sid("ES")]
+MapSid = Annotated[str, _sid("MP")]
+Count = Annotated[int, PlainValidator(_count)]
+TwilioBool = Annotated[bool, PlainValidator(_boolean)]
+JsonData = Annotated[Any, PlainValidator(_json_value)]
+Name = Annotated[str, PlainValidator(_name)]
+Text = Annotated[str, PlainValidator(_text)]
+
+
+class _Event(BaseModel):
+    """The parameters every Sync webhook carries."""
+
+    model_config = ConfigDict(frozen=True, extra="ignore")
+
+    account_sid: AccountSid = Field(alias="AccountSid")
+    service_sid: ServiceSid = Field(alias="ServiceSid")
+    identity: Name = Field(alias="Identity")
+    endpoint_id: Name | None = Field(default=None, alias="EndpointId")
+
+
+class ReachabilityEvent(_Event):
+    """``endpoint_connected`` / ``endpoint_disconnected``."""
+
+    event_type: Literal["endpoint_connected", "endpoint_disconnected"] = Field(alias="EventType")
+    endpoint_id: Name = Field(alias="EndpointId")
+    event_id: Count = Field(alias="EventId")
+    is_identity_online: TwilioBool = Field(alias="IsIdentityOnline")
+
+    @property
+    def connected(self) -> bool:
+        return self.event_type == "endpoint_connected"
+
+
+class _DocumentEvent(_Event):
+    document_sid: DocumentSid = Field(alias="DocumentSid")
+    document_revision: Count = Field(alias="DocumentRevision")
+    document_unique_name: Text | None = Field(default=None, alias="DocumentUniqueName")
+
+    @property
+    def subject_sid(self) -> str:
+        return self.document_sid
+
+
+class DocumentEvent(_DocumentEvent):
+    event_type: Literal["document_created", "document_updated"] = Field(alias="EventType")
+    document_data: JsonData = Field(alias="DocumentData")
+
+
+class DocumentRemoved(_DocumentEvent):
+    event_type: Literal["document_removed"] = Field(alias="EventType")
+
+
+class _ListEvent(_Event):
+    list_sid: ListSid = Field(alias="ListSid")
+    list_revision: Count = Field(alias="ListRevision")
+    list_unique_name: Text | None = Field(default=None, alias="ListUniqueName")
+
+    @property
+    def subject_sid(self) -> str:
+        return self.list_sid
+
+
+class ListEvent(_ListEvent):
+    event_type: Literal["list_created", "list_removed"] = Field(alias="EventType")
+
+
+class ListItemEvent(_ListEvent):
+    event_type: Literal["list_item_added", "list_item_updated"] = Field(alias="EventType")
+    event_id: Count = Field(alias="EventId")
+    item_index: Count = Field(alias="ItemIndex")
+    item_revision: Count = Field(alias="ItemRevision")
+    item_data: JsonData = Field(alias="ItemData")
+
+
+class ListItemRemoved(_ListEvent):
+    event_type: Literal["list_item_removed"] = Field(alias="EventType")
+    event_id: Count = Field(alias="EventId")
+    item_index: Count = Field(alias="ItemIndex")
+
+
+class _MapEvent(_Event):
+    map_sid: MapSid = Field(alias="MapSid")
+    map_revision: Count = Field(alias="MapRevision")
+    map_unique_name: Text | None = Field(default=None, alias="MapUniqueName")
+
+    @property
+    def subject_sid(self) -> str:
+        return self.map_sid
+
+
+class MapEvent(_MapEvent):
+    event_type: Literal["map_created", "map_removed"] = Field(alias="EventType")
+
+
+class MapItemEvent(_MapEvent):
+    event_type: Literal["map_item_added", "map_item_updated"] = Field(alias="EventType")
+    event_id: Count = Field(alias="EventId")
+    item_key: Name = Field(alias="ItemKey")
+    item_revision: Count = Field(alias="ItemRevision")
+    item_data: JsonData = Field(alias="ItemData")
+
+
+class MapItemRemoved(_MapEvent):
+    event_type: Literal["map_item_removed"] = Field(alias="EventType")
+    event_id: Count = Field(alias="EventId")
+    item_key: Name = Field(alias="ItemKey")
+
+
+CollectionEvent = (
+    DocumentEvent
+    | DocumentRemoved
+    | ListEvent
+    | ListItemEvent
+    | ListItemRemoved
+    | MapEvent
+    | MapItemEvent
+    | MapItemRemoved
+)
+"""Every event that is not about reachability: recorded and republished, never presence."""
+
+ItemEvent = ListItemEvent | ListItemRemoved | MapItemEvent | MapItemRemoved
+"""Events that carry an EventId of their list or map."""
+
+SyncEvent = Annotated[ReachabilityEvent | CollectionEvent, Field(discriminator="event_type")]
+
+_SYNC_EVENT: TypeAdapter[ReachabilityEvent | CollectionEvent] = TypeAdapter(SyncEvent)
+
+_MODELS: tuple[type[_Event], ...] = (
+    ReachabilityEvent,
+    DocumentEvent,
+    DocumentRemoved,
+    ListEvent,
+    ListItemEvent,
+    ListItemRemoved,
+    MapEvent,
+    MapItemEvent,
+    MapItemRemoved,
+)
+
+
+def _event_types(model: type[_Event]) -> tuple[str, ...]:
+    annotation = model.model_fields["event_type"].annotation
+    return tuple(getattr(annotation, "__args__", ()))
+
+
+_PARAMETERS: dict[str, frozenset[str]] = {
+    event_type: frozenset(
+        field.alias for field in model.model_fields.values() if field.alias is not None
+    )
+    for model in _MODELS
+    for event_type in _event_types(model)
+}
+
+EVENT_TYPES: frozenset[str] = frozenset(_PARAMETERS)
+"""Every EventType of the reference."""
+
+
+@dataclass(frozen=True)
+class FieldError:
+    field: str
+    message: str
+
+
+class InvalidPayload(Exception):
+    """A webhook whose parameters do not match the reference; ``errors`` names each bad field."""
+
+    def __init__(self, errors: list[FieldError]) -> None:
+        super().__init__("; ".join(f"{e.field}: {e.message}" for e in errors))
+        self.errors = errors
+
+
+_MESSAGES = {"missing": "is required"}
+
+
+def _field_errors(error: ValidationError) -> list[FieldError]:
+    found = []
+    for detail in error.errors():
+        # The discriminated union puts the EventType first in the location: drop it.
+        location = [str(part) for part in detail["loc"][1:]]
+        message = _MESSAGES.get(detail["type"], detail["msg"])
+        found.append(FieldError(".".join(location) or "body", message))
+    return found
+
+
+def parse_event(pairs: Iterable[tuple[str, object]]) -> ReachabilityEvent | CollectionEvent | None:
+    """Validate one webhook's parameters; ``None`` for an EventType the reference does not list.
+
+    Raises ``InvalidPayload`` naming every missing or malformed parameter, including a listed
+    parameter given more than once.
+    """
+    params: dict[str, object] = {}
+    repeated: list[str] = []
+    for name, value in pairs:
+        if name in params and name not in repeated:
+            repeated.append(name)
+        params[name] = value
+    event_type = params.get("EventType")
+    if not isinstance(event_type, str) or not event_type:
+        raise InvalidPayload([FieldError("EventType", "is required")])
+    listed = _PARAMETERS.get(event_type)
+    if listed is None:
+        return None
+    errors = [FieldError(name, "given more than once") for name in repeated if name in listed]
+    try:
+        event = _SYNC_EVENT.validate_python(params)
+    except ValidationError as error:
+        errors.extend(_field_errors(error))
+        raise InvalidPayload(errors) from None
+    if errors:
+        raise InvalidPayload(errors)
+    return event
+
+
+def normalised(event: CollectionEvent) -> dict[str, Any]:
+    """The event as published on ``{prefix}:sync-events``: snake_case, ``*_data`` as JSON."""
+    fields = event.model_dump(mode="json")
+    return {"event_type": fields.pop("event_type"), **fields}

@@ -1,0 +1,71 @@
+"""``presence serve``: runs the service until SIGTERM or SIGINT."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import signal
+from urllib.parse import urlsplit, urlunsplit
+
+from aiohttp import web
+
+from presence.backend import open_store
+from presence.settings import Settings
+from presence.sweeper import Sweeper
+from presence.web.app import create_app
+
+log = logging.getLogger("presence")
+
+
+class StartupError(Exception):
+    """The service could not start (the port is taken, say); the message says why."""
+
+
+def _without_password(url: str) -> str:
+    parts = urlsplit(url)
+    if parts.password is None:
+        return url
+    return urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.password, "***", 1)))
+
+
+def _announce(settings: Settings) -> None:
+    if settings.embedded:
+        log.warning(
+            "using the embedded store (an in-process Redis emulation): presence is lost when "
+            "the process exits and is not shared with other replicas; set PRESENCE_REDIS_URL "
+            "for production"
+        )
+    else:
+        log.info("using Redis at %s", _without_password(settings.redis_url or ""))
+    if settings.unsigned_webhooks:
+        log.warning(
+            "!!! WEBHOOK SIGNATURES ARE NOT CHECKED: anyone who can reach this port can set "
+            "presence. Set PRESENCE_TWILIO_AUTH_TOKEN before exposing it. !!!"
+        )
+
+
+async def serve(settings: Settings) -> None:
+    """Serves HTTP on ``settings.host``:``settings.port`` until asked to stop."""
+    _announce(settings)
+    store = open_store(settings)
+    app = create_app(settings, store, sweeper=Sweeper(store))
+    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    await runner.setup()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop.set)
+    try:
+        site = web.TCPSite(runner, settings.host, settings.port)
+        try:
+            await site.start()
+        except OSError as error:
+            raise StartupError(
+                f"cannot listen on {settings.host}:{settings.port}: {error.strerror or error}"
+            ) from None
+        for address in runner.addresses:
+            log.info("listening on http://%s:%d", address[0], address[1])
+        await stop.wait()
+        log.info("stopping")
+    finally:
+        await runner.cleanup()

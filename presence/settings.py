@@ -1,0 +1,126 @@
+"""Settings, from ``PRESENCE_*`` environment variables or the flags of the same names."""
+
+from __future__ import annotations
+
+import re
+from typing import Annotated, Any, Literal
+from urllib.parse import urlsplit
+
+from pydantic import Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from presence.keys import Keyspace
+
+ENV_PREFIX = "PRESENCE_"
+
+
+class SettingsError(Exception):
+    """An invalid setting; the message names it as its environment variable."""
+
+
+class Settings(BaseSettings):
+    """Every setting of the service. See the README for what each one does."""
+
+    model_config = SettingsConfigDict(
+        env_prefix=ENV_PREFIX, env_ignore_empty=True, extra="forbid", frozen=True
+    )
+
+    host: str = "127.0.0.1"
+    port: int = Field(default=8080, ge=0, le=65535)
+    redis_url: str | None = None
+    key_prefix: str = "presence"
+    twilio_auth_token: Annotated[tuple[str, ...], NoDecode] = ()
+    webhook_url: str | None = None
+    allow_unsigned_webhooks: bool = False
+    account_sid: str | None = None
+    offline_grace_seconds: float = Field(default=10.0, ge=0, le=86400)
+    endpoint_ttl_seconds: float = Field(default=7200.0, ge=0)
+    api_token: str | None = None
+    log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_url(cls, value: str | None) -> str | None:
+        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+            raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        return value
+
+    @field_validator("key_prefix")
+    @classmethod
+    def _key_prefix(cls, value: str) -> str:
+        Keyspace(value)
+        return value
+
+    @field_validator("twilio_auth_token", mode="before")
+    @classmethod
+    def _tokens(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return tuple(token.strip() for token in value.split(",") if token.strip())
+        return value
+
+    @field_validator("webhook_url")
+    @classmethod
+    def _webhook_url(cls, value: str | None) -> str | None:
+        if value is not None:
+            parts = urlsplit(value)
+            if parts.scheme not in ("http", "https") or not parts.netloc:
+                raise ValueError("must be an absolute http:// or https:// URL")
+        return value
+
+    @field_validator("account_sid")
+    @classmethod
+    def _account_sid(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"AC[0-9a-fA-F]{32}", value):
+            raise ValueError("must be AC followed by 32 hex digits")
+        return value
+
+    @field_validator("log_level", mode="before")
+    @classmethod
+    def _log_level(cls, value: Any) -> Any:
+        return value.lower() if isinstance(value, str) else value
+
+    @property
+    def embedded(self) -> bool:
+        """True when no Redis URL is set: the service runs on its in-process store."""
+        return self.redis_url is None
+
+    @property
+    def unsigned_webhooks(self) -> bool:
+        """True when webhook signatures are not checked."""
+        return self.allow_unsigned_webhooks or not self.twilio_auth_token
+
+    @property
+    def offline_grace_ms(self) -> int:
+        return round(self.offline_grace_seconds * 1000)
+
+    @property
+    def endpoint_ttl_ms(self) -> int:
+        return round(self.endpoint_ttl_seconds * 1000)
+
+
+def env_name(field: str) -> str:
+    return ENV_PREFIX + field.upper()
+
+
+def load_settings(**overrides: Any) -> Settings:
+    """Settings from the environment, ``overrides`` (command-line flags) taking precedence.
+
+    Raises ``SettingsError`` with a one-line message naming the first bad setting.
+    """
+    try:
+        return Settings(**overrides)
+    except ValidationError as error:
+        first = error.errors()[0]
+        name = env_name(str(first["loc"][0])) if first["loc"] else "settings"
+        message = str(first["msg"]).removeprefix("Value error, ")
+        raise SettingsError(f"invalid setting {name}: {message}") from None
+
+
+def check_serve(settings: Settings) -> None:
+    """Refuses what ``presence serve`` must not run with."""
+    if not (settings.embedded or settings.twilio_auth_token or settings.allow_unsigned_webhooks):
+        raise SettingsError(
+            f"refusing to accept unsigned webhooks on a real Redis: set "
+            f"{env_name('twilio_auth_token')} or {env_name('allow_unsigned_webhooks')}=true"
+        )

@@ -1,0 +1,1 @@
+"""The presence store: its interface (``base``), its Redis implementation and Lua scripts."""

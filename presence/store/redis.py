@@ -1,0 +1,262 @@
+"""The presence store on Redis (or the embedded emulation of it): every write is one Lua script."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+from collections.abc import AsyncIterator, Callable, Sequence
+from contextlib import asynccontextmanager
+
+from redis import exceptions as redis_errors
+from redis.asyncio import Redis
+from redis.asyncio.client import Pipeline
+
+from presence.events import CollectionEvent, ItemEvent, ReachabilityEvent, normalised
+from presence.keys import BUCKETS, Keyspace, due_member, split_due_member
+from presence.store.base import (
+    Change,
+    EventResult,
+    IdentityPresence,
+    InvalidCursor,
+    OnlinePage,
+    Outcome,
+    Stats,
+    StoreUnavailable,
+)
+from presence.store.scripts import Scripts
+
+Clock = Callable[[], int]
+"""Milliseconds since the epoch. Without one, the Redis server's clock is used, so replicas
+whose clocks disagree still agree on every deadline."""
+
+TOKEN_MEMORY_SECONDS = 3600
+"""How long an I-Twilio-Idempotency-Token is remembered: far beyond Twilio's retries."""
+
+SEEN_EVENT_IDS = 1024
+"""EventIds remembered per list or map to spot repeated item events."""
+
+SEEN_MEMORY_SECONDS = 7 * 86400
+"""A list or map without item events for this long forgets its EventIds."""
+
+LISTING_BUCKETS_PER_TRIP = 16
+
+_UNAVAILABLE = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+    redis_errors.ReadOnlyError,
+    redis_errors.OutOfMemoryError,
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    redis_errors.MasterDownError,
+    OSError,
+)
+
+
+@asynccontextmanager
+async def _unavailable_as_domain_error() -> AsyncIterator[None]:
+    try:
+        yield
+    except _UNAVAILABLE as error:
+        raise StoreUnavailable(str(error) or type(error).__name__) from error
+
+
+def _changes(messages: Sequence[str]) -> tuple[Change, ...]:
+    return tuple(Change.from_message(message) for message in messages)
+
+
+def _presence(service_sid: str, identity: str, fields: dict[str, str]) -> IdentityPresence:
+    online = fields.get("on") == "1"
+    top, changed_at = fields.get("top"), fields.get("ca")
+    return IdentityPresence(
+        service_sid=service_sid,
+        identity=identity,
+        online=online,
+        pending_offline=online and "dl" in fields,
+        endpoints=tuple(sorted(name[2:] for name in fields if name.startswith("e:"))),
+        last_event_id=None if top is None else int(top),
+        changed_at_ms=None if changed_at is None else int(changed_at),
+        version=int(fields.get("v", 0)),
+    )
+
+
+def encode_cursor(bucket: int, after: str) -> str:
+    raw = json.dumps([bucket, after]).encode("utf-8")
+    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
+
+
+def decode_cursor(cursor: str) -> tuple[int, str]:
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        bucket, after = json.loads(raw)
+    except (binascii.Error, ValueError, TypeError):
+        raise InvalidCursor("cursor is not one this service handed out") from None
+    if type(bucket) is not int or not 0 <= bucket < BUCKETS or not isinstance(after, str):
+        raise InvalidCursor("cursor is not one this service handed out")
+    return bucket, after
+
+
+class RedisStore:
+    """``PresenceStore`` on a redis-py asyncio client (a real Redis or the embedded one)."""
+
+    def __init__(
+        self,
+        redis: Redis,
+        keyspace: Keyspace,
+        *,
+        offline_grace_ms: int,
+        endpoint_ttl_ms: int,
+        clock: Clock | None = None,
+    ) -> None:
+        self.redis = redis
+        self.keys = keyspace
+        self._grace = str(offline_grace_ms)
+        self._ttl = str(endpoint_ttl_ms)
+        self._clock = clock
+        self._scripts = Scripts(redis)
+
+    def _identity_call(self, service_sid: str, identity: str) -> tuple[list[str], list[str]]:
+        """KEYS and the first ARGV shared by reachability.lua and tick.lua (see prelude.lua)."""
+        keys = self.keys
+        bucket = keys.bucket_of(service_sid + identity)
+        head = '{"service_sid":' + json.dumps(service_sid) + ',"identity":' + json.dumps(identity)
+        return (
+            [
+                keys.identity(bucket, service_sid, identity),
+                keys.online(bucket, service_sid),
+                keys.counters(bucket, service_sid),
+                keys.due(bucket),
+            ],
+            [
+                identity,
+                due_member(service_sid, identity),
+                self._grace,
+                self._ttl,
+                "" if self._clock is None else str(self._clock()),
+                keys.changes_channel,
+                keys.identity_channel(service_sid, identity),
+                head,
+            ],
+        )
+
+    @asynccontextmanager
+    async def _pipeline(self) -> AsyncIterator[Pipeline]:
+        async with _unavailable_as_domain_error(), self.redis.pipeline(transaction=False) as pipe:
+            yield pipe
+
+    async def apply_reachability(self, event: ReachabilityEvent) -> EventResult:
+        keys, args = self._identity_call(event.service_sid, event.identity)
+        args += [
+            event.endpoint_id,
+            str(event.event_id),
+            "1" if event.is_identity_online else "0",
+            "1" if event.connected else "0",
+        ]
+        async with _unavailable_as_domain_error():
+            reply: list[str] = await self._scripts.reachability(keys=keys, args=args)
+        return EventResult(Outcome(reply[0]), _changes(reply[1:]))
+
+    async def record(self, event: CollectionEvent, token: str | None) -> Outcome:
+        bucket = self.keys.bucket_of(event.subject_sid)
+        keys: list[str] = []
+        if token is not None:
+            keys.append(self.keys.token(bucket, token))
+        item_event_id = str(event.event_id) if isinstance(event, ItemEvent) else ""
+        removes = event.event_type in ("list_removed", "map_removed")
+        if item_event_id or removes:
+            keys.append(self.keys.seen(bucket, event.subject_sid))
+        message = json.dumps(normalised(event), separators=(",", ":"))
+        args: list[str | int] = [
+            "1" if token is not None else "0",
+            item_event_id,
+            "1" if removes else "0",
+            self.keys.sync_events_channel,
+            message,
+            TOKEN_MEMORY_SECONDS,
+            SEEN_EVENT_IDS,
+            SEEN_MEMORY_SECONDS,
+        ]
+        async with _unavailable_as_domain_error():
+            reply: str = await self._scripts.record(keys=keys, args=args)
+        return Outcome(reply)
+
+    async def identity(self, service_sid: str, identity: str) -> IdentityPresence:
+        return (await self.lookup(service_sid, [identity]))[0]
+
+    async def lookup(self, service_sid: str, identities: Sequence[str]) -> list[IdentityPresence]:
+        async with self._pipeline() as pipe:
+            for name in identities:
+                bucket = self.keys.bucket_of(service_sid + name)
+                pipe.hgetall(self.keys.identity(bucket, service_sid, name))
+            states: list[dict[str, str]] = await pipe.execute()
+        return [
+            _presence(service_sid, name, state)
+            for name, state in zip(identities, states, strict=True)
+        ]
+
+    async def online(self, service_sid: str, limit: int, cursor: str | None) -> OnlinePage:
+        bucket, after = decode_cursor(cursor) if cursor else (0, "")
+        names: list[str] = []
+        while bucket < BUCKETS:
+            batch = range(bucket, min(bucket + LISTING_BUCKETS_PER_TRIP, BUCKETS))
+            async with self._pipeline() as pipe:
+                for b in batch:
+                    start = "(" + after if b == bucket and after else "-"
+                    pipe.zrange(
+                        self.keys.online(b, service_sid),
+                        start,
+                        "+",
+                        bylex=True,
+                        offset=0,
+                        num=limit - len(names),
+                    )
+                found: list[list[str]] = await pipe.execute()
+            for b, members in zip(batch, found, strict=True):
+                names.extend(members[: limit - len(names)])
+                if len(names) == limit:
+                    # Names in a bucket are ordered, so the next page resumes after the last.
+                    return OnlinePage(names, encode_cursor(b, names[-1]))
+            bucket, after = batch.stop, ""
+        return OnlinePage(names, None)
+
+    async def stats(self, service_sid: str) -> Stats:
+        async with self._pipeline() as pipe:
+            for bucket in range(BUCKETS):
+                pipe.hmget(
+                    self.keys.counters(bucket, service_sid), "online", "pending", "endpoints"
+                )
+            rows: list[list[str | None]] = await pipe.execute()
+        totals = [sum(int(row[i] or 0) for row in rows) for i in range(3)]
+        return Stats(online=totals[0], pending_offline=totals[1], endpoints=totals[2])
+
+    async def _now_ms(self) -> int:
+        if self._clock is not None:
+            return self._clock()
+        seconds, micros = await self.redis.time()
+        return seconds * 1000 + micros // 1000
+
+    async def sweep(self, limit: int) -> tuple[int, list[Change]]:
+        async with _unavailable_as_domain_error():
+            now = await self._now_ms()
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for bucket in range(BUCKETS):
+                    pipe.zrangebyscore(self.keys.due(bucket), "-inf", now, start=0, num=limit)
+                per_bucket: list[list[str]] = await pipe.execute()
+            members = [member for found in per_bucket for member in found][:limit]
+            if not members:
+                return 0, []
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for member in members:
+                    keys, args = self._identity_call(*split_due_member(member))
+                    await self._scripts.tick(keys=keys, args=args, client=pipe)
+                replies: list[list[str]] = await pipe.execute()
+        changes = [change for reply in replies for change in _changes(reply[1:])]
+        return len(members), changes
+
+    async def ping(self) -> None:
+        async with _unavailable_as_domain_error():
+            await self.redis.ping()
+
+    async def close(self) -> None:
+        await self.redis.aclose()

@@ -1,0 +1,74 @@
+"""The sweeper: fires offline deadlines and endpoint expiries that have come due.
+
+Every replica runs one. Deadlines live in Redis and each is claimed inside the script that
+fires it, so any number of sweepers fire each deadline exactly once, and a deadline set by a
+replica that has since died is fired by whichever replica comes by next.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+from presence.store.base import PresenceStore, StoreUnavailable
+
+log = logging.getLogger("presence.sweeper")
+
+SWEEP_INTERVAL_SECONDS = 0.5
+SWEEP_BATCH = 1000
+MAX_BACKOFF_SECONDS = 5.0
+
+
+class Sweeper:
+    """Visits due identities every ``interval`` seconds, or at once while work remains."""
+
+    def __init__(
+        self,
+        store: PresenceStore,
+        *,
+        interval: float = SWEEP_INTERVAL_SECONDS,
+        batch: int = SWEEP_BATCH,
+    ) -> None:
+        self.store = store
+        self.interval = interval
+        self.batch = batch
+        self._stopping = asyncio.Event()
+
+    def stop(self) -> None:
+        """Asks ``run`` to return after the pass under way."""
+        self._stopping.set()
+
+    async def _pause(self, seconds: float) -> None:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(self._stopping.wait(), seconds)
+
+    async def sweep_once(self) -> int:
+        """One pass; returns the number of identities visited."""
+        visited, changes = await self.store.sweep(self.batch)
+        for change in changes:
+            log.info(
+                "presence change: %s %s %s (%s, version %d)",
+                change.service_sid,
+                change.identity,
+                "online" if change.online else "offline",
+                change.reason,
+                change.version,
+            )
+        return visited
+
+    async def run(self) -> None:
+        """Sweeps until ``stop`` (or cancellation); rides out Redis outages with a growing
+        pause."""
+        backoff = self.interval
+        while not self._stopping.is_set():
+            try:
+                visited = await self.sweep_once()
+            except StoreUnavailable as error:
+                log.warning("sweeper: store unavailable (%s); retrying in %.1fs", error, backoff)
+                await self._pause(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+                continue
+            backoff = self.interval
+            if visited < self.batch:
+                await self._pause(self.interval)

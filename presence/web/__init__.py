@@ -1,0 +1,1 @@
+"""The HTTP layer: webhook receiver, query API, errors, authentication."""

@@ -1,0 +1,76 @@
+"""The aiohttp application: routes, middlewares, and the resources it owns."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator
+
+from aiohttp import web
+from aiohttp.typedefs import Middleware
+
+from presence.settings import Settings
+from presence.store.base import PresenceStore, StoreUnavailable
+from presence.sweeper import Sweeper
+from presence.web.auth import require_api_token
+from presence.web.errors import json_errors, store_unavailable
+from presence.web.queries import QueryApi
+from presence.web.webhooks import WebhookReceiver
+
+log = logging.getLogger("presence.web")
+
+SWEEPER_STOP_SECONDS = 5.0
+
+STORE = web.AppKey("store", PresenceStore)
+SWEEPER = web.AppKey("sweeper", Sweeper)
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def readyz(request: web.Request) -> web.Response:
+    try:
+        await request.app[STORE].ping()
+    except StoreUnavailable:
+        return store_unavailable()
+    return web.json_response({"status": "ready"})
+
+
+async def _run_store(app: web.Application) -> AsyncIterator[None]:
+    yield
+    await app[STORE].close()
+
+
+async def _run_sweeper(app: web.Application) -> AsyncIterator[None]:
+    sweeper = app[SWEEPER]
+    task = asyncio.create_task(sweeper.run(), name="presence-sweeper")
+    yield
+    # Asked to stop rather than only cancelled: redis-py can swallow a cancellation that
+    # lands while it connects, which would leave this wait hanging.
+    sweeper.stop()
+    try:
+        await asyncio.wait_for(task, SWEEPER_STOP_SECONDS)
+    except TimeoutError:
+        log.warning("the sweeper did not stop within %ss; cancelled", SWEEPER_STOP_SECONDS)
+
+
+def create_app(
+    settings: Settings, store: PresenceStore, *, sweeper: Sweeper | None = None
+) -> web.Application:
+    """The service, answering from ``store``. A ``sweeper`` is run for the app's lifetime;
+    the store is closed when the app shuts down."""
+    middlewares: list[Middleware] = [json_errors]
+    if settings.api_token:
+        middlewares.append(require_api_token(settings.api_token))
+    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
+    app[STORE] = store
+    app.cleanup_ctx.append(_run_store)
+    if sweeper is not None:
+        app[SWEEPER] = sweeper
+        app.cleanup_ctx.append(_run_sweeper)
+    app.router.add_post("/webhooks/sync", WebhookReceiver(settings, store).handle)
+    app.router.add_routes(QueryApi(store).routes())
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/readyz", readyz)
+    return app

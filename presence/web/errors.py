@@ -1,0 +1,68 @@
+"""JSON error replies, and the middleware that makes every error one."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from aiohttp import web
+from aiohttp.typedefs import Handler
+
+from presence.store.base import StoreUnavailable
+
+log = logging.getLogger("presence.web")
+
+_CODES = {
+    400: "bad_request",
+    401: "unauthorized",
+    403: "forbidden",
+    404: "not_found",
+    405: "method_not_allowed",
+    413: "payload_too_large",
+    415: "unsupported_media_type",
+}
+
+
+class BadRequest(Exception):
+    """Raised by a handler for a request it cannot answer; becomes a 400."""
+
+    def __init__(self, error: str, message: str) -> None:
+        super().__init__(message)
+        self.error = error
+        self.message = message
+
+
+def json_error(status: int, error: str, message: str, **extra: Any) -> web.Response:
+    """``{"error": code, "message": text, ...}`` with the given status."""
+    return web.json_response({"error": error, "message": message, **extra}, status=status)
+
+
+def store_unavailable() -> web.Response:
+    return json_error(
+        503, "store_unavailable", "Redis cannot be reached; nothing was changed, retry later"
+    )
+
+
+@web.middleware
+async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+    """Answers routing errors, Redis outages and bugs in JSON, never with a traceback."""
+    try:
+        response: web.StreamResponse = await handler(request)
+    except BadRequest as error:
+        return json_error(400, error.error, error.message)
+    except StoreUnavailable as error:
+        log.warning("store unavailable for %s %s: %s", request.method, request.path, error)
+        return store_unavailable()
+    except web.HTTPException as error:
+        if error.status < 400:
+            raise
+        code = _CODES.get(error.status, "http_error")
+        reply = json_error(error.status, code, error.reason)
+        for name in ("Allow", "WWW-Authenticate"):
+            if name in error.headers:
+                reply.headers[name] = error.headers[name]
+        return reply
+    except Exception:
+        log.exception("unhandled error for %s %s", request.method, request.path)
+        return json_error(500, "internal_error", "an unexpected error occurred; see the logs")
+    return response

@@ -1,0 +1,111 @@
+"""The query API under ``/v1/``: is X online, which of these are, who is, how many."""
+
+from __future__ import annotations
+
+import json
+import re
+from typing import Any
+
+from aiohttp import web
+
+from presence.events import MAX_NAME_LENGTH
+from presence.store.base import InvalidCursor, PresenceStore
+from presence.web.errors import BadRequest
+
+MAX_LOOKUP = 1000
+MAX_PAGE = 1000
+DEFAULT_PAGE = 100
+
+_SERVICE_SID = re.compile(r"IS[0-9a-fA-F]{32}")
+
+
+def _service_sid(request: web.Request) -> str:
+    sid = request.match_info["service_sid"]
+    if not _SERVICE_SID.fullmatch(sid):
+        raise BadRequest("invalid_service_sid", "service_sid must be IS followed by 32 hex digits")
+    return sid
+
+
+def _identity_problem(identity: object) -> str | None:
+    if not isinstance(identity, str):
+        return "must be a string"
+    if not identity:
+        return "must not be empty"
+    if len(identity) > MAX_NAME_LENGTH:
+        return f"must be at most {MAX_NAME_LENGTH} characters"
+    return None
+
+
+def _limit(request: web.Request) -> int:
+    raw = request.query.get("limit")
+    if raw is None:
+        return DEFAULT_PAGE
+    if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_PAGE):
+        raise BadRequest("invalid_limit", f"limit must be an integer from 1 to {MAX_PAGE}")
+    return int(raw)
+
+
+async def _lookup_names(request: web.Request) -> list[str]:
+    try:
+        body: Any = json.loads(await request.read())
+    except (ValueError, RecursionError):
+        raise BadRequest("invalid_body", "the body must be JSON") from None
+    names = body.get("identities") if isinstance(body, dict) else None
+    if not isinstance(names, list) or not 1 <= len(names) <= MAX_LOOKUP:
+        raise BadRequest(
+            "invalid_body", f'the body must be {{"identities": [1 to {MAX_LOOKUP} names]}}'
+        )
+    for index, name in enumerate(names):
+        problem = _identity_problem(name)
+        if problem:
+            raise BadRequest("invalid_body", f"identities[{index}] {problem}")
+    return names
+
+
+class QueryApi:
+    """Handlers of the query API, answering from the store."""
+
+    def __init__(self, store: PresenceStore) -> None:
+        self.store = store
+
+    def routes(self) -> list[web.RouteDef]:
+        base = "/v1/services/{service_sid}"
+        return [
+            web.get(base + "/identities/{identity:[^/]+}", self.identity),
+            web.post(base + "/lookup", self.lookup),
+            web.get(base + "/online", self.online),
+            web.get(base + "/stats", self.stats),
+        ]
+
+    async def identity(self, request: web.Request) -> web.Response:
+        sid = _service_sid(request)
+        identity = request.match_info["identity"]
+        problem = _identity_problem(identity)
+        if problem:
+            raise BadRequest("invalid_identity", f"identity {problem}")
+        presence = await self.store.identity(sid, identity)
+        return web.json_response(presence.to_json())
+
+    async def lookup(self, request: web.Request) -> web.Response:
+        sid = _service_sid(request)
+        found = await self.store.lookup(sid, await _lookup_names(request))
+        return web.json_response({"identities": [presence.to_json() for presence in found]})
+
+    async def online(self, request: web.Request) -> web.Response:
+        sid = _service_sid(request)
+        limit = _limit(request)
+        try:
+            page = await self.store.online(sid, limit, request.query.get("cursor") or None)
+        except InvalidCursor as error:
+            raise BadRequest("invalid_cursor", str(error)) from None
+        return web.json_response({"identities": page.identities, "next_cursor": page.next_cursor})
+
+    async def stats(self, request: web.Request) -> web.Response:
+        stats = await self.store.stats(_service_sid(request))
+        return web.json_response(
+            {
+                "online": stats.online,
+                "pending_offline": stats.pending_offline,
+                "endpoints": stats.endpoints,
+            }
+        )

@@ -1,0 +1,333 @@
+"""Helpers shared by the tests: a real redis-server, a manual clock, Twilio-signed webhooks."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+from aiohttp import ClientResponse, web
+from aiohttp.test_utils import TestClient
+from redis.asyncio import Redis
+from twilio.request_validator import RequestValidator
+
+from presence.keys import Keyspace
+from presence.store.redis import RedisStore
+
+ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
+SERVICE_SID = "IS" + "fedcba9876543210" * 2
+OTHER_SERVICE_SID = "IS" + "00112233445566778899aabbccddeeff"
+DOCUMENT_SID = "ET" + "1" * 32
+LIST_SID = "ES" + "2" * 32
+MAP_SID = "MP" + "3" * 32
+AUTH_TOKEN = "12345678901234567890123456789012"
+
+
+@dataclass
+class RunningApp:
+    """The service on a real HTTP server, and a client of it."""
+
+    client: TestClient[web.Request, web.Application]
+    store: RedisStore
+
+    @property
+    def webhook_url(self) -> str:
+        return str(self.client.make_url("/webhooks/sync"))
+
+    async def post_signed(
+        self, params: Mapping[str, str], token: str = AUTH_TOKEN, **headers: str
+    ) -> ClientResponse:
+        """POSTs a webhook signed as Twilio signs it for this server's URL."""
+        request = signed_form(self.webhook_url, params, token)
+        request["headers"].update(headers)
+        return await self.client.post("/webhooks/sync", **request)
+
+    async def status_of(self, params: Mapping[str, str], **headers: str) -> str:
+        """The status of the 200 reply to a signed webhook."""
+        response = await self.post_signed(params, **headers)
+        assert response.status == 200, await response.text()
+        body = await response.json()
+        status: str = body["status"]
+        return status
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def wait_for_port(port: int, deadline_seconds: float = 10.0) -> None:
+    deadline = time.monotonic() + deadline_seconds
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
+            return
+        time.sleep(0.02)
+    raise TimeoutError(f"nothing listens on port {port}")
+
+
+class RedisServer:
+    """A redis-server of the test suite's own: a free port, a private directory, stopped by
+    its own pid. ``appendonly`` keeps state across ``stop``/``start``."""
+
+    def __init__(self, directory: Path, *, appendonly: bool = False) -> None:
+        binary = shutil.which("redis-server")
+        if binary is None:
+            raise RuntimeError("redis-server is not installed: run scripts/test, which installs it")
+        self.binary = binary
+        self.directory = directory
+        self.appendonly = appendonly
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.directory.mkdir(parents=True, exist_ok=True)
+        command = [
+            self.binary,
+            "--port", str(self.port),
+            "--bind", "127.0.0.1",
+            "--dir", str(self.directory),
+            "--save", "",
+            "--appendonly", "yes" if self.appendonly else "no",
+            "--appendfsync", "always",
+        ]  # fmt: skip
+        self.process = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_port(self.port)
+
+    def stop(self) -> None:
+        if self.process is None:
+            return
+        self.process.kill()
+        self.process.wait(timeout=10)
+        self.process = None
+
+
+def make_store(
+    client: Redis,
+    clock: ManualClock | None,
+    *,
+    grace: float = 10,
+    ttl: float = 7200,
+    prefix: str = "presence",
+) -> RedisStore:
+    """A store on ``client``; with a ``clock``, time moves only when the test moves it."""
+    return RedisStore(
+        client,
+        Keyspace(prefix),
+        offline_grace_ms=round(grace * 1000),
+        endpoint_ttl_ms=round(ttl * 1000),
+        clock=clock,
+    )
+
+
+def manual_clock(start_ms: int = 1_795_000_000_000) -> ManualClock:
+    return ManualClock(start_ms)
+
+
+class ManualClock:
+    """A clock the test moves by hand: passed to the store, it replaces Redis' clock."""
+
+    def __init__(self, start_ms: int) -> None:
+        self.now_ms = start_ms
+
+    def __call__(self) -> int:
+        return self.now_ms
+
+    def advance(self, seconds: float) -> None:
+        self.now_ms += round(seconds * 1000)
+
+
+def reachability(
+    identity: str,
+    endpoint: str,
+    event_id: int,
+    online: bool,
+    *,
+    connected: bool,
+    service_sid: str = SERVICE_SID,
+) -> dict[str, str]:
+    """The form parameters of an endpoint_connected / endpoint_disconnected webhook."""
+    return {
+        "AccountSid": ACCOUNT_SID,
+        "ServiceSid": service_sid,
+        "EventType": "endpoint_connected" if connected else "endpoint_disconnected",
+        "Identity": identity,
+        "EndpointId": endpoint,
+        "EventId": str(event_id),
+        "IsIdentityOnline": "true" if online else "false",
+    }
+
+
+def collection_event(event_type: str, **extra: str) -> dict[str, str]:
+    """Valid form parameters of a document, list or map event."""
+    params = {
+        "AccountSid": ACCOUNT_SID,
+        "ServiceSid": SERVICE_SID,
+        "EventType": event_type,
+        "Identity": "alice",
+        "EndpointId": "EP-alice-1",
+    }
+    kind = event_type.split("_")[0]
+    if kind == "document":
+        params |= {"DocumentSid": DOCUMENT_SID, "DocumentRevision": "3"}
+        params |= {"DocumentUniqueName": "settings"}
+        if event_type != "document_removed":
+            params["DocumentData"] = json.dumps({"theme": "dark", "size": [1, 2]})
+    elif kind == "list":
+        params |= {"ListSid": LIST_SID, "ListRevision": "7", "ListUniqueName": "todo"}
+    else:
+        params |= {"MapSid": MAP_SID, "MapRevision": "5", "MapUniqueName": "scores"}
+    if "_item_" in event_type:
+        params["EventId"] = "11"
+        params["ItemIndex" if kind == "list" else "ItemKey"] = "4" if kind == "list" else "k1"
+        if not event_type.endswith("_removed"):
+            params |= {"ItemRevision": "2", "ItemData": json.dumps({"text": "milk"})}
+    return params | extra
+
+
+def sign(url: str, params: Mapping[str, str] | None, token: str = AUTH_TOKEN) -> str:
+    """X-Twilio-Signature as Twilio's own helper library computes it."""
+    signature: str = RequestValidator(token).compute_signature(url, dict(params or {}))
+    return signature
+
+
+def signed_form(url: str, params: Mapping[str, str], token: str = AUTH_TOKEN) -> dict[str, Any]:
+    """Keyword arguments for an aiohttp client POST of a signed form webhook."""
+    return {
+        "data": urlencode(params),
+        "headers": {
+            "Content-Type": "application/x-www-form-urlencoded",
+            "X-Twilio-Signature": sign(url, params, token),
+        },
+    }
+
+
+class ChangeRecorder:
+    """Collects every message published on a channel, from its own subscription.
+
+    ``sync()`` publishes a marker after whatever the test did and waits for it: messages are
+    delivered in order, so once the marker is in, everything published before it is too.
+    """
+
+    def __init__(self, redis: Redis, channel: str = "presence:changes") -> None:
+        self.redis = redis
+        self.channel = channel
+        self.received: list[dict[str, Any]] = []
+        self._task: asyncio.Task[None] | None = None
+        self._markers = 0
+        self._stop = False
+
+    @property
+    def messages(self) -> list[dict[str, Any]]:
+        return [message for message in self.received if "test_marker" not in message]
+
+    async def sync(self) -> list[dict[str, Any]]:
+        """Every message published so far."""
+        self._markers += 1
+        marker = {"test_marker": self._markers}
+        await self.redis.publish(self.channel, json.dumps(marker))
+        await wait_until(lambda: marker in self.received, 5.0, "the marker message")
+        return self.messages
+
+    async def __aenter__(self) -> ChangeRecorder:
+        pubsub = self.redis.pubsub(ignore_subscribe_messages=True)
+        await pubsub.subscribe(self.channel)
+        self._task = asyncio.create_task(self._listen(pubsub))
+        return self
+
+    async def _listen(self, pubsub: Any) -> None:
+        try:
+            while not self._stop:
+                message = await pubsub.get_message(timeout=0.05)
+                if message is not None:
+                    self.received.append(json.loads(message["data"]))
+        finally:
+            await pubsub.aclose()
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self._task is not None
+        self._stop = True
+        await self._task
+
+    async def wait_for(self, count: int, within: float = 5.0) -> list[dict[str, Any]]:
+        """The messages once there are at least ``count`` (fails after ``within`` seconds)."""
+        await wait_until(lambda: len(self.messages) >= count, within, f"{count} messages")
+        return self.messages
+
+
+async def wait_until(
+    condition: Callable[[], bool | Awaitable[bool]], within: float = 5.0, what: str = "condition"
+) -> None:
+    """Polls ``condition`` until it holds; fails the test after ``within`` seconds."""
+    deadline = time.monotonic() + within
+    while True:
+        result = condition()
+        if not isinstance(result, bool):
+            result = await result
+        if result:
+            return
+        if time.monotonic() > deadline:
+            raise AssertionError(f"timed out after {within}s waiting for {what}")
+        await asyncio.sleep(0.02)
+
+
+def service_env(**settings: str) -> dict[str, str]:
+    """The environment of a ``presence`` subprocess: this one's, minus PRESENCE_*, plus these."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
+    env.update({f"PRESENCE_{name.upper()}": value for name, value in settings.items()})
+    return env
+
+
+class Service:
+    """A ``presence serve`` subprocess on its own port, its output in a file."""
+
+    def __init__(self, log: Path, **settings: str) -> None:
+        self.port = free_port()
+        self.log = log
+        self.env = service_env(port=str(self.port), **settings)
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self, *flags: str) -> Service:
+        """Starts the process (with these command-line flags) and waits for its port."""
+        with self.log.open("ab") as out:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "presence", "serve", *flags],
+                env=self.env,
+                stdin=subprocess.DEVNULL,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        wait_for_port(self.port, 20.0)
+        return self
+
+    def kill(self, signum: int = signal.SIGKILL) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(signum)
+            self.process.wait(timeout=15)
+        self.process = None
+
+    def output(self) -> str:
+        return self.log.read_text(encoding="utf-8", errors="replace")

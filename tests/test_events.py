@@ -1,0 +1,150 @@
+"""Parsing of every Sync event type into its model, and the limits of each parameter."""
+
+from __future__ import annotations
+
+import pytest
+
+from presence.events import (
+    EVENT_TYPES,
+    MAX_SAFE_INTEGER,
+    DocumentEvent,
+    DocumentRemoved,
+    InvalidPayload,
+    ListEvent,
+    ListItemEvent,
+    ListItemRemoved,
+    MapEvent,
+    MapItemEvent,
+    MapItemRemoved,
+    ReachabilityEvent,
+    normalised,
+    parse_event,
+)
+from tests.support import collection_event, reachability
+
+MODELS = {
+    "endpoint_connected": ReachabilityEvent,
+    "endpoint_disconnected": ReachabilityEvent,
+    "document_created": DocumentEvent,
+    "document_updated": DocumentEvent,
+    "document_removed": DocumentRemoved,
+    "list_created": ListEvent,
+    "list_removed": ListEvent,
+    "list_item_added": ListItemEvent,
+    "list_item_updated": ListItemEvent,
+    "list_item_removed": ListItemRemoved,
+    "map_created": MapEvent,
+    "map_removed": MapEvent,
+    "map_item_added": MapItemEvent,
+    "map_item_updated": MapItemEvent,
+    "map_item_removed": MapItemRemoved,
+}
+
+
+def test_the_reference_has_fifteen_event_types() -> None:
+    assert set(MODELS) == EVENT_TYPES
+
+
+@pytest.mark.parametrize("event_type", sorted(MODELS))
+def test_each_event_type_parses_into_its_model(event_type: str) -> None:
+    params = (
+        reachability("alice", "E1", 3, True, connected=event_type == "endpoint_connected")
+        if event_type.startswith("endpoint")
+        else collection_event(event_type)
+    )
+
+    event = parse_event(params.items())
+
+    assert type(event) is MODELS[event_type]
+    assert event is not None
+    assert event.event_type == event_type
+    assert event.identity == "alice"
+
+
+def test_reachability_fields_are_typed() -> None:
+    event = parse_event(reachability("a", "E9", 42, False, connected=False).items())
+
+    assert isinstance(event, ReachabilityEvent)
+    assert (event.endpoint_id, event.event_id, event.is_identity_online) == ("E9", 42, False)
+    assert not event.connected
+
+
+@pytest.mark.parametrize(("text", "value"), [("true", True), ("TRUE", True), ("False", False)])
+def test_is_identity_online_is_true_or_false_in_any_case(text: str, value: bool) -> None:
+    params = reachability("a", "E1", 1, True, connected=True) | {"IsIdentityOnline": text}
+    event = parse_event(params.items())
+    assert isinstance(event, ReachabilityEvent)
+    assert event.is_identity_online is value
+
+
+@pytest.mark.parametrize("text", ["yes", "1", "", "t", "truee"])
+def test_is_identity_online_refuses_anything_else(text: str) -> None:
+    params = reachability("a", "E1", 1, True, connected=True) | {"IsIdentityOnline": text}
+    with pytest.raises(InvalidPayload) as raised:
+        parse_event(params.items())
+    assert [e.field for e in raised.value.errors] == ["IsIdentityOnline"]
+
+
+@pytest.mark.parametrize("value", [0, MAX_SAFE_INTEGER])
+def test_event_ids_range_from_zero_to_two_to_the_53(value: int) -> None:
+    params = reachability("a", "E1", value, True, connected=True)
+    event = parse_event(params.items())
+    assert isinstance(event, ReachabilityEvent)
+    assert event.event_id == value
+
+
+@pytest.mark.parametrize("value", ["-1", str(MAX_SAFE_INTEGER + 1), "1e3", " 1", "١٢"])
+def test_event_ids_outside_the_range_are_refused(value: str) -> None:
+    params = reachability("a", "E1", 1, True, connected=True) | {"EventId": value}
+    with pytest.raises(InvalidPayload):
+        parse_event(params.items())
+
+
+def test_json_values_may_already_be_typed() -> None:
+    params: dict[str, object] = dict(collection_event("list_item_added"))
+    params |= {"EventId": 12, "ItemIndex": 0, "ItemRevision": 3, "ItemData": [1, {"a": None}]}
+
+    event = parse_event(params.items())
+
+    assert isinstance(event, ListItemEvent)
+    assert (event.event_id, event.item_index, event.item_data) == (12, 0, [1, {"a": None}])
+
+
+def test_booleans_are_not_integers() -> None:
+    params: dict[str, object] = dict(collection_event("list_item_added"))
+    params["EventId"] = True
+    with pytest.raises(InvalidPayload) as raised:
+        parse_event(params.items())
+    assert [e.field for e in raised.value.errors] == ["EventId"]
+
+
+def test_an_unknown_event_type_parses_to_nothing() -> None:
+    assert parse_event([("EventType", "stream_message_published")]) is None
+
+
+def test_normalised_events_are_snake_case_with_parsed_data() -> None:
+    event = parse_event(collection_event("map_item_updated").items())
+    assert isinstance(event, MapItemEvent)
+
+    assert normalised(event) == {
+        "event_type": "map_item_updated",
+        "account_sid": event.account_sid,
+        "service_sid": event.service_sid,
+        "identity": "alice",
+        "endpoint_id": "EP-alice-1",
+        "map_sid": event.map_sid,
+        "map_revision": 5,
+        "map_unique_name": "scores",
+        "event_id": 11,
+        "item_key": "k1",
+        "item_revision": 2,
+        "item_data": {"text": "milk"},
+    }
+
+
+def test_a_unique_name_is_optional() -> None:
+    params = collection_event("document_removed")
+    del params["DocumentUniqueName"]
+    event = parse_event(params.items())
+    assert isinstance(event, DocumentRemoved)
+    assert normalised(event)["document_unique_name"] is None

@@ -1,0 +1,74 @@
+"""The key layout: one hash slot per script call, even buckets, cursors, Lua's clock format."""
+
+from __future__ import annotations
+
+import random
+from collections import Counter
+
+import pytest
+from redis.asyncio import Redis
+from redis.crc import key_slot
+
+from presence.events import parse_event
+from presence.keys import BUCKETS, Keyspace
+from presence.store.base import InvalidCursor
+from presence.store.redis import decode_cursor, encode_cursor
+from presence.store.scripts import source
+from presence.timestamps import iso_from_ms
+from tests.support import SERVICE_SID, collection_event, make_store
+
+
+@pytest.mark.parametrize("identity", ["alice", "a{b}c", "{", "}", "x:{y}:z", "é" * 300])
+def test_every_key_of_an_identity_script_is_in_one_slot(identity: str) -> None:
+    store = make_store(Redis(), None)
+    keys, _ = store._identity_call(SERVICE_SID, identity)
+
+    assert len({key_slot(key.encode()) for key in keys}) == 1
+
+
+def test_every_key_of_a_record_script_is_in_one_slot() -> None:
+    keyspace = Keyspace("app")
+    event = parse_event(collection_event("list_item_added").items())
+    assert event is not None
+    bucket = keyspace.bucket_of(getattr(event, "subject_sid"))  # noqa: B009
+    keys = [keyspace.token(bucket, "tok{en}"), keyspace.seen(bucket, "ES" + "2" * 32)]
+
+    assert len({key_slot(key.encode()) for key in keys}) == 1
+
+
+def test_identities_spread_evenly_over_the_buckets() -> None:
+    counts = Counter(Keyspace.bucket_of(SERVICE_SID + f"user-{n}") for n in range(20_000))
+
+    assert len(counts) == BUCKETS
+    expected = 20_000 / BUCKETS
+    assert min(counts.values()) > expected * 0.7
+    assert max(counts.values()) < expected * 1.3
+
+
+@pytest.mark.parametrize("prefix", ["", "a{b", "a}b", "has space", "tab\t"])
+def test_a_prefix_that_would_break_hash_tags_is_refused(prefix: str) -> None:
+    with pytest.raises(ValueError, match="must"):
+        Keyspace(prefix)
+
+
+@pytest.mark.parametrize("after", ["", "alice", "a\u0000b", "é{}:/%"])
+def test_cursors_round_trip(after: str) -> None:
+    assert decode_cursor(encode_cursor(17, after)) == (17, after)
+
+
+@pytest.mark.parametrize(
+    "cursor", ["", "!!!", "bnVsbA", encode_cursor(BUCKETS, "a"), "WzEsMl0", "WyIxIiwiYSJd"]
+)
+def test_a_cursor_not_handed_out_is_refused(cursor: str) -> None:
+    with pytest.raises(InvalidCursor):
+        decode_cursor(cursor)
+
+
+async def test_lua_writes_times_as_python_does(backend: Redis) -> None:
+    script = backend.register_script(source("prelude") + "\nreturn iso(tonumber(ARGV[1]))")
+    rng = random.Random(7)
+    samples = [0, 999, 951_782_400_000, 4_107_542_399_999, 1_795_000_000_123]
+    samples += [rng.randrange(0, 4_102_444_800_000) for _ in range(200)]
+
+    for ms in samples:
+        assert await script(args=[ms]) == iso_from_ms(ms)

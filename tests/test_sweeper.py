@@ -1,0 +1,116 @@
+"""The sweeper on a real Redis and the Redis server's clock: deadlines fire once, whoever sweeps."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+from redis.asyncio import Redis
+
+from presence.events import ReachabilityEvent, parse_event
+from presence.store.redis import RedisStore
+from presence.sweeper import Sweeper
+from tests.support import (
+    SERVICE_SID,
+    ChangeRecorder,
+    RedisServer,
+    make_store,
+    reachability,
+    wait_until,
+)
+
+
+async def apply(store: RedisStore, identity: str, event_id: int, *, connected: bool) -> None:
+    params = reachability(identity, "E1", event_id, connected, connected=connected)
+    event = parse_event(params.items())
+    assert isinstance(event, ReachabilityEvent)
+    await store.apply_reachability(event)
+
+
+@contextlib.asynccontextmanager
+async def sweeping(*stores: RedisStore, interval: float = 0.02) -> AsyncIterator[None]:
+    sweepers = [Sweeper(store, interval=interval, batch=200) for store in stores]
+    tasks = [asyncio.create_task(sweeper.run()) for sweeper in sweepers]
+    try:
+        yield
+    finally:
+        for sweeper in sweepers:
+            sweeper.stop()
+        await asyncio.gather(*tasks)
+
+
+async def test_two_replicas_publish_each_offline_once(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    replicas = [
+        make_store(Redis.from_url(redis_server.url, decode_responses=True), None, grace=0.3)
+        for _ in range(2)
+    ]
+    names = [f"user-{n}" for n in range(300)]
+    async with ChangeRecorder(redis) as recorder:
+        for n, name in enumerate(names):
+            await apply(replicas[n % 2], name, 1, connected=True)
+            await apply(replicas[(n + 1) % 2], name, 2, connected=False)
+        async with sweeping(*replicas):
+            await recorder.wait_for(600)
+            # Both sweepers keep going well past every deadline.
+            await asyncio.sleep(0.3)
+            published = await recorder.sync()
+
+    offline = [m["identity"] for m in published if not m["online"]]
+    assert sorted(offline) == sorted(names)
+    assert all(m["version"] == 2 for m in published if not m["online"])
+    for store in replicas:
+        await store.close()
+
+
+async def test_a_burst_of_deadlines_due_together_all_fire_once(
+    redis: Redis, redis_server: RedisServer
+) -> None:
+    store = make_store(Redis.from_url(redis_server.url, decode_responses=True), None, grace=0.2)
+    count = 2500
+    async with ChangeRecorder(redis) as recorder:
+        for n in range(count):
+            await apply(store, f"u{n}", 1, connected=True)
+            await apply(store, f"u{n}", 2, connected=False)
+        async with sweeping(store):
+            await recorder.wait_for(2 * count, within=30)
+            await asyncio.sleep(0.2)
+            published = await recorder.sync()
+
+    assert len(published) == 2 * count
+    stats = await store.stats(SERVICE_SID)
+    assert (stats.online, stats.pending_offline) == (0, 0)
+    await store.close()
+
+
+async def test_the_sweeper_rides_out_a_redis_outage(private_redis: RedisServer) -> None:
+    store = make_store(Redis.from_url(private_redis.url, decode_responses=True), None, grace=0.5)
+    await apply(store, "alice", 1, connected=True)
+    await apply(store, "alice", 2, connected=False)
+
+    async with sweeping(store):
+        private_redis.stop()
+        await asyncio.sleep(1.0)  # the deadline passes while Redis is away
+        private_redis.start()
+
+        async def fired() -> bool:
+            return (await store.identity(SERVICE_SID, "alice")).version == 2
+
+        await wait_until(fired, 10, "the offline to fire after Redis came back")
+        state = await store.identity(SERVICE_SID, "alice")
+        assert not state.online
+        assert not state.pending_offline
+    await store.close()
+
+
+async def test_a_stopped_sweeper_returns_promptly_even_mid_pass(redis_server: RedisServer) -> None:
+    for delay in (0, 0.0005, 0.002, 0.01):
+        store = make_store(Redis.from_url(redis_server.url), None)
+        sweeper = Sweeper(store, interval=10)
+        task = asyncio.create_task(sweeper.run())
+        await asyncio.sleep(delay)
+        sweeper.stop()
+        await asyncio.wait_for(task, 2)
+        await store.close()
