@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import hashlib
 import json
+import signal
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import urlencode
@@ -504,3 +506,24 @@ async def test_unsigned_webhooks_are_accepted_only_when_allowed(start_service: S
 
     response = await service.client.post("/webhooks/sync", data=urlencode(params), headers=FORM)
     assert response.status == 200
+
+
+async def test_a_frozen_redis_answers_503_instead_of_hanging(
+    start_service: Start, private_redis: RedisServer
+) -> None:
+    service = await start_service(redis_url=private_redis.url)
+    assert await service.status_of(reachability("alice", "E1", 1, True, connected=True)) == (
+        "applied"
+    )
+    assert private_redis.process is not None
+    private_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        started = time.monotonic()
+        response = await service.post_signed(reachability("alice", "E1", 2, False, connected=False))
+        # Twilio gives up on a webhook after 15 s: the answer must come well before.
+        assert time.monotonic() - started < 10
+        assert response.status == 503
+    finally:
+        private_redis.process.send_signal(signal.SIGCONT)
+    retry = reachability("alice", "E1", 2, False, connected=False)
+    assert await service.status_of(retry) in ("applied", "duplicate")

@@ -82,7 +82,7 @@ def _presence(service_sid: str, identity: str, fields: dict[str, str]) -> Identi
 
 
 def encode_cursor(bucket: int, after: str) -> str:
-    raw = json.dumps([bucket, after]).encode("utf-8")
+    raw = json.dumps([bucket, after], separators=(",", ":")).encode("utf-8")
     return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
 
 
