@@ -16,12 +16,13 @@ from presence.store.base import PresenceStore, StoreUnavailable
 log = logging.getLogger("presence.sweeper")
 
 SWEEP_INTERVAL_SECONDS = 0.5
-SWEEP_BATCH = 1000
+SWEEP_BATCH = 1024
 MAX_BACKOFF_SECONDS = 5.0
 
 
 class Sweeper:
-    """Visits due identities every ``interval`` seconds, or at once while work remains."""
+    """Visits due identities every ``interval`` seconds, about ``batch`` of them a pass, and
+    passes again at once while more are due."""
 
     def __init__(
         self,
@@ -43,10 +44,10 @@ class Sweeper:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._stopping.wait(), seconds)
 
-    async def sweep_once(self) -> int:
-        """One pass; returns the number of identities visited."""
-        visited, changes = await self.store.sweep(self.batch)
-        for change in changes:
+    async def sweep_once(self) -> bool:
+        """One pass; True when more may be due already."""
+        result = await self.store.sweep(self.batch)
+        for change in result.changes:
             log.info(
                 "presence change: %s %s %s (%s, version %d)",
                 change.service_sid,
@@ -55,7 +56,7 @@ class Sweeper:
                 change.reason,
                 change.version,
             )
-        return visited
+        return result.more
 
     async def run(self) -> None:
         """Sweeps until ``stop`` (or cancellation); rides out Redis outages with a growing
@@ -63,12 +64,12 @@ class Sweeper:
         backoff = self.interval
         while not self._stopping.is_set():
             try:
-                visited = await self.sweep_once()
+                more = await self.sweep_once()
             except StoreUnavailable as error:
                 log.warning("sweeper: store unavailable (%s); retrying in %.1fs", error, backoff)
                 await self._pause(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue
             backoff = self.interval
-            if visited < self.batch:
+            if not more:
                 await self._pause(self.interval)

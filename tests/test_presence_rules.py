@@ -51,7 +51,8 @@ class Scenario:
     async def later(self, seconds: float) -> None:
         """Time passes and the sweeper comes by."""
         self.clock.advance(seconds)
-        await self.store.sweep(1000)
+        while (await self.store.sweep(1024)).more:
+            pass
 
     async def state(self, who: str = "alice") -> IdentityPresence:
         return await self.store.identity(SERVICE_SID, who)
@@ -392,3 +393,20 @@ async def test_many_tombstones_stay_bounded_and_still_refuse_old_events(
     assert sum(str(name).startswith("t:") for name in fields) == 64
     assert await scenario.connect("tab-0", 2) == Outcome.STALE
     assert (await scenario.state()).endpoints == ("keeper",)
+
+
+async def test_an_identity_with_hundreds_of_tabs_goes_offline_in_one_event(
+    scenario: Scenario,
+) -> None:
+    for n in range(1, 601):
+        await scenario.connect(f"tab-{n}", n)
+    assert len((await scenario.state()).endpoints) == 600
+
+    # One script drops all 600 endpoints (more than one HDEL slice).
+    assert await scenario.disconnect("tab-600", 601, online=False) == Outcome.APPLIED
+
+    state = await scenario.state()
+    assert state.endpoints == ()
+    assert state.pending_offline
+    stats = await scenario.store.stats(SERVICE_SID)
+    assert stats.endpoints == 0

@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from redis.asyncio import Redis
 
 from presence.events import ReachabilityEvent, parse_event
+from presence.keys import BUCKETS
 from presence.store.redis import RedisStore
 from presence.sweeper import Sweeper
 from tests.support import (
     SERVICE_SID,
     ChangeRecorder,
+    ManualClock,
     RedisServer,
     make_store,
     reachability,
@@ -114,3 +116,22 @@ async def test_a_stopped_sweeper_returns_promptly_even_mid_pass(redis_server: Re
         sweeper.stop()
         await asyncio.wait_for(task, 2)
         await store.close()
+
+
+async def test_a_sweep_says_when_more_are_due(backend: Redis, clock: ManualClock) -> None:
+    store = make_store(backend, clock, grace=1)
+    for n in range(300):
+        await apply(store, f"u{n}", 1, connected=True)
+        await apply(store, f"u{n}", 2, connected=False)
+    clock.advance(1)
+
+    passes = [await store.sweep(BUCKETS)]
+    while passes[-1].more:
+        passes.append(await store.sweep(BUCKETS))
+
+    # One identity per bucket per pass: several passes, the first of them told to go on.
+    assert len(passes) > 2
+    assert passes[0].more
+    fired = [change.identity for result in passes for change in result.changes]
+    assert sorted(fired) == sorted(f"u{n}" for n in range(300))
+    assert not (await store.sweep(BUCKETS)).changes

@@ -88,6 +88,13 @@ class Stats:
     endpoints: int
 
 
+@dataclass(frozen=True)
+class SweepResult:
+    changes: list[Change]
+    more: bool
+    """True when more identities may be due already: sweep again without pausing."""
+
+
 class InvalidCursor(ValueError):
     """A listing cursor this service did not hand out."""
 
@@ -115,8 +122,8 @@ class PresenceStore(Protocol):
 
     async def stats(self, service_sid: str) -> Stats: ...
 
-    async def sweep(self, limit: int) -> tuple[int, list[Change]]:
-        """Visit up to ``limit`` identities whose time has come; returns (visited, changes)."""
+    async def sweep(self, limit: int) -> SweepResult:
+        """Visit about ``limit`` identities whose time has come (a deadline or an expiry)."""
         ...
 
     async def ping(self) -> None:

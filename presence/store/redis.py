@@ -23,6 +23,7 @@ from presence.store.base import (
     Outcome,
     Stats,
     StoreUnavailable,
+    SweepResult,
 )
 from presence.store.scripts import Scripts
 
@@ -236,23 +237,25 @@ class RedisStore:
         seconds, micros = await self.redis.time()
         return seconds * 1000 + micros // 1000
 
-    async def sweep(self, limit: int) -> tuple[int, list[Change]]:
-        async with _unavailable_as_domain_error():
+    async def sweep(self, limit: int) -> SweepResult:
+        # An even share per bucket: identities are spread evenly over the buckets.
+        share = max(1, limit // BUCKETS)
+        async with self._pipeline() as pipe:
             now = await self._now_ms()
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for bucket in range(BUCKETS):
-                    pipe.zrangebyscore(self.keys.due(bucket), "-inf", now, start=0, num=limit)
-                per_bucket: list[list[str]] = await pipe.execute()
-            members = [member for found in per_bucket for member in found][:limit]
+            for bucket in range(BUCKETS):
+                pipe.zrangebyscore(self.keys.due(bucket), "-inf", now, start=0, num=share)
+            per_bucket: list[list[str]] = await pipe.execute()
+            members = [member for found in per_bucket for member in found]
             if not members:
-                return 0, []
-            async with self.redis.pipeline(transaction=False) as pipe:
-                for member in members:
-                    keys, args = self._identity_call(*split_due_member(member))
-                    await self._scripts.tick(keys=keys, args=args, client=pipe)
-                replies: list[list[str]] = await pipe.execute()
+                return SweepResult([], more=False)
+            # Another replica may visit the same members meanwhile: tick.lua reads the due
+            # time again inside its atomic step, so only the first visit fires anything.
+            for member in members:
+                keys, args = self._identity_call(*split_due_member(member))
+                await self._scripts.tick(keys=keys, args=args, client=pipe)
+            replies: list[list[str]] = await pipe.execute()
         changes = [change for reply in replies for change in _changes(reply[1:])]
-        return len(members), changes
+        return SweepResult(changes, more=any(len(found) == share for found in per_bucket))
 
     async def ping(self) -> None:
         async with _unavailable_as_domain_error():

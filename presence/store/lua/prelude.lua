@@ -73,21 +73,19 @@ end
 
 local function load(key)
   local flat = redis.call('HGETALL', key)
-  local s = { key = key, f = {}, e = {}, t = {}, ne = 0, nt = 0, put = {}, drop = {} }
+  local s = { key = key, f = {}, e = {}, t = {}, count = { e = 0, t = 0 }, put = {}, drop = {} }
   for i = 1, #flat, 2 do
     local name, value = flat[i], flat[i + 1]
     local kind = string.sub(name, 1, 2)
-    if kind == 'e:' then
-      s.e[string.sub(name, 3)] = entry(value)
-      s.ne = s.ne + 1
-    elseif kind == 't:' then
-      s.t[string.sub(name, 3)] = entry(value)
-      s.nt = s.nt + 1
+    if kind == 'e:' or kind == 't:' then
+      kind = string.sub(kind, 1, 1)
+      s[kind][string.sub(name, 3)] = entry(value)
+      s.count[kind] = s.count[kind] + 1
     else
       s.f[name] = value
     end
   end
-  s.was_online, s.was_pending, s.had_endpoints = s.f.on == '1', s.f.dl ~= nil, s.ne
+  s.was_online, s.was_pending, s.had_endpoints = s.f.on == '1', s.f.dl ~= nil, s.count.e
   return s
 end
 
@@ -113,27 +111,20 @@ local function unsetf(s, name)
   end
 end
 
-local function connect(s, ep, id, now)
-  if not s.e[ep] then
-    s.ne = s.ne + 1
+-- kind 'e' is the set of connected endpoints, kind 't' the tombstones.
+local function put(s, kind, ep, id, now)
+  if not s[kind][ep] then
+    s.count[kind] = s.count[kind] + 1
   end
-  s.e[ep] = { id = id, at = now }
-  write(s, 'e:' .. ep, fmt(id) .. ':' .. fmt(now))
+  s[kind][ep] = { id = id, at = now }
+  write(s, kind .. ':' .. ep, fmt(id) .. ':' .. fmt(now))
 end
 
-local function disconnect(s, ep)
-  if s.e[ep] then
-    s.e[ep] = nil
-    s.ne = s.ne - 1
-    erase(s, 'e:' .. ep)
-  end
-end
-
-local function unbury(s, ep)
-  if s.t[ep] then
-    s.t[ep] = nil
-    s.nt = s.nt - 1
-    erase(s, 't:' .. ep)
+local function drop(s, kind, ep)
+  if s[kind][ep] then
+    s[kind][ep] = nil
+    s.count[kind] = s.count[kind] - 1
+    erase(s, kind .. ':' .. ep)
   end
 end
 
@@ -144,16 +135,12 @@ local function forget(s, ep)
   if id > (tonumber(s.f.tf) or -1) then
     setf(s, 'tf', fmt(id))
   end
-  unbury(s, ep)
+  drop(s, 't', ep)
 end
 
 local function bury(s, ep, id, now)
-  if not s.t[ep] then
-    s.nt = s.nt + 1
-  end
-  s.t[ep] = { id = id, at = now }
-  write(s, 't:' .. ep, fmt(id) .. ':' .. fmt(now))
-  if s.nt > MAX_TOMBSTONES then
+  put(s, 't', ep, id, now)
+  if s.count.t > MAX_TOMBSTONES then
     local oldest
     for name, t in pairs(s.t) do
       if not oldest or t.id < s.t[oldest].id then
@@ -165,7 +152,7 @@ local function bury(s, ep, id, now)
 end
 
 local function live(s)
-  return s.ne > 0 or s.f.ton == '1'
+  return s.count.e > 0 or s.f.ton == '1'
 end
 
 local function publish(ctx, s, online, reason, event_id)
@@ -192,7 +179,7 @@ local function advance(ctx, s)
     local limit = ctx.now - ctx.ttl
     for ep, e in pairs(s.e) do
       if e.at <= limit then
-        disconnect(s, ep)
+        drop(s, 'e', ep)
         expired = true
       end
     end
@@ -214,31 +201,27 @@ local function advance(ctx, s)
   end
 end
 
+-- Sends a long argument list in slices (of an even length, for HSET's pairs), far below
+-- the limit of Lua's unpack.
+local function in_slices(command, key, args)
+  for first = 1, #args, CHUNK do
+    redis.call(command, key, unpack(args, first, math.min(first + CHUNK - 1, #args)))
+  end
+end
+
 -- Saves the state and brings the online index, the counters and the due set in line with it.
 local function finish(ctx, s, keys)
   local flat = {}
   for name, value in pairs(s.put) do
     flat[#flat + 1] = name
     flat[#flat + 1] = value
-    if #flat >= 2 * CHUNK then
-      redis.call('HSET', s.key, unpack(flat))
-      flat = {}
-    end
   end
-  if #flat > 0 then
-    redis.call('HSET', s.key, unpack(flat))
-  end
+  in_slices('HSET', s.key, flat)
   local gone = {}
   for name in pairs(s.drop) do
     gone[#gone + 1] = name
-    if #gone >= CHUNK then
-      redis.call('HDEL', s.key, unpack(gone))
-      gone = {}
-    end
   end
-  if #gone > 0 then
-    redis.call('HDEL', s.key, unpack(gone))
-  end
+  in_slices('HDEL', s.key, gone)
 
   local online = s.f.on == '1'
   local pending = s.f.dl ~= nil
@@ -253,8 +236,8 @@ local function finish(ctx, s, keys)
   if pending ~= s.was_pending then
     redis.call('HINCRBY', keys[3], 'pending', pending and 1 or -1)
   end
-  if s.ne ~= s.had_endpoints then
-    redis.call('HINCRBY', keys[3], 'endpoints', s.ne - s.had_endpoints)
+  if s.count.e ~= s.had_endpoints then
+    redis.call('HINCRBY', keys[3], 'endpoints', s.count.e - s.had_endpoints)
   end
 
   local due = tonumber(s.f.dl)

@@ -31,10 +31,10 @@ end
 
 local function apply(ctx, s, ep, id, online, connected)
   if connected then
-    unbury(s, ep)
-    connect(s, ep, id, ctx.now)
+    drop(s, 't', ep)
+    put(s, 'e', ep, id, ctx.now)
   else
-    disconnect(s, ep)
+    drop(s, 'e', ep)
     bury(s, ep, id, ctx.now)
   end
   if not online then
@@ -44,12 +44,12 @@ local function apply(ctx, s, ep, id, online, connected)
     setf(s, 'oe', ep)
     for name, e in pairs(s.e) do
       if e.id <= id then
-        disconnect(s, name)
+        drop(s, 'e', name)
       end
     end
     for name, t in pairs(s.t) do
       if t.id <= id then
-        unbury(s, name)
+        drop(s, 't', name)
       end
     end
   end
