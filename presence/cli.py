@@ -45,9 +45,9 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _fail(message: str, status: int = 2) -> None:
+def _fail(message: str) -> None:
     print(f"presence: {message}", file=sys.stderr)
-    raise SystemExit(status)
+    raise SystemExit(2)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
@@ -69,7 +69,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             try:
                 asyncio.run(serve(settings))
             except StartupError as error:
-                _fail(str(error), status=1)
+                _fail(str(error))
         else:
             if settings.redis_url is None:
                 _fail(f"watch needs a Redis to watch: set {env_name('redis_url')}")

@@ -63,29 +63,39 @@ def _reject_constant(name: str) -> Any:
     raise ValueError(name)
 
 
+def utf8_encodable(text: str) -> bool:
+    """False for a string holding lone surrogates (from a JSON ``\\ud800`` escape, say)."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def _json_value(value: object) -> Any:
     # In a JSON body the data may already be a JSON value; in a form it is JSON text.
     if not isinstance(value, str):
         return value
     try:
         return json.loads(value, parse_constant=_reject_constant)
-    except ValueError:
+    except (ValueError, RecursionError):
         raise PydanticCustomError("json", "must be valid JSON") from None
-
-
-def _name(value: object) -> str:
-    if not isinstance(value, str):
-        raise PydanticCustomError("string", "must be a string")
-    if not value:
-        raise PydanticCustomError("string", "must not be empty")
-    if len(value) > MAX_NAME_LENGTH:
-        raise PydanticCustomError("string", f"must be at most {MAX_NAME_LENGTH} characters")
-    return value
 
 
 def _text(value: object) -> str:
     if not isinstance(value, str):
         raise PydanticCustomError("string", "must be a string")
+    if not utf8_encodable(value):
+        raise PydanticCustomError("string", "must be valid Unicode text")
+    return value
+
+
+def _name(value: object) -> str:
+    value = _text(value)
+    if not value:
+        raise PydanticCustomError("string", "must not be empty")
+    if len(value) > MAX_NAME_LENGTH:
+        raise PydanticCustomError("string", f"must be at most {MAX_NAME_LENGTH} characters")
     return value
 
 

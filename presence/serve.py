@@ -18,7 +18,7 @@ log = logging.getLogger("presence")
 
 
 class StartupError(Exception):
-    """The service could not start (the port is taken, say); the message says why."""
+    """The host and port cannot be listened on (taken, or not an address of this machine)."""
 
 
 def _without_password(url: str) -> str:
@@ -61,7 +61,8 @@ async def serve(settings: Settings) -> None:
             await site.start()
         except OSError as error:
             raise StartupError(
-                f"cannot listen on {settings.host}:{settings.port}: {error.strerror or error}"
+                f"cannot listen on {settings.host}:{settings.port} (PRESENCE_HOST, "
+                f"PRESENCE_PORT): {error.strerror or error}"
             ) from None
         for address in runner.addresses:
             log.info("listening on http://%s:%d", address[0], address[1])

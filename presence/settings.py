@@ -8,6 +8,7 @@ from urllib.parse import urlsplit
 
 from pydantic import Field, ValidationError, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+from redis.asyncio import ConnectionPool
 
 from presence.keys import Keyspace
 
@@ -33,8 +34,10 @@ class Settings(BaseSettings):
     webhook_url: str | None = None
     allow_unsigned_webhooks: bool = False
     account_sid: str | None = None
-    offline_grace_seconds: float = Field(default=10.0, ge=0, le=86400)
-    endpoint_ttl_seconds: float = Field(default=7200.0, ge=0)
+    offline_grace_seconds: float = Field(default=10.0, ge=0, le=86400, allow_inf_nan=False)
+    endpoint_ttl_seconds: float = Field(
+        default=7200.0, ge=0, le=10 * 365 * 86400, allow_inf_nan=False
+    )
     api_token: str | None = None
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
@@ -42,8 +45,17 @@ class Settings(BaseSettings):
     @field_validator("redis_url")
     @classmethod
     def _redis_url(cls, value: str | None) -> str | None:
-        if value is not None and urlsplit(value).scheme not in ("redis", "rediss", "unix"):
+        if value is None:
+            return None
+        parts = urlsplit(value)
+        if parts.scheme not in ("redis", "rediss", "unix"):
             raise ValueError("must be a redis://, rediss:// or unix:// URL")
+        if parts.scheme == "unix" and not parts.path:
+            raise ValueError("a unix:// URL needs the socket's path: unix:///run/redis.sock")
+        try:
+            ConnectionPool.from_url(value)
+        except ValueError as error:
+            raise ValueError(f"is not a usable Redis URL ({error})") from None
         return value
 
     @field_validator("key_prefix")

@@ -97,12 +97,16 @@ class SignatureValidator:
             if not declared or not _same(body_sha256(json_body), declared[0]):
                 return False
             signed_params = {}
-        return any(
-            _same(compute_signature(key, candidate, signed_params, algorithm), signature)
-            for key in self._keys
-            for candidate in candidates
-        )
+        try:
+            return any(
+                _same(compute_signature(key, candidate, signed_params, algorithm), signature)
+                for key in self._keys
+                for candidate in candidates
+            )
+        except UnicodeEncodeError:  # a Host header of bytes that are not UTF-8
+            return False
 
 
 def _same(computed: str, given: str) -> bool:
-    return hmac.compare_digest(computed.encode("utf-8"), given.encode("utf-8"))
+    # Both are ASCII when genuine (base64, hex); anything else cannot match.
+    return given.isascii() and hmac.compare_digest(computed.encode(), given.encode())

@@ -65,8 +65,13 @@ class Sweeper:
         while not self._stopping.is_set():
             try:
                 more = await self.sweep_once()
-            except StoreUnavailable as error:
-                log.warning("sweeper: store unavailable (%s); retrying in %.1fs", error, backoff)
+            except Exception as error:
+                # A dead sweeper would leave every deadline to the next webhook of its
+                # identity: whatever happens, it keeps going (loudly when it is a bug).
+                if isinstance(error, StoreUnavailable):
+                    log.warning("sweeper: store unavailable (%s); retry in %.1fs", error, backoff)
+                else:
+                    log.exception("sweeper: unexpected error; retry in %.1fs", backoff)
                 await self._pause(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
                 continue

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import base64
+import io
+import json
 from collections.abc import Awaitable, Callable
 from urllib.parse import quote
 
@@ -163,7 +166,7 @@ async def test_a_lookup_of_a_thousand_is_answered(start_service: Start) -> None:
 )
 async def test_a_bad_lookup_is_a_400(start_service: Start, body: bytes) -> None:
     service = await start_service()
-    response = await service.client.post(f"{BASE}/lookup", data=body)
+    response = await service.client.post(f"{BASE}/lookup", data=io.BytesIO(body))
     assert response.status == 400
     assert (await response.json())["error"] == "invalid_body"
 
@@ -307,3 +310,39 @@ async def test_health_and_readiness(start_service: Start, private_redis: RedisSe
 
     private_redis.start()
     assert await get_json(service, "/readyz") == {"status": "ready"}
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        base64.urlsafe_b64encode(b"[" * 5000).decode(),
+        base64.urlsafe_b64encode(b'[3, "a\\ud800"]').decode(),
+    ],
+)
+async def test_a_crafted_cursor_is_a_400(start_service: Start, cursor: str) -> None:
+    service = await start_service()
+    body = await get_json(service, f"{BASE}/online?cursor={cursor}", 400)
+    assert isinstance(body, dict)
+    assert body["error"] == "invalid_cursor"
+
+
+async def test_a_lookup_name_that_is_not_unicode_is_a_400(start_service: Start) -> None:
+    service = await start_service()
+    response = await service.client.post(
+        f"{BASE}/lookup", data=b'{"identities": ["ok", "bad\\udc80"]}'
+    )
+    assert response.status == 400
+    assert "identities[1]" in (await response.json())["message"]
+
+
+async def test_a_lookup_of_the_longest_names_is_not_bound_by_the_webhook_limit(
+    start_service: Start,
+) -> None:
+    service = await start_service(max_body_bytes=1024)
+    names = [f"{n:04d}" + "é" * 1020 for n in range(1000)]
+    body = json.dumps({"identities": names}).encode()  # about 6 MB, escaped
+
+    response = await service.client.post(f"{BASE}/lookup", data=io.BytesIO(body))
+
+    assert response.status == 200
+    assert len((await response.json())["identities"]) == 1000

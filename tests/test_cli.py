@@ -47,6 +47,9 @@ def run_cli(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
         (["serve"], {"allow_unsigned_webhooks": "perhaps"}, "PRESENCE_ALLOW_UNSIGNED_WEBHOOKS"),
         (["serve", "--endpoint-ttl-seconds", "soon"], {}, "PRESENCE_ENDPOINT_TTL_SECONDS"),
         (["serve", "--webhook-url", "/relative"], {}, "PRESENCE_WEBHOOK_URL"),
+        (["serve"], {"endpoint_ttl_seconds": "inf"}, "PRESENCE_ENDPOINT_TTL_SECONDS"),
+        (["serve"], {"redis_url": "redis://localhost:port/0"}, "PRESENCE_REDIS_URL"),
+        (["watch"], {"redis_url": "unix://"}, "PRESENCE_REDIS_URL"),
     ],
 )
 def test_an_invalid_setting_exits_2_naming_it(
@@ -210,13 +213,23 @@ async def test_watch_resubscribes_after_redis_comes_back(private_redis: RedisSer
     await redis.aclose()
 
 
-def test_a_taken_port_is_a_one_line_error(tmp_path: Path) -> None:
+def test_a_taken_port_exits_2_naming_it(tmp_path: Path) -> None:
     service = Service(tmp_path / "serve.log").start()
     try:
         result = run_cli("serve", port=str(service.port))
     finally:
         service.kill()
 
-    assert result.returncode == 1
-    assert f"cannot listen on 127.0.0.1:{service.port}" in result.stderr
+    assert result.returncode == 2
+    last = result.stderr.splitlines()[-1]
+    assert last.startswith(f"presence: cannot listen on 127.0.0.1:{service.port}")
+    assert "PRESENCE_PORT" in last
+
+
+@pytest.mark.parametrize("host", ["no-such-host.invalid", "192.0.2.1"])
+def test_a_host_that_cannot_be_bound_exits_2_naming_it(host: str) -> None:
+    result = run_cli("serve", host=host)
+
+    assert result.returncode == 2
+    assert "PRESENCE_HOST" in result.stderr
     assert "Traceback" not in result.stderr

@@ -410,3 +410,32 @@ async def test_an_identity_with_hundreds_of_tabs_goes_offline_in_one_event(
     assert state.pending_offline
     stats = await scenario.store.stats(SERVICE_SID)
     assert stats.endpoints == 0
+
+
+async def test_an_expired_endpoint_cannot_come_back_with_an_old_event(scenario: Scenario) -> None:
+    await scenario.connect("E1", 5)
+    await scenario.later(TTL + 1)
+
+    # Twilio retries the connect it had sent long ago, then an older one arrives.
+    assert await scenario.connect("E1", 5) == Outcome.STALE
+    assert await scenario.connect("E1", 3) == Outcome.STALE
+    assert await scenario.connect("E9", 4) == Outcome.STALE
+
+    assert [m["reason"] for m in await scenario.published()] == ["connected", "expired"]
+    assert not (await scenario.state()).online
+
+
+async def test_expired_online_evidence_cannot_be_revived_by_an_older_event(
+    scenario: Scenario,
+) -> None:
+    await scenario.disconnect("E1", 10, online=True)
+    await scenario.later(TTL + 1)
+
+    assert await scenario.connect("E2", 8) == Outcome.STALE
+    assert await scenario.connect("E2", 11) == Outcome.APPLIED
+
+    assert [m["reason"] for m in await scenario.published()] == [
+        "connected",
+        "expired",
+        "connected",
+    ]

@@ -6,10 +6,12 @@ import asyncio
 import contextlib
 from collections.abc import AsyncIterator
 
+import pytest
 from redis.asyncio import Redis
 
 from presence.events import ReachabilityEvent, parse_event
 from presence.keys import BUCKETS
+from presence.store.base import SweepResult
 from presence.store.redis import RedisStore
 from presence.sweeper import Sweeper
 from tests.support import (
@@ -135,3 +137,38 @@ async def test_a_sweep_says_when_more_are_due(backend: Redis, clock: ManualClock
     fired = [change.identity for result in passes for change in result.changes]
     assert sorted(fired) == sorted(f"u{n}" for n in range(300))
     assert not (await store.sweep(BUCKETS)).changes
+
+
+class BrokenOnce:
+    """A real store whose first sweep fails with an unexpected error."""
+
+    def __init__(self, store: RedisStore) -> None:
+        self.store = store
+        self.failures = 0
+
+    async def sweep(self, limit: int) -> SweepResult:
+        if self.failures == 0:
+            self.failures += 1
+            raise RuntimeError("a bug in a sweep")
+        return await self.store.sweep(limit)
+
+
+async def test_the_sweeper_outlives_an_unexpected_error(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    store = make_store(Redis.from_url(redis_server.url, decode_responses=True), None, grace=0.1)
+    await apply(store, "alice", 1, connected=True)
+    await apply(store, "alice", 2, connected=False)
+    flaky = BrokenOnce(store)
+    sweeper = Sweeper(flaky, interval=0.02)  # type: ignore[arg-type]
+    task = asyncio.create_task(sweeper.run())
+
+    async def fired() -> bool:
+        return (await store.identity(SERVICE_SID, "alice")).version == 2
+
+    await wait_until(fired, 5, "the offline after the sweeper's error")
+    sweeper.stop()
+    await task
+    assert flaky.failures == 1
+    assert "a bug in a sweep" in caplog.text
+    await store.close()

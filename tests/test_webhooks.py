@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import hashlib
 import json
 import signal
@@ -27,6 +29,7 @@ from tests.support import (
     collection_event,
     reachability,
     sign,
+    wait_until,
 )
 
 Start = Callable[..., Awaitable[RunningApp]]
@@ -527,3 +530,92 @@ async def test_a_frozen_redis_answers_503_instead_of_hanging(
         private_redis.process.send_signal(signal.SIGCONT)
     retry = reachability("alice", "E1", 2, False, connected=False)
     assert await service.status_of(retry) in ("applied", "duplicate")
+
+
+async def test_deeply_nested_data_is_a_400_not_a_crash(start_service: Start) -> None:
+    service = await start_service()
+    params = collection_event("document_updated", DocumentData="[" * 100_000)
+
+    response = await service.post_signed(params)
+
+    assert response.status == 400
+    assert [d["field"] for d in (await response.json())["detail"]] == ["DocumentData"]
+
+
+async def test_text_that_is_not_unicode_is_a_400(start_service: Start) -> None:
+    service = await start_service(allow_unsigned_webhooks=True)
+    body = json.dumps(reachability("alice", "E1", 1, True, connected=True))
+    body = body.replace('"alice"', '"ali\\ud800ce"').replace('"E1"', '"E\\udfff"')
+
+    response = await service.client.post(
+        "/webhooks/sync", data=body, headers={"Content-Type": "application/json"}
+    )
+
+    assert response.status == 400
+    detail = (await response.json())["detail"]
+    assert {d["field"]: d["message"] for d in detail} == {
+        "Identity": "must be valid Unicode text",
+        "EndpointId": "must be valid Unicode text",
+    }
+
+
+async def raw_request(service: RunningApp, head: bytes, body: bytes = b"") -> int:
+    """Sends bytes as they are (header values need not be UTF-8); returns the status."""
+    host, port = service.client.host, service.client.port
+    reader, writer = await asyncio.open_connection(host, port)
+    writer.write(head + b"\r\nContent-Length: %d\r\nConnection: close\r\n\r\n" % len(body) + body)
+    await writer.drain()
+    status_line = await reader.readline()
+    writer.close()
+    await writer.wait_closed()
+    return int(status_line.split()[1])
+
+
+async def test_header_bytes_that_are_not_utf8_are_refused_cleanly(start_service: Start) -> None:
+    service = await start_service(api_token="s3cret")
+    form = urlencode(reachability("alice", "E1", 1, True, connected=True)).encode()
+    post = b"POST /webhooks/sync HTTP/1.1\r\nContent-Type: application/x-www-form-urlencoded"
+
+    signature = b"%s\r\nHost: 127.0.0.1\r\nX-Twilio-Signature: \xff\xfe" % post
+    assert await raw_request(service, signature, form) == 403
+    host = b"%s\r\nHost: \xff\xfe.example\r\nX-Twilio-Signature: abc=" % post
+    assert await raw_request(service, host, form) == 403
+    bearer = b"GET /v1/services/%s/stats HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer \xff"
+    assert await raw_request(service, bearer % SERVICE_SID.encode()) == 401
+
+
+async def test_a_token_that_is_not_ascii_is_not_used(start_service: Start, redis: Redis) -> None:
+    service = await start_service(allow_unsigned_webhooks=True)
+    form = urlencode(collection_event("document_updated")).encode()
+    head = (
+        b"POST /webhooks/sync HTTP/1.1\r\nHost: x\r\n"
+        b"Content-Type: application/x-www-form-urlencoded\r\nI-Twilio-Idempotency-Token: \xff"
+    )
+
+    assert await raw_request(service, head, form) == 200
+    assert await raw_request(service, head, form) == 200
+    assert await redis.keys("*:tok:*") == []
+
+
+async def test_a_redis_busy_with_a_long_script_answers_503(
+    start_service: Start, private_redis: RedisServer
+) -> None:
+    service = await start_service(redis_url=private_redis.url)
+    admin = Redis.from_url(private_redis.url)
+    await admin.config_set("busy-reply-threshold", 50)
+    blocker = Redis.from_url(private_redis.url)
+    runaway = asyncio.ensure_future(blocker.eval("while true do end", 0))
+    try:
+
+        async def busy() -> bool:
+            response = await service.post_signed(reachability("a", "E1", 1, True, connected=True))
+            return response.status == 503
+
+        await wait_until(busy, 10, "a 503 while Redis runs a long script")
+    finally:
+        await admin.script_kill()
+        with contextlib.suppress(Exception):
+            await runaway
+        await admin.aclose()
+        await blocker.aclose()
+    assert await service.status_of(reachability("a", "E1", 1, True, connected=True)) == "applied"

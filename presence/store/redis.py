@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import re
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 
@@ -12,7 +13,13 @@ from redis import exceptions as redis_errors
 from redis.asyncio import Redis
 from redis.asyncio.client import Pipeline
 
-from presence.events import CollectionEvent, ItemEvent, ReachabilityEvent, normalised
+from presence.events import (
+    CollectionEvent,
+    ItemEvent,
+    ReachabilityEvent,
+    normalised,
+    utf8_encodable,
+)
 from presence.keys import BUCKETS, Keyspace, due_member, split_due_member
 from presence.store.base import (
     Change,
@@ -55,12 +62,25 @@ _UNAVAILABLE = (
 )
 
 
+# Replies of a Redis that is up but cannot take the command now (a long script, loading,
+# failing to persist, no replicas, a cluster reconfiguring); in a pipeline they follow
+# redis-py's "caused error: ".
+_UNAVAILABLE_REPLY = re.compile(
+    r"(?:^|caused error: )(BUSY|LOADING|MISCONF|NOREPLICAS|MASTERDOWN|TRYAGAIN|CLUSTERDOWN"
+    r"|READONLY|OOM)\b"
+)
+
+
 @asynccontextmanager
 async def _unavailable_as_domain_error() -> AsyncIterator[None]:
     try:
         yield
     except _UNAVAILABLE as error:
         raise StoreUnavailable(str(error) or type(error).__name__) from error
+    except redis_errors.ResponseError as error:
+        if _UNAVAILABLE_REPLY.search(str(error)):
+            raise StoreUnavailable(str(error)) from error
+        raise
 
 
 def _changes(messages: Sequence[str]) -> tuple[Change, ...]:
@@ -91,9 +111,14 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         bucket, after = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError):
+    except (binascii.Error, ValueError, TypeError, RecursionError):
         raise InvalidCursor("cursor is not one this service handed out") from None
-    if type(bucket) is not int or not 0 <= bucket < BUCKETS or not isinstance(after, str):
+    if (
+        type(bucket) is not int
+        or not 0 <= bucket < BUCKETS
+        or not isinstance(after, str)
+        or not utf8_encodable(after)
+    ):
         raise InvalidCursor("cursor is not one this service handed out")
     return bucket, after
 

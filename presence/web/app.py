@@ -14,7 +14,7 @@ from presence.store.base import PresenceStore, StoreUnavailable
 from presence.sweeper import Sweeper
 from presence.web.auth import require_api_token
 from presence.web.errors import json_errors, store_unavailable
-from presence.web.queries import QueryApi
+from presence.web.queries import MAX_LOOKUP_BYTES, QueryApi
 from presence.web.webhooks import WebhookReceiver
 
 log = logging.getLogger("presence.web")
@@ -63,7 +63,9 @@ def create_app(
     middlewares: list[Middleware] = [json_errors]
     if settings.api_token:
         middlewares.append(require_api_token(settings.api_token))
-    app = web.Application(middlewares=middlewares, client_max_size=settings.max_body_bytes)
+    # The webhook receiver reads its body itself, within PRESENCE_MAX_BODY_BYTES; this bound is
+    # for the query API, whose largest request is a lookup of 1000 long names.
+    app = web.Application(middlewares=middlewares, client_max_size=MAX_LOOKUP_BYTES)
     app[STORE] = store
     app.cleanup_ctx.append(_run_store)
     if sweeper is not None:

@@ -20,7 +20,8 @@ def require_api_token(token: str) -> Middleware:
     async def check(request: web.Request, handler: Handler) -> web.StreamResponse:
         if request.path.startswith(API_PREFIX):
             scheme, _, credentials = request.headers.get("Authorization", "").partition(" ")
-            given = credentials.strip().encode("utf-8")
+            # Header bytes that are not UTF-8 arrive as surrogate escapes: keep them as bytes.
+            given = credentials.strip().encode("utf-8", "surrogateescape")
             if scheme.lower() != "bearer" or not hmac.compare_digest(given, expected):
                 reply = json_error(401, "unauthorized", "send Authorization: Bearer <token>")
                 reply.headers["WWW-Authenticate"] = 'Bearer realm="presence"'

@@ -8,11 +8,13 @@ from typing import Any
 
 from aiohttp import web
 
-from presence.events import MAX_NAME_LENGTH
+from presence.events import MAX_NAME_LENGTH, utf8_encodable
 from presence.store.base import InvalidCursor, PresenceStore
 from presence.web.errors import BadRequest
 
 MAX_LOOKUP = 1000
+MAX_LOOKUP_BYTES = 8 * 1024 * 1024
+"""Room for 1000 names of the longest length, JSON-escaped."""
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 
@@ -29,6 +31,8 @@ def _service_sid(request: web.Request) -> str:
 def _identity_problem(identity: object) -> str | None:
     if not isinstance(identity, str):
         return "must be a string"
+    if not utf8_encodable(identity):
+        return "must be valid Unicode text"
     if not identity:
         return "must not be empty"
     if len(identity) > MAX_NAME_LENGTH:

@@ -1,8 +1,8 @@
 """``POST /webhooks/sync``: Twilio Sync's webhooks in, an outcome out.
 
-In order: the content type (415), the size (413), the signature (403), the account (403),
-the parameters (400), then the store (503 when Redis is away). A 200 is sent only once the
-event's effect is stored.
+In order: the content type (415), the size (413), the signature (403; a form body must be
+UTF-8 to be checked, else 400), the account (403), the parameters (400), then the store (503
+when Redis is away). A 200 is sent only once the event's effect is stored.
 """
 
 from __future__ import annotations
@@ -113,32 +113,35 @@ class WebhookReceiver:
             return json_error(
                 415, "unsupported_media_type", f"send {FORM} (as Twilio does) or {JSON}"
             )
-        if request.content_length is not None and request.content_length > self.max_body:
-            return self._too_large()
-        try:
-            body = await request.read()
-        except web.HTTPRequestEntityTooLarge:
-            return self._too_large()
+        body = await self._read_body(request)
+        if body is None:
+            return json_error(
+                413, "payload_too_large", f"the body is larger than {self.max_body} bytes"
+            )
 
+        # A JSON body is signed as bytes (bodySHA256) and checked before it is parsed; a form
+        # is signed as its decoded parameters, so it must be decoded first.
         pairs: list[tuple[str, Any]]
-        form: list[tuple[str, str]] | None = None
-        try:
-            if request.content_type == FORM:
-                form = pairs = _form_pairs(body)
-            else:
-                document = json.loads(body, object_pairs_hook=_JsonObject)
+        if request.content_type == FORM:
+            try:
+                pairs = _form_pairs(body)
+            except UnicodeDecodeError:
+                return _body_error("is not valid UTF-8")
+            signed = self._signed(request, pairs, body)
+        else:
+            signed = self._signed(request, None, body)
+            if signed:
+                try:
+                    document = json.loads(body, object_pairs_hook=_JsonObject)
+                except (ValueError, RecursionError):
+                    return _body_error("is not valid JSON")
                 if not isinstance(document, _JsonObject):
                     return _body_error("must be a JSON object")
                 pairs = document.pairs
-        except UnicodeDecodeError:
-            return _body_error("is not valid UTF-8")
-        except (ValueError, RecursionError):
-            return _body_error("is not valid JSON")
+        if not signed:
+            return json_error(403, "invalid_signature", "X-Twilio-Signature does not match")
         if len(pairs) > MAX_PARAMETERS:
             return _body_error(f"has more than {MAX_PARAMETERS} parameters")
-
-        if not self._signed(request, form, body):
-            return json_error(403, "invalid_signature", "X-Twilio-Signature does not match")
         if self.account_sid is not None:
             account = dict(pairs).get("AccountSid")
             if not isinstance(account, str) or account.lower() != self.account_sid.lower():
@@ -160,14 +163,21 @@ class WebhookReceiver:
     @staticmethod
     def _token(request: web.Request) -> str | None:
         token = request.headers.get(IDEMPOTENCY_HEADER)
-        if not token or len(token) > MAX_TOKEN_LENGTH:
+        # Twilio's tokens are short printable ASCII; anything else is not one of them.
+        if not token or len(token) > MAX_TOKEN_LENGTH or not token.isascii():
             return None
         return token
 
-    def _too_large(self) -> web.Response:
-        return json_error(
-            413, "payload_too_large", f"the body is larger than {self.max_body} bytes"
-        )
+    async def _read_body(self, request: web.Request) -> bytes | None:
+        """The body, or None as soon as it is known to be over the limit."""
+        if request.content_length is not None and request.content_length > self.max_body:
+            return None
+        body = bytearray()
+        async for chunk in request.content.iter_any():
+            body += chunk
+            if len(body) > self.max_body:
+                return None
+        return bytes(body)
 
     @staticmethod
     def _reply(outcome: Outcome) -> web.Response:

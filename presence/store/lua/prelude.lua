@@ -14,7 +14,7 @@
 --   de   EventId behind the pending offline            top  highest EventId applied
 --   ton  '1' while the top event said IsIdentityOnline and that evidence has not expired
 --   tat  time (ms) the top event was applied           off  EventId of the last IsIdentityOnline=false
---   oe   endpoint of that event                        tf   endpoints forgotten below this EventId
+--   oe   endpoint of that event                        tf   forgotten endpoints: stale up to here
 --   e:<endpoint>  '<EventId>:<ms>' of a connected endpoint: the last event naming it, and when
 --   t:<endpoint>  the same for a disconnected endpoint (a tombstone)
 
@@ -128,14 +128,17 @@ local function drop(s, kind, ep)
   end
 end
 
--- Forgets a tombstone whose EventId nothing else covers: unknown endpoints at or below it
--- become stale, so the forgotten endpoint still cannot come back.
-local function forget(s, ep)
-  local id = s.t[ep].id
+-- Events of endpoints no longer remembered are stale at or below this EventId, so an endpoint
+-- that was forgotten (an old tombstone, an expired endpoint) still cannot come back.
+local function raise_floor(s, id)
   if id > (tonumber(s.f.tf) or -1) then
     setf(s, 'tf', fmt(id))
   end
-  drop(s, 't', ep)
+end
+
+local function forget(s, kind, ep)
+  raise_floor(s, s[kind][ep].id)
+  drop(s, kind, ep)
 end
 
 local function bury(s, ep, id, now)
@@ -147,7 +150,7 @@ local function bury(s, ep, id, now)
         oldest = name
       end
     end
-    forget(s, oldest)
+    forget(s, 't', oldest)
   end
 end
 
@@ -179,17 +182,18 @@ local function advance(ctx, s)
     local limit = ctx.now - ctx.ttl
     for ep, e in pairs(s.e) do
       if e.at <= limit then
-        drop(s, 'e', ep)
+        forget(s, 'e', ep)
         expired = true
       end
     end
     for ep, t in pairs(s.t) do
       if t.at <= limit then
-        forget(s, ep)
+        forget(s, 't', ep)
       end
     end
     if s.f.ton == '1' and tonumber(s.f.tat) <= limit then
       setf(s, 'ton', '0')
+      raise_floor(s, tonumber(s.f.top))
       expired = true
     end
   end
