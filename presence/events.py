@@ -11,7 +11,7 @@ import json
 import re
 from collections.abc import Iterable
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, get_args
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError
 from pydantic_core import PydanticCustomError
@@ -229,17 +229,7 @@ SyncEvent = Annotated[ReachabilityEvent | CollectionEvent, Field(discriminator="
 
 _SYNC_EVENT: TypeAdapter[ReachabilityEvent | CollectionEvent] = TypeAdapter(SyncEvent)
 
-_MODELS: tuple[type[_Event], ...] = (
-    ReachabilityEvent,
-    DocumentEvent,
-    DocumentRemoved,
-    ListEvent,
-    ListItemEvent,
-    ListItemRemoved,
-    MapEvent,
-    MapItemEvent,
-    MapItemRemoved,
-)
+_MODELS: tuple[type[_Event], ...] = get_args(ReachabilityEvent | CollectionEvent)
 
 
 def _event_types(model: type[_Event]) -> tuple[str, ...]:
