@@ -48,14 +48,7 @@ class Sweeper:
         """One pass; True when more may be due already."""
         result = await self.store.sweep(self.batch)
         for change in result.changes:
-            log.info(
-                "presence change: %s %s %s (%s, version %d)",
-                change.service_sid,
-                change.identity,
-                "online" if change.online else "offline",
-                change.reason,
-                change.version,
-            )
+            log.info("presence change: %s", change)
         return result.more
 
     async def run(self) -> None:

@@ -42,6 +42,13 @@ class Change:
         fields: dict[str, Any] = json.loads(message)
         return cls(**fields)
 
+    def __str__(self) -> str:
+        state = "online" if self.online else "offline"
+        return (
+            f"{self.service_sid} {self.identity!r} {state} ({self.reason}, "
+            f"event {self.event_id}, version {self.version})"
+        )
+
 
 @dataclass(frozen=True)
 class EventResult:

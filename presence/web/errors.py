@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-from typing import Any
 
 from aiohttp import web
 from aiohttp.typedefs import Handler
@@ -32,9 +31,9 @@ class BadRequest(Exception):
         self.message = message
 
 
-def json_error(status: int, error: str, message: str, **extra: Any) -> web.Response:
-    """``{"error": code, "message": text, ...}`` with the given status."""
-    return web.json_response({"error": error, "message": message, **extra}, status=status)
+def json_error(status: int, error: str, message: str) -> web.Response:
+    """``{"error": code, "message": text}`` with the given status."""
+    return web.json_response({"error": error, "message": message}, status=status)
 
 
 def store_unavailable() -> web.Response:

@@ -157,6 +157,8 @@ class WebhookReceiver:
             if event.identity == SYSTEM_IDENTITY:
                 return self._reply(Outcome.IGNORED)
             result = await self.store.apply_reachability(event)
+            for change in result.changes:
+                log.info("presence change: %s", change)
             return self._reply(result.outcome)
         return self._reply(await self.store.record(event, self._token(request)))
 
