@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
@@ -82,21 +82,32 @@ def _json_value(value: object) -> Any:
         raise PydanticCustomError("json", "must be valid JSON") from None
 
 
-def _text(value: object) -> str:
+def _text_problem(value: object) -> str | None:
     if not isinstance(value, str):
-        raise PydanticCustomError("string", "must be a string")
+        return "must be a string"
     if not utf8_encodable(value):
-        raise PydanticCustomError("string", "must be valid Unicode text")
-    return value
+        return "must be valid Unicode text"
+    return None
 
 
-def _name(value: object) -> str:
-    value = _text(value)
-    if not value:
-        raise PydanticCustomError("string", "must not be empty")
-    if len(value) > MAX_NAME_LENGTH:
-        raise PydanticCustomError("string", f"must be at most {MAX_NAME_LENGTH} characters")
-    return value
+def name_problem(value: object) -> str | None:
+    """What is wrong with an Identity, EndpointId or ItemKey, or None when it is fine."""
+    problem = _text_problem(value)
+    if problem is None and not value:
+        problem = "must not be empty"
+    elif problem is None and len(str(value)) > MAX_NAME_LENGTH:
+        problem = f"must be at most {MAX_NAME_LENGTH} characters"
+    return problem
+
+
+def _checked(problem_of: Callable[[object], str | None]) -> PlainValidator:
+    def check(value: object) -> str:
+        problem = problem_of(value)
+        if problem is not None:
+            raise PydanticCustomError("string", problem)
+        return str(value)
+
+    return PlainValidator(check)
 
 
 AccountSid = Annotated[str, _sid("AC")]
@@ -107,8 +118,8 @@ MapSid = Annotated[str, _sid("MP")]
 Count = Annotated[int, PlainValidator(_count)]
 TwilioBool = Annotated[bool, PlainValidator(_boolean)]
 JsonData = Annotated[Any, PlainValidator(_json_value)]
-Name = Annotated[str, PlainValidator(_name)]
-Text = Annotated[str, PlainValidator(_text)]
+Name = Annotated[str, _checked(name_problem)]
+Text = Annotated[str, _checked(_text_problem)]
 
 
 class _Event(BaseModel):

@@ -8,7 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
-from presence.events import MAX_NAME_LENGTH, utf8_encodable
+from presence.events import name_problem
 from presence.store.base import InvalidCursor, PresenceStore
 from presence.web.errors import BadRequest
 
@@ -26,18 +26,6 @@ def _service_sid(request: web.Request) -> str:
     if not _SERVICE_SID.fullmatch(sid):
         raise BadRequest("invalid_service_sid", "service_sid must be IS followed by 32 hex digits")
     return sid
-
-
-def _identity_problem(identity: object) -> str | None:
-    if not isinstance(identity, str):
-        return "must be a string"
-    if not utf8_encodable(identity):
-        return "must be valid Unicode text"
-    if not identity:
-        return "must not be empty"
-    if len(identity) > MAX_NAME_LENGTH:
-        return f"must be at most {MAX_NAME_LENGTH} characters"
-    return None
 
 
 def _limit(request: web.Request) -> int:
@@ -60,7 +48,7 @@ async def _lookup_names(request: web.Request) -> list[str]:
             "invalid_body", f'the body must be {{"identities": [1 to {MAX_LOOKUP} names]}}'
         )
     for index, name in enumerate(names):
-        problem = _identity_problem(name)
+        problem = name_problem(name)
         if problem:
             raise BadRequest("invalid_body", f"identities[{index}] {problem}")
     return names
@@ -84,7 +72,7 @@ class QueryApi:
     async def identity(self, request: web.Request) -> web.Response:
         sid = _service_sid(request)
         identity = request.match_info["identity"]
-        problem = _identity_problem(identity)
+        problem = name_problem(identity)
         if problem:
             raise BadRequest("invalid_identity", f"identity {problem}")
         presence = await self.store.identity(sid, identity)
