@@ -5,15 +5,16 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import logging
 import sys
 from collections.abc import Sequence
 from typing import Any
 
 from presence.keys import Keyspace
+from presence.logs import configure_logging
 from presence.serve import StartupError, serve
 from presence.settings import Settings, SettingsError, check_serve, env_name, load_settings
 from presence.watch import watch
+from presence.workers import Supervisor, is_worker
 
 _WATCH_SETTINGS = ("redis_url", "key_prefix", "log_level")
 
@@ -60,14 +61,13 @@ def main(argv: Sequence[str] | None = None) -> None:
             check_serve(settings)
     except SettingsError as error:
         _fail(str(error))
-    logging.basicConfig(
-        level=settings.log_level.upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    configure_logging(settings.log_level, settings.log_format)
     with contextlib.suppress(KeyboardInterrupt):
         if command == "serve":
             try:
-                asyncio.run(serve(settings))
+                if settings.workers > 1:
+                    raise SystemExit(Supervisor(settings).run())
+                asyncio.run(serve(settings, reuse_port=is_worker()))
             except StartupError as error:
                 _fail(str(error))
         else:

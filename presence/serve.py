@@ -10,6 +10,7 @@ from urllib.parse import urlsplit, urlunsplit
 from aiohttp import web
 
 from presence.backend import open_store
+from presence.logs import ACCESS_LOGGER, AccessLogger
 from presence.settings import Settings
 from presence.sweeper import Sweeper
 from presence.web.app import create_app
@@ -44,19 +45,31 @@ def _announce(settings: Settings) -> None:
         )
 
 
-async def serve(settings: Settings) -> None:
-    """Serves HTTP on ``settings.host``:``settings.port`` until asked to stop."""
+async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
+    """Serves HTTP on ``settings.host``:``settings.port`` until SIGTERM or SIGINT, then shuts
+    down gracefully: no new connections, requests in flight finished (within
+    ``settings.shutdown_timeout_seconds``), the sweeper stopped, Redis closed.
+
+    ``reuse_port`` lets the workers of ``presence serve --workers N`` share the port."""
     _announce(settings)
     store = open_store(settings)
-    app = create_app(settings, store, sweeper=Sweeper(store))
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    sweeper = Sweeper(store)  # its metrics become the app's
+    app = create_app(settings, store, sweeper=sweeper)
+    runner = web.AppRunner(
+        app,
+        handle_signals=False,
+        access_log_class=AccessLogger,
+        access_log=logging.getLogger(ACCESS_LOGGER),
+        shutdown_timeout=settings.shutdown_timeout_seconds,
+    )
     await runner.setup()
+    # The handler only sets an event: everything else happens in order, below.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(signum, stop.set)
     try:
-        site = web.TCPSite(runner, settings.host, settings.port)
+        site = web.TCPSite(runner, settings.host, settings.port, reuse_port=reuse_port or None)
         try:
             await site.start()
         except OSError as error:
@@ -67,6 +80,12 @@ async def serve(settings: Settings) -> None:
         for address in runner.addresses:
             log.info("listening on http://%s:%d", address[0], address[1])
         await stop.wait()
-        log.info("stopping")
+        log.info(
+            "stopping: no new connections; finishing the requests in flight (at most %gs)",
+            settings.shutdown_timeout_seconds,
+        )
     finally:
+        # Closes the listener, waits for the handlers in flight, then stops the sweeper and
+        # closes Redis (the app's cleanup contexts), in that order.
         await runner.cleanup()
+    log.info("stopped")

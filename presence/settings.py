@@ -40,7 +40,10 @@ class Settings(BaseSettings):
     )
     api_token: str | None = None
     log_level: Literal["debug", "info", "warning", "error", "critical"] = "info"
+    log_format: Literal["text", "json"] = "text"
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
+    workers: int = Field(default=1, ge=1, le=256)
+    shutdown_timeout_seconds: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
 
     @field_validator("redis_url")
     @classmethod
@@ -87,7 +90,7 @@ class Settings(BaseSettings):
             raise ValueError("must be AC followed by 32 hex digits")
         return value
 
-    @field_validator("log_level", mode="before")
+    @field_validator("log_level", "log_format", mode="before")
     @classmethod
     def _log_level(cls, value: Any) -> Any:
         return value.lower() if isinstance(value, str) else value
@@ -131,6 +134,11 @@ def load_settings(**overrides: Any) -> Settings:
 
 def check_serve(settings: Settings) -> None:
     """Refuses what ``presence serve`` must not run with."""
+    if settings.embedded and settings.workers > 1:
+        raise SettingsError(
+            f"{env_name('workers')} above 1 needs {env_name('redis_url')}: the embedded store "
+            f"lives inside one process, so workers would not share presence"
+        )
     if not (settings.embedded or settings.twilio_auth_token or settings.allow_unsigned_webhooks):
         raise SettingsError(
             f"refusing to accept unsigned webhooks on a real Redis: set "

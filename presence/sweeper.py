@@ -11,6 +11,8 @@ import asyncio
 import contextlib
 import logging
 
+from presence.logs import log_changes
+from presence.metrics import Metrics
 from presence.store.base import PresenceStore, StoreUnavailable
 
 log = logging.getLogger("presence.sweeper")
@@ -30,8 +32,10 @@ class Sweeper:
         *,
         interval: float = SWEEP_INTERVAL_SECONDS,
         batch: int = SWEEP_BATCH,
+        metrics: Metrics | None = None,
     ) -> None:
         self.store = store
+        self.metrics = metrics or Metrics()
         self.interval = interval
         self.batch = batch
         self._stopping = asyncio.Event()
@@ -47,8 +51,12 @@ class Sweeper:
     async def sweep_once(self) -> bool:
         """One pass; True when more may be due already."""
         result = await self.store.sweep(self.batch)
-        for change in result.changes:
-            log.info("presence change: %s", change)
+        metrics = self.metrics
+        metrics.sweeps.inc()
+        metrics.sweeper_lag.set(result.lag_ms / 1000)
+        metrics.endpoints_expired.inc(result.endpoints_expired)
+        metrics.published(result.changes)
+        log_changes(result.changes)
         return result.more
 
     async def run(self) -> None:
@@ -62,6 +70,7 @@ class Sweeper:
                 # A dead sweeper would leave every deadline to the next webhook of its
                 # identity: whatever happens, it keeps going (loudly when it is a bug).
                 if isinstance(error, StoreUnavailable):
+                    self.metrics.redis_error("sweep")
                     log.warning("sweeper: store unavailable (%s); retry in %.1fs", error, backoff)
                 else:
                     log.exception("sweeper: unexpected error; retry in %.1fs", backoff)

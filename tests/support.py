@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+import aiohttp
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
 from redis.asyncio import Redis
@@ -288,6 +289,29 @@ async def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {within}s waiting for {what}")
         await asyncio.sleep(0.02)
+
+
+async def post_webhook(
+    base_url: str, params: Mapping[str, str], token: str = AUTH_TOKEN
+) -> tuple[int, dict[str, Any]]:
+    """POSTs a webhook signed for ``base_url``/webhooks/sync, on a connection of its own;
+    returns the status and the JSON reply."""
+    url = f"{base_url}/webhooks/sync"
+    headers = {
+        "Content-Type": "application/x-www-form-urlencoded",
+        "X-Twilio-Signature": sign(url, params, token),
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(url, data=urlencode(params), headers=headers) as response,
+    ):
+        body: dict[str, Any] = await response.json()
+        return response.status, body
+
+
+def json_lines(text: str) -> list[dict[str, Any]]:
+    """Every line of a JSON-lines log, parsed (fails on a line that is not JSON)."""
+    return [json.loads(line) for line in text.splitlines() if line.strip()]
 
 
 def service_env(**settings: str) -> dict[str, str]:

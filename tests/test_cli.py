@@ -50,6 +50,11 @@ def run_cli(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:
         (["serve"], {"endpoint_ttl_seconds": "inf"}, "PRESENCE_ENDPOINT_TTL_SECONDS"),
         (["serve"], {"redis_url": "redis://localhost:port/0"}, "PRESENCE_REDIS_URL"),
         (["watch"], {"redis_url": "unix://"}, "PRESENCE_REDIS_URL"),
+        (["serve"], {"log_format": "xml"}, "PRESENCE_LOG_FORMAT"),
+        (["serve", "--workers", "0"], {}, "PRESENCE_WORKERS"),
+        (["serve"], {"shutdown_timeout_seconds": "0"}, "PRESENCE_SHUTDOWN_TIMEOUT_SECONDS"),
+        # The embedded store lives in one process: workers would each have their own.
+        (["serve", "--workers", "2"], {}, "PRESENCE_WORKERS"),
     ],
 )
 def test_an_invalid_setting_exits_2_naming_it(

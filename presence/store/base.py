@@ -54,6 +54,9 @@ class Change:
 class EventResult:
     outcome: Outcome
     changes: tuple[Change, ...] = ()
+    flap_suppressed: bool = False
+    """The event cancelled a pending offline: a rebalancing flap nobody will hear about."""
+    endpoints_expired: int = 0
 
 
 @dataclass(frozen=True)
@@ -100,6 +103,9 @@ class SweepResult:
     changes: list[Change]
     more: bool
     """True when more identities may be due already: sweep again without pausing."""
+    lag_ms: int = 0
+    """How long past its due time the most overdue identity visited was."""
+    endpoints_expired: int = 0
 
 
 class InvalidCursor(ValueError):

@@ -181,7 +181,12 @@ class RedisStore:
         ]
         async with _unavailable_as_domain_error():
             reply: list[str] = await self._scripts.reachability(keys=keys, args=args)
-        return EventResult(Outcome(reply[0]), _changes(reply[1:]))
+        return EventResult(
+            Outcome(reply[0]),
+            _changes(reply[3:]),
+            flap_suppressed=reply[1] == "1",
+            endpoints_expired=int(reply[2]),
+        )
 
     async def record(self, event: CollectionEvent, token: str | None) -> Outcome:
         bucket = self.keys.bucket_of(event.subject_sid)
@@ -268,9 +273,11 @@ class RedisStore:
         async with self._pipeline() as pipe:
             now = await self._now_ms()
             for bucket in range(BUCKETS):
-                pipe.zrangebyscore(self.keys.due(bucket), "-inf", now, start=0, num=share)
-            per_bucket: list[list[str]] = await pipe.execute()
-            members = [member for found in per_bucket for member in found]
+                pipe.zrangebyscore(
+                    self.keys.due(bucket), "-inf", now, start=0, num=share, withscores=True
+                )
+            per_bucket: list[list[tuple[str, float]]] = await pipe.execute()
+            members = [member for found in per_bucket for member, _ in found]
             if not members:
                 return SweepResult([], more=False)
             # Another replica may visit the same members meanwhile: tick.lua reads the due
@@ -279,8 +286,14 @@ class RedisStore:
                 keys, args = self._identity_call(*split_due_member(member))
                 await self._scripts.tick(keys=keys, args=args, client=pipe)
             replies: list[list[str]] = await pipe.execute()
-        changes = [change for reply in replies for change in _changes(reply[1:])]
-        return SweepResult(changes, more=any(len(found) == share for found in per_bucket))
+        done = [reply for reply in replies if reply[0] == "done"]
+        oldest = min(score for found in per_bucket for _, score in found)
+        return SweepResult(
+            [change for reply in done for change in _changes(reply[2:])],
+            more=any(len(found) == share for found in per_bucket),
+            lag_ms=max(0, now - int(oldest)),
+            endpoints_expired=sum(int(reply[1]) for reply in done),
+        )
 
     async def ping(self) -> None:
         async with _unavailable_as_domain_error():

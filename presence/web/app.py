@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from presence.metrics import CONTENT_TYPE, Metrics
 from presence.settings import Settings
 from presence.store.base import PresenceStore, StoreUnavailable
 from presence.sweeper import Sweeper
 from presence.web.auth import require_api_token
 from presence.web.errors import json_errors, store_unavailable
+from presence.web.openapi import serve_openapi
 from presence.web.queries import MAX_LOOKUP_BYTES, QueryApi
 from presence.web.webhooks import WebhookReceiver
 
@@ -23,6 +25,7 @@ SWEEPER_STOP_SECONDS = 5.0
 
 STORE = web.AppKey("store", PresenceStore)
 SWEEPER = web.AppKey("sweeper", Sweeper)
+METRICS = web.AppKey("metrics", Metrics)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -33,8 +36,17 @@ async def readyz(request: web.Request) -> web.Response:
     try:
         await request.app[STORE].ping()
     except StoreUnavailable:
+        request.app[METRICS].redis_error("readiness")
         return store_unavailable()
     return web.json_response({"status": "ready"})
+
+
+async def serve_metrics(request: web.Request) -> web.Response:
+    # The exposition content type carries its own version parameter, so it goes in as a
+    # header rather than through content_type=.
+    return web.Response(
+        body=request.app[METRICS].exposition(), headers={"Content-Type": CONTENT_TYPE}
+    )
 
 
 async def _run_store(app: web.Application) -> AsyncIterator[None]:
@@ -56,23 +68,32 @@ async def _run_sweeper(app: web.Application) -> AsyncIterator[None]:
 
 
 def create_app(
-    settings: Settings, store: PresenceStore, *, sweeper: Sweeper | None = None
+    settings: Settings,
+    store: PresenceStore,
+    *,
+    sweeper: Sweeper | None = None,
+    metrics: Metrics | None = None,
 ) -> web.Application:
     """The service, answering from ``store``. A ``sweeper`` is run for the app's lifetime;
-    the store is closed when the app shuts down."""
-    middlewares: list[Middleware] = [json_errors]
+    the store is closed when the app shuts down. Metrics are the sweeper's unless given."""
+    if metrics is None:
+        metrics = sweeper.metrics if sweeper is not None else Metrics()
+    middlewares: list[Middleware] = [json_errors(metrics)]
     if settings.api_token:
         middlewares.append(require_api_token(settings.api_token))
     # The webhook receiver reads its body itself, within PRESENCE_MAX_BODY_BYTES; this bound is
     # for the query API, whose largest request is a lookup of 1000 long names.
     app = web.Application(middlewares=middlewares, client_max_size=MAX_LOOKUP_BYTES)
     app[STORE] = store
+    app[METRICS] = metrics
     app.cleanup_ctx.append(_run_store)
     if sweeper is not None:
         app[SWEEPER] = sweeper
         app.cleanup_ctx.append(_run_sweeper)
-    app.router.add_post("/webhooks/sync", WebhookReceiver(settings, store).handle)
+    app.router.add_post("/webhooks/sync", WebhookReceiver(settings, store, metrics).handle)
     app.router.add_routes(QueryApi(store).routes())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    app.router.add_get("/openapi.json", serve_openapi)
+    app.router.add_get("/metrics", serve_metrics)
     return app

@@ -5,8 +5,9 @@ from __future__ import annotations
 import logging
 
 from aiohttp import web
-from aiohttp.typedefs import Handler
+from aiohttp.typedefs import Handler, Middleware
 
+from presence.metrics import Metrics
 from presence.store.base import StoreUnavailable
 
 log = logging.getLogger("presence.web")
@@ -42,26 +43,32 @@ def store_unavailable() -> web.Response:
     )
 
 
-@web.middleware
-async def json_errors(request: web.Request, handler: Handler) -> web.StreamResponse:
-    """Answers routing errors, Redis outages and bugs in JSON, never with a traceback."""
-    try:
-        response: web.StreamResponse = await handler(request)
-    except BadRequest as error:
-        return json_error(400, error.error, error.message)
-    except StoreUnavailable as error:
-        log.warning("store unavailable for %s %s: %s", request.method, request.path, error)
-        return store_unavailable()
-    except web.HTTPException as error:
-        if error.status < 400:
-            raise
-        code = _CODES.get(error.status, "http_error")
-        reply = json_error(error.status, code, error.reason)
-        for name in ("Allow", "WWW-Authenticate"):
-            if name in error.headers:
-                reply.headers[name] = error.headers[name]
-        return reply
-    except Exception:
-        log.exception("unhandled error for %s %s", request.method, request.path)
-        return json_error(500, "internal_error", "an unexpected error occurred; see the logs")
-    return response
+def json_errors(metrics: Metrics) -> Middleware:
+    """A middleware answering routing errors, Redis outages and bugs in JSON, never with a
+    traceback."""
+
+    @web.middleware
+    async def answer_in_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            response: web.StreamResponse = await handler(request)
+        except BadRequest as error:
+            return json_error(400, error.error, error.message)
+        except StoreUnavailable as error:
+            log.warning("store unavailable for %s %s: %s", request.method, request.path, error)
+            metrics.redis_error("query")
+            return store_unavailable()
+        except web.HTTPException as error:
+            if error.status < 400:
+                raise
+            code = _CODES.get(error.status, "http_error")
+            reply = json_error(error.status, code, error.reason)
+            for name in ("Allow", "WWW-Authenticate"):
+                if name in error.headers:
+                    reply.headers[name] = error.headers[name]
+            return reply
+        except Exception:
+            log.exception("unhandled error for %s %s", request.method, request.path)
+            return json_error(500, "internal_error", "an unexpected error occurred; see the logs")
+        return response
+
+    return answer_in_json

@@ -9,23 +9,28 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from aiohttp import web
 
 from presence.events import (
+    EVENT_TYPES,
     SYSTEM_IDENTITY,
     FieldError,
     InvalidPayload,
     ReachabilityEvent,
     parse_event,
 )
+from presence.logs import WEBHOOK_OUTCOME, log_changes
+from presence.metrics import UNKNOWN, Metrics
 from presence.settings import Settings
 from presence.signature import SETTINGS_HEADER, SIGNATURE_HEADER, SignatureValidator
-from presence.store.base import Outcome, PresenceStore
-from presence.web.errors import json_error
+from presence.store.base import EventResult, Outcome, PresenceStore, StoreUnavailable
+from presence.web.errors import json_error, store_unavailable
 
 log = logging.getLogger("presence.webhooks")
 
@@ -44,8 +49,28 @@ class _JsonObject(dict[str, Any]):
         self.pairs = pairs
 
 
-def _invalid(errors: list[FieldError]) -> web.Response:
-    return web.json_response(
+@dataclass(frozen=True)
+class _Verdict:
+    """A webhook's reply, and what to count it as."""
+
+    response: web.Response
+    event_type: str = UNKNOWN
+    """A listed EventType, else ``unknown``: a label value must come from a closed set."""
+    outcome: str = ""
+    rejection: str | None = None
+    """The error code when the webhook is refused."""
+
+
+def _done(outcome: Outcome, event_type: str) -> _Verdict:
+    return _Verdict(web.json_response({"status": outcome.value}), event_type, outcome.value)
+
+
+def _reject(status: int, error: str, message: str, event_type: str = UNKNOWN) -> _Verdict:
+    return _Verdict(json_error(status, error, message), event_type, rejection=error)
+
+
+def _invalid(errors: list[FieldError], event_type: str = UNKNOWN) -> _Verdict:
+    response = web.json_response(
         {
             "error": "invalid_payload",
             "message": "; ".join(f"{e.field}: {e.message}" for e in errors),
@@ -53,9 +78,10 @@ def _invalid(errors: list[FieldError]) -> web.Response:
         },
         status=400,
     )
+    return _Verdict(response, event_type, rejection="invalid_payload")
 
 
-def _body_error(message: str) -> web.Response:
+def _body_error(message: str) -> _Verdict:
     return _invalid([FieldError("body", message)])
 
 
@@ -74,8 +100,9 @@ def _grouped(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
 class WebhookReceiver:
     """Verifies, validates and applies Sync webhooks."""
 
-    def __init__(self, settings: Settings, store: PresenceStore) -> None:
+    def __init__(self, settings: Settings, store: PresenceStore, metrics: Metrics) -> None:
         self.store = store
+        self.metrics = metrics
         self.max_body = settings.max_body_bytes
         self.account_sid = settings.account_sid
         self.public_url = urlsplit(settings.webhook_url) if settings.webhook_url else None
@@ -109,13 +136,29 @@ class WebhookReceiver:
         )
 
     async def handle(self, request: web.Request) -> web.Response:
+        metrics = self.metrics
+        started = time.perf_counter()
+        metrics.webhooks_in_flight.inc()
+        try:
+            verdict = await self._handle(request)
+        finally:
+            metrics.webhooks_in_flight.dec()
+            metrics.webhook_duration.observe(time.perf_counter() - started)
+        if verdict.rejection is None:
+            metrics.webhooks.labels(verdict.event_type, verdict.outcome).inc()
+            request[WEBHOOK_OUTCOME] = verdict.outcome
+        else:
+            metrics.webhooks.labels(verdict.event_type, "rejected").inc()
+            metrics.webhooks_rejected.labels(verdict.rejection).inc()
+            request[WEBHOOK_OUTCOME] = verdict.rejection
+        return verdict.response
+
+    async def _handle(self, request: web.Request) -> _Verdict:
         if request.content_type not in (FORM, JSON):
-            return json_error(
-                415, "unsupported_media_type", f"send {FORM} (as Twilio does) or {JSON}"
-            )
+            return _reject(415, "unsupported_media_type", f"send {FORM} (as Twilio does) or {JSON}")
         body = await self._read_body(request)
         if body is None:
-            return json_error(
+            return _reject(
                 413, "payload_too_large", f"the body is larger than {self.max_body} bytes"
             )
 
@@ -139,28 +182,45 @@ class WebhookReceiver:
                     return _body_error("must be a JSON object")
                 pairs = document.pairs
         if not signed:
-            return json_error(403, "invalid_signature", "X-Twilio-Signature does not match")
+            return _reject(403, "invalid_signature", "X-Twilio-Signature does not match")
         if len(pairs) > MAX_PARAMETERS:
             return _body_error(f"has more than {MAX_PARAMETERS} parameters")
+        params = dict(pairs)
+        listed = params.get("EventType")
+        event_type = listed if isinstance(listed, str) and listed in EVENT_TYPES else UNKNOWN
         if self.account_sid is not None:
-            account = dict(pairs).get("AccountSid")
+            account = params.get("AccountSid")
             if not isinstance(account, str) or account.lower() != self.account_sid.lower():
-                return json_error(403, "account_not_allowed", "AccountSid is not accepted here")
+                return _reject(
+                    403, "account_not_allowed", "AccountSid is not accepted here", event_type
+                )
 
         try:
             event = parse_event(pairs)
         except InvalidPayload as error:
-            return _invalid(error.errors)
+            return _invalid(error.errors, event_type)
         if event is None:
-            return self._reply(Outcome.IGNORED)
-        if isinstance(event, ReachabilityEvent):
-            if event.identity == SYSTEM_IDENTITY:
-                return self._reply(Outcome.IGNORED)
-            result = await self.store.apply_reachability(event)
-            for change in result.changes:
-                log.info("presence change: %s", change)
-            return self._reply(result.outcome)
-        return self._reply(await self.store.record(event, self._token(request)))
+            return _done(Outcome.IGNORED, event_type)
+        try:
+            if isinstance(event, ReachabilityEvent):
+                if event.identity == SYSTEM_IDENTITY:
+                    return _done(Outcome.IGNORED, event_type)
+                result = await self.store.apply_reachability(event)
+                self._observe(result)
+                return _done(result.outcome, event_type)
+            return _done(await self.store.record(event, self._token(request)), event_type)
+        except StoreUnavailable as error:
+            log.warning("store unavailable for a webhook: %s", error)
+            self.metrics.redis_error("webhook")
+            return _Verdict(store_unavailable(), event_type, rejection="store_unavailable")
+
+    def _observe(self, result: EventResult) -> None:
+        log_changes(result.changes)
+        self.metrics.published(result.changes)
+        if result.flap_suppressed:
+            self.metrics.flaps_suppressed.inc()
+        if result.endpoints_expired:
+            self.metrics.endpoints_expired.inc(result.endpoints_expired)
 
     @staticmethod
     def _token(request: web.Request) -> str | None:
@@ -180,7 +240,3 @@ class WebhookReceiver:
             if len(body) > self.max_body:
                 return None
         return bytes(body)
-
-    @staticmethod
-    def _reply(outcome: Outcome) -> web.Response:
-        return web.json_response({"status": outcome.value})

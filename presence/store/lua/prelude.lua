@@ -63,6 +63,7 @@ local function context(argv)
   return {
     identity = argv[1], member = argv[2], grace = tonumber(argv[3]), ttl = tonumber(argv[4]),
     now = clock(argv[5]), all = argv[6], one = argv[7], head = argv[8], messages = {},
+    expired = 0,
   }
 end
 
@@ -183,6 +184,7 @@ local function advance(ctx, s)
     for ep, e in pairs(s.e) do
       if e.at <= limit then
         forget(s, 'e', ep)
+        ctx.expired = ctx.expired + 1
         expired = true
       end
     end

@@ -1,8 +1,9 @@
 -- reachability.lua: applies one endpoint_connected / endpoint_disconnected to an identity.
 -- KEYS and ARGV 1-8: see prelude.lua. Then:
 --   ARGV 9 EndpointId   10 EventId   11 IsIdentityOnline ('1'/'0')   12 '1' connected, '0' disconnected
--- Returns {status, message...}: status 'applied', 'duplicate' or 'stale', then each change
--- published, in order.
+-- Returns {status, flap, expired, message...}: status 'applied', 'duplicate' or 'stale'; flap
+-- '1' when the event cancelled a pending offline (a flap suppressed), else '0'; the number of
+-- endpoints that expired on the way; then each change published, in order.
 
 -- Per section 4 of the contract: an event applies only if its EventId is above what its endpoint
 -- has, and above the identity's last IsIdentityOnline=false.
@@ -71,6 +72,7 @@ local function settle(ctx, s, event_id)
     elseif s.f.dl then
       unsetf(s, 'dl')
       unsetf(s, 'de')
+      ctx.flap = '1'
     end
   elseif on and not s.f.dl then
     if ctx.grace == 0 then
@@ -91,4 +93,4 @@ if status == 'applied' then
   settle(ctx, s, ARGV[10])
 end
 finish(ctx, s, KEYS)
-return { status, unpack(ctx.messages) }
+return { status, ctx.flap or '0', ctx.expired, unpack(ctx.messages) }

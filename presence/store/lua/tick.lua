@@ -1,8 +1,9 @@
 -- tick.lua: the sweeper's visit to one identity whose time in the due set has come: fires its
 -- offline deadline, expires what no event has named for the TTL, and reschedules it.
 -- KEYS and ARGV 1-8: see prelude.lua.
--- Returns {'done', message...}, or {'not_due'} when another replica (or an event) got there
--- first: the due set is read inside the script, so each deadline fires exactly once.
+-- Returns {'done', expired, message...} (expired: how many endpoints expired), or {'not_due'}
+-- when another replica (or an event) got there first: the due set is read inside the script,
+-- so each deadline fires exactly once.
 
 local ctx = context(ARGV)
 local score = redis.call('ZSCORE', KEYS[4], ARGV[2])
@@ -12,4 +13,4 @@ end
 local s = load(KEYS[1])
 advance(ctx, s)
 finish(ctx, s, KEYS)
-return { 'done', unpack(ctx.messages) }
+return { 'done', ctx.expired, unpack(ctx.messages) }

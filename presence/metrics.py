@@ -1,0 +1,131 @@
+"""Prometheus metrics, served at ``/metrics``.
+
+One ``Metrics`` per process. Under ``presence serve --workers N`` every worker writes its
+values to files in ``PROMETHEUS_MULTIPROC_DIR`` (set by the supervisor), and whichever worker
+answers a scrape reports the sum over all of them, so one scrape sees the whole host.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterable
+
+from prometheus_client import (
+    CONTENT_TYPE_LATEST,
+    CollectorRegistry,
+    Counter,
+    Gauge,
+    Histogram,
+    disable_created_metrics,
+    generate_latest,
+)
+from prometheus_client.multiprocess import MultiProcessCollector
+from prometheus_client.process_collector import ProcessCollector
+
+from presence.store.base import Change
+
+MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+# Twilio gives up on a webhook after 15 s; the buckets reach that far.
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0)
+
+UNKNOWN = "unknown"
+
+# The *_created series double the output and tell a scraper nothing it needs here.
+disable_created_metrics()  # type: ignore[no-untyped-call]
+
+
+class Metrics:
+    """Every metric the service exports. Label values come from closed sets (event types the
+    reference lists, outcomes, reasons), never from request data, so no client can make the
+    number of series grow."""
+
+    def __init__(self) -> None:
+        self.multiprocess = bool(os.environ.get(MULTIPROCESS_DIR_VARIABLE))
+        self.registry = CollectorRegistry(auto_describe=True)
+        if self.multiprocess:
+            MultiProcessCollector(self.registry)  # type: ignore[no-untyped-call]
+            # Values live in the shared files; registering them too would report them twice.
+            into: CollectorRegistry | None = None
+        else:
+            ProcessCollector(registry=self.registry)
+            into = self.registry
+
+        self.webhooks = Counter(
+            "presence_webhooks",
+            "Webhooks received, by EventType and outcome (applied, duplicate, stale, ignored, "
+            "rejected).",
+            ["event_type", "outcome"],
+            registry=into,
+        )
+        self.webhooks_rejected = Counter(
+            "presence_webhooks_rejected",
+            "Webhooks answered with an error, by reason (the error code of the reply).",
+            ["reason"],
+            registry=into,
+        )
+        self.webhook_duration = Histogram(
+            "presence_webhook_duration_seconds",
+            "Time from a webhook's arrival to its reply.",
+            buckets=LATENCY_BUCKETS,
+            registry=into,
+        )
+        self.webhooks_in_flight = Gauge(
+            "presence_webhooks_in_flight",
+            "Webhooks being handled right now.",
+            registry=into,
+            multiprocess_mode="livesum",
+        )
+        self.changes = Counter(
+            "presence_changes_published",
+            "Presence changes published, by reason (connected, disconnected, expired).",
+            ["reason"],
+            registry=into,
+        )
+        self.flaps_suppressed = Counter(
+            "presence_flaps_suppressed",
+            "Identities that came back within the offline grace: a going-offline never published.",
+            registry=into,
+        )
+        self.endpoints_expired = Counter(
+            "presence_endpoints_expired",
+            "Endpoints dropped because no event named them for PRESENCE_ENDPOINT_TTL_SECONDS.",
+            registry=into,
+        )
+        self.redis_errors = Counter(
+            "presence_redis_errors",
+            "Times Redis could not be reached or refused a command, by what was being done "
+            "(webhook, query, readiness, sweep).",
+            ["operation"],
+            registry=into,
+        )
+        self.sweeper_lag = Gauge(
+            "presence_sweeper_lag_seconds",
+            "How late the sweeper's last pass was for the most overdue deadline or expiry.",
+            registry=into,
+            multiprocess_mode="livemax",
+        )
+        self.sweeps = Counter(
+            "presence_sweeper_passes",
+            "Passes of the sweeper over the due deadlines and expiries.",
+            registry=into,
+        )
+
+        # Series that exist before their first event, so that rate() and alerts see a 0.
+        for reason in ("connected", "disconnected", "expired"):
+            self.changes.labels(reason)
+        for operation in ("webhook", "query", "readiness", "sweep"):
+            self.redis_errors.labels(operation)
+
+    def published(self, changes: Iterable[Change]) -> None:
+        for change in changes:
+            self.changes.labels(change.reason).inc()
+
+    def redis_error(self, operation: str) -> None:
+        self.redis_errors.labels(operation).inc()
+
+    def exposition(self) -> bytes:
+        """The current values in the Prometheus text format."""
+        return generate_latest(self.registry)

@@ -1,0 +1,148 @@
+"""Logs: a line per request and per presence change, JSON or text, and never a secret."""
+
+from __future__ import annotations
+
+import json
+import logging
+import signal
+from pathlib import Path
+
+import aiohttp
+
+from presence.logs import JsonFormatter, TextFormatter
+from tests.support import (
+    AUTH_TOKEN,
+    SERVICE_SID,
+    RedisServer,
+    Service,
+    json_lines,
+    post_webhook,
+    reachability,
+    sign,
+    wait_until,
+)
+
+API_TOKEN = "api-token-that-must-never-be-logged"
+WRONG_TOKEN = "a-wrong-token-that-must-never-be-logged-either"
+
+
+def record(**extra: object) -> logging.LogRecord:
+    record = logging.makeLogRecord(
+        {"name": "presence.test", "levelno": logging.INFO, "levelname": "INFO", "msg": "hi %s"}
+    )
+    record.args = ("there",)
+    record.__dict__.update(extra)
+    return record
+
+
+def test_json_lines_carry_the_extra_fields() -> None:
+    line = json.loads(JsonFormatter().format(record(identity="a\nb", online=True)))
+    assert line["message"] == "hi there"
+    assert line["level"] == "info"
+    assert line["logger"] == "presence.test"
+    assert isinstance(line["pid"], int)
+    assert line["identity"] == "a\nb"
+    assert line["online"] is True
+
+
+def test_text_lines_carry_the_extra_fields_quoted_on_one_line() -> None:
+    text = TextFormatter().format(record(identity="a\nb", online=True))
+    assert "\n" not in text
+    assert text.endswith('INFO presence.test: hi there identity="a\\nb" online=true')
+
+
+async def run_requests(service: Service) -> list[str]:
+    """A signed connect and disconnect, a forged webhook, and queries with a right and a
+    wrong API token; returns the signatures sent."""
+    connect = reachability("alice", "E1", 1, True, connected=True)
+    disconnect = reachability("alice", "E1", 2, False, connected=False)
+    assert await post_webhook(service.url, connect) == (200, {"status": "applied"})
+    status, _ = await post_webhook(service.url, connect, token=WRONG_TOKEN)
+    assert status == 403
+    assert await post_webhook(service.url, disconnect) == (200, {"status": "applied"})
+    identity = f"{service.url}/v1/services/{SERVICE_SID}/identities/alice"
+    async with aiohttp.ClientSession() as session:
+        for token, expected in ((API_TOKEN, 200), (WRONG_TOKEN, 401)):
+            headers = {"Authorization": f"Bearer {token}"}
+            async with session.get(identity, headers=headers) as response:
+                assert response.status == expected
+        # A line break in a path must not start a forged log line.
+        forged = identity.replace("alice", "x%0A%7B%22level%22:%22error%22%7D")
+        headers = {"Authorization": f"Bearer {API_TOKEN}"}
+        async with session.get(forged, headers=headers) as response:
+            assert response.status == 200
+    url = f"{service.url}/webhooks/sync"
+    return [sign(url, connect), sign(url, connect, WRONG_TOKEN), sign(url, disconnect)]
+
+
+async def test_json_logs_have_a_line_per_request_and_per_change_and_no_secret(
+    tmp_path: Path, redis_server: RedisServer
+) -> None:
+    service = Service(
+        tmp_path / "service.log",
+        redis_url=redis_server.url,
+        twilio_auth_token=AUTH_TOKEN,
+        api_token=API_TOKEN,
+        log_format="json",
+        offline_grace_seconds="0",
+        key_prefix="logs",
+    ).start()
+    try:
+        signatures = await run_requests(service)
+
+        def access_lines() -> list[dict[str, object]]:
+            lines = json_lines(service.output())
+            return [line for line in lines if line["logger"] == "presence.access"]
+
+        await wait_until(lambda: len(access_lines()) == 6, what="six access-log lines")
+    finally:
+        service.kill(signal.SIGTERM)
+
+    output = service.output()
+    lines = json_lines(output)  # every line is JSON, the last ones of the shutdown included
+    webhooks = [line for line in access_lines() if line["path"] == "/webhooks/sync"]
+    assert [(line["method"], line["status"], line["outcome"]) for line in webhooks] == [
+        ("POST", 200, "applied"),
+        ("POST", 403, "invalid_signature"),
+        ("POST", 200, "applied"),
+    ]
+    assert all(isinstance(line["duration_ms"], float) for line in webhooks)
+    queries = [line for line in access_lines() if line["path"] != "/webhooks/sync"]
+    assert [line["status"] for line in queries] == [200, 401, 200]
+    assert str(queries[2]["path"]).endswith("/identities/x%0A%7B%22level%22:%22error%22%7D")
+    changes = [line for line in lines if line["logger"] == "presence.changes"]
+    assert [(c["identity"], c["online"], c["reason"], c["version"]) for c in changes] == [
+        ("alice", True, "connected", 1),
+        ("alice", False, "disconnected", 2),
+    ]
+    for secret in (AUTH_TOKEN, API_TOKEN, WRONG_TOKEN, *signatures):
+        assert secret not in output
+
+
+async def test_text_logs_are_plain_lines(tmp_path: Path, redis_server: RedisServer) -> None:
+    service = Service(
+        tmp_path / "service.log",
+        redis_url=redis_server.url,
+        twilio_auth_token=AUTH_TOKEN,
+        api_token=API_TOKEN,
+        offline_grace_seconds="0",
+        key_prefix="textlogs",
+    ).start()
+    try:
+        signatures = await run_requests(service)
+        await wait_until(
+            lambda: "/identities/x%0A" in service.output(), what="the last access-log line"
+        )
+    finally:
+        service.kill(signal.SIGTERM)
+
+    output = service.output()
+    assert not output.lstrip().startswith("{")
+    assert "presence.access: POST /webhooks/sync 200" in output
+    assert 'outcome="invalid_signature"' in output
+    assert "presence change: " in output
+    assert 'reason="disconnected"' in output
+    # The forged line break stayed encoded: no line starts with what the path carried.
+    assert not any(line.startswith('{"level"') for line in output.splitlines())
+    for secret in (AUTH_TOKEN, API_TOKEN, WRONG_TOKEN, *signatures):
+        assert secret not in output
