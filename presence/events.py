@@ -59,8 +59,29 @@ def _boolean(value: object) -> bool:
     raise PydanticCustomError("boolean", "must be true or false")
 
 
+MAX_DATA_DEPTH = 128
+"""Deepest nesting of a ``*Data`` value: far beyond any real document, and well within what
+the republished message can be serialised with."""
+
+
 def _reject_constant(name: str) -> Any:
     raise ValueError(name)
+
+
+def loads_strict(text: str | bytes, **options: Any) -> Any:
+    """``json.loads`` refusing NaN and Infinity, which are not JSON."""
+    return json.loads(text, parse_constant=_reject_constant, **options)
+
+
+def _depth(value: object) -> int:
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict | list):
+            deepest = max(deepest, depth)
+            children = item.values() if isinstance(item, dict) else item
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 def utf8_encodable(text: str) -> bool:
@@ -74,12 +95,14 @@ def utf8_encodable(text: str) -> bool:
 
 def _json_value(value: object) -> Any:
     # In a JSON body the data may already be a JSON value; in a form it is JSON text.
-    if not isinstance(value, str):
-        return value
-    try:
-        return json.loads(value, parse_constant=_reject_constant)
-    except (ValueError, RecursionError):
-        raise PydanticCustomError("json", "must be valid JSON") from None
+    if isinstance(value, str):
+        try:
+            value = loads_strict(value)
+        except (ValueError, RecursionError):
+            raise PydanticCustomError("json", "must be valid JSON") from None
+    if _depth(value) > MAX_DATA_DEPTH:
+        raise PydanticCustomError("json", f"must be nested at most {MAX_DATA_DEPTH} levels deep")
+    return value
 
 
 def _text_problem(value: object) -> str | None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from presence.events import (
     EVENT_TYPES,
+    MAX_DATA_DEPTH,
     MAX_SAFE_INTEGER,
     DocumentEvent,
     DocumentRemoved,
@@ -108,6 +111,26 @@ def test_json_values_may_already_be_typed() -> None:
 
     assert isinstance(event, ListItemEvent)
     assert (event.event_id, event.item_index, event.item_data) == (12, 0, [1, {"a": None}])
+
+
+@pytest.mark.parametrize("as_text", [True, False])
+def test_data_is_nested_at_most_max_data_depth(as_text: bool) -> None:
+    def nested(depth: int) -> object:
+        text = "[" * depth + "]" * depth
+        return text if as_text else json.loads(text)
+
+    deepest = collection_event("document_updated") | {"DocumentData": nested(MAX_DATA_DEPTH)}
+    event = parse_event(deepest.items())
+    assert isinstance(event, DocumentEvent)
+    # Republished as JSON: the depth allowed is one the message can be written with.
+    assert json.dumps(normalised(event))
+
+    deeper = collection_event("document_updated") | {"DocumentData": nested(MAX_DATA_DEPTH + 1)}
+    with pytest.raises(InvalidPayload) as raised:
+        parse_event(deeper.items())
+    assert [(e.field, e.message) for e in raised.value.errors] == [
+        ("DocumentData", f"must be nested at most {MAX_DATA_DEPTH} levels deep")
+    ]
 
 
 def test_booleans_are_not_integers() -> None:

@@ -39,7 +39,9 @@ def json_error(status: int, error: str, message: str) -> web.Response:
 
 def store_unavailable() -> web.Response:
     return json_error(
-        503, "store_unavailable", "Redis cannot be reached; nothing was changed, retry later"
+        503,
+        "store_unavailable",
+        "Redis cannot be reached; the request took effect in full or not at all, retry later",
     )
 
 
@@ -61,7 +63,9 @@ def json_errors(metrics: Metrics) -> Middleware:
             if error.status < 400:
                 raise
             code = _CODES.get(error.status, "http_error")
-            reply = json_error(error.status, code, error.reason)
+            # aiohttp's own text names the limit a body went over; a reason phrase would not.
+            message = error.text if error.status == 413 and error.text else error.reason
+            reply = json_error(error.status, code, message)
             for name in ("Allow", "WWW-Authenticate"):
                 if name in error.headers:
                     reply.headers[name] = error.headers[name]

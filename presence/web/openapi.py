@@ -362,7 +362,8 @@ def _components() -> Schema:
                 headers={"Allow": _required_header("GET,HEAD")},
             ),
             "StoreUnavailable": _error(
-                "Redis cannot be reached (`store_unavailable`); nothing was changed, retry",
+                "Redis cannot be reached (`store_unavailable`); the request took effect in full "
+                "or not at all, so a retry is safe",
                 "store_unavailable",
             ),
         },

@@ -7,7 +7,6 @@ when Redis is away). A 200 is sent only once the event's effect is stored.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Iterable
@@ -23,6 +22,7 @@ from presence.events import (
     FieldError,
     InvalidPayload,
     ReachabilityEvent,
+    loads_strict,
     parse_event,
 )
 from presence.logs import WEBHOOK_OUTCOME, log_changes
@@ -124,9 +124,11 @@ class WebhookReceiver:
     ) -> bool:
         if self.validator is None:
             return True
-        signature = request.headers.get(SIGNATURE_HEADER)
-        if not signature:
+        # Exactly one: with several, which one was checked would be up to the reader.
+        given = request.headers.getall(SIGNATURE_HEADER, [])
+        if len(given) != 1 or not given[0]:
             return False
+        signature = given[0]
         return self.validator.validate(
             self.signed_url(request),
             signature,
@@ -175,7 +177,7 @@ class WebhookReceiver:
             signed = self._signed(request, None, body)
             if signed:
                 try:
-                    document = json.loads(body, object_pairs_hook=_JsonObject)
+                    document = loads_strict(body, object_pairs_hook=_JsonObject)
                 except (ValueError, RecursionError):
                     return _body_error("is not valid JSON")
                 if not isinstance(document, _JsonObject):
