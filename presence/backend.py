@@ -1,9 +1,9 @@
-"""Opens the store the settings ask for: a real Redis, or the embedded one."""
+"""Opens the store the settings ask for: a real Redis, a Redis Cluster, or the embedded one."""
 
 from __future__ import annotations
 
 from fakeredis import FakeAsyncRedis, FakeServer
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -11,6 +11,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from presence.keys import Keyspace
 from presence.settings import Settings
 from presence.store.redis import Clock, RedisStore
+from presence.store.scripts import Client
 
 SOCKET_TIMEOUT_SECONDS = 3.0
 CONNECT_TIMEOUT_SECONDS = 2.0
@@ -33,6 +34,27 @@ def redis_client(url: str) -> Redis:
     return client
 
 
+def cluster_client(url: str) -> RedisCluster:
+    """A Redis Cluster client for ``PRESENCE_REDIS_URL`` naming any node of the cluster (it
+    finds the others), as quick to give up as ``redis_client``.
+
+    One retry, at once: after a refused connection, a CLUSTERDOWN or a slot not covered it
+    asks the cluster for its layout again and tries once more (a failover that has just
+    completed is found this way); MOVED and ASK are followed, TRYAGAIN retried for a few
+    tenths of a second. What still fails is the store's StoreUnavailable: a 503."""
+    return RedisCluster.from_url(
+        url,
+        decode_responses=True,
+        socket_timeout=SOCKET_TIMEOUT_SECONDS,
+        socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
+        health_check_interval=30,
+        retry=Retry(NoBackoff(), 1),
+        # Slots of a node that is down (and has no replica to take over) answer 503; the
+        # others keep working if the cluster runs with cluster-require-full-coverage no.
+        require_full_coverage=False,
+    )
+
+
 def embedded_client() -> Redis:
     """A fresh in-process Redis emulation (fakeredis, with Lua): state lives as long as the
     process does."""
@@ -41,7 +63,13 @@ def embedded_client() -> Redis:
 
 
 def open_store(settings: Settings, *, clock: Clock | None = None) -> RedisStore:
-    redis = embedded_client() if settings.redis_url is None else redis_client(settings.redis_url)
+    redis: Client
+    if settings.redis_url is None:
+        redis = embedded_client()
+    elif settings.redis_cluster:
+        redis = cluster_client(settings.redis_url)
+    else:
+        redis = redis_client(settings.redis_url)
     return RedisStore(
         redis,
         Keyspace(settings.key_prefix),

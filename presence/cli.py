@@ -1,4 +1,4 @@
-"""The ``presence`` command: ``serve`` and ``watch``. It only parses, then calls."""
+"""The ``presence`` command: ``serve``, ``watch`` and ``simulate``. It only parses, then calls."""
 
 from __future__ import annotations
 
@@ -13,10 +13,11 @@ from presence.keys import Keyspace
 from presence.logs import configure_logging
 from presence.serve import StartupError, serve
 from presence.settings import Settings, SettingsError, check_serve, env_name, load_settings
+from presence.simulate import command as simulate_command
 from presence.watch import watch
 from presence.workers import Supervisor, is_worker
 
-_WATCH_SETTINGS = ("redis_url", "key_prefix", "log_level")
+_WATCH_SETTINGS = ("redis_url", "redis_cluster", "key_prefix", "log_level")
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser, fields: Sequence[str]) -> None:
@@ -43,6 +44,10 @@ def _parser() -> argparse.ArgumentParser:
     _add_setting_flags(watch_parser, _WATCH_SETTINGS)
     watch_parser.add_argument("--service", help="only changes of this ServiceSid")
     watch_parser.add_argument("--identity", help="only changes of this identity")
+    simulate_parser = commands.add_parser(
+        "simulate", help="send realistic, signed Sync webhook traffic to a deployment"
+    )
+    simulate_command.add_arguments(simulate_parser)
     return parser
 
 
@@ -54,6 +59,12 @@ def _fail(message: str) -> None:
 def main(argv: Sequence[str] | None = None) -> None:
     args = vars(_parser().parse_args(argv))
     command = args.pop("command")
+    if command == "simulate":
+        try:
+            chosen = simulate_command.options(args)
+        except simulate_command.UsageError as error:
+            _fail(str(error))
+        raise SystemExit(simulate_command.run(chosen))
     filters: dict[str, Any] = {name: args.pop(name, None) for name in ("service", "identity")}
     try:
         settings = load_settings(**args)
@@ -75,5 +86,11 @@ def main(argv: Sequence[str] | None = None) -> None:
                 _fail(f"watch needs a Redis to watch: set {env_name('redis_url')}")
             assert settings.redis_url is not None
             asyncio.run(
-                watch(settings.redis_url, Keyspace(settings.key_prefix), sys.stdout, **filters)
+                watch(
+                    settings.redis_url,
+                    Keyspace(settings.key_prefix),
+                    sys.stdout,
+                    cluster=settings.redis_cluster,
+                    **filters,
+                )
             )

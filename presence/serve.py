@@ -37,7 +37,8 @@ def _announce(settings: Settings) -> None:
             "for production"
         )
     else:
-        log.info("using Redis at %s", _without_password(settings.redis_url or ""))
+        kind = "a Redis Cluster through" if settings.redis_cluster else "Redis at"
+        log.info("using %s %s", kind, _without_password(settings.redis_url or ""))
     if settings.unsigned_webhooks:
         log.warning(
             "!!! WEBHOOK SIGNATURES ARE NOT CHECKED: anyone who can reach this port can set "

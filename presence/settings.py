@@ -6,9 +6,10 @@ import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
-from pydantic import Field, ValidationError, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 from redis.asyncio import ConnectionPool
+from redis.asyncio.connection import parse_url
 
 from presence.keys import Keyspace
 
@@ -29,6 +30,7 @@ class Settings(BaseSettings):
     host: str = "127.0.0.1"
     port: int = Field(default=8080, ge=0, le=65535)
     redis_url: str | None = None
+    redis_cluster: bool = False
     key_prefix: str = "presence"
     twilio_auth_token: Annotated[tuple[str, ...], NoDecode] = ()
     webhook_url: str | None = None
@@ -59,6 +61,29 @@ class Settings(BaseSettings):
             ConnectionPool.from_url(value)
         except ValueError as error:
             raise ValueError(f"is not a usable Redis URL ({error})") from None
+        return value
+
+    @field_validator("redis_cluster")
+    @classmethod
+    def _redis_cluster(cls, value: bool, info: ValidationInfo) -> bool:
+        if not value or "redis_url" not in info.data:
+            return value  # (a bad PRESENCE_REDIS_URL has been reported already)
+        url = info.data["redis_url"]
+        if url is None:
+            raise ValueError(
+                f"needs {env_name('redis_url')}: the redis:// or rediss:// URL of any node of "
+                f"the cluster"
+            )
+        if urlsplit(url).scheme == "unix":
+            raise ValueError(
+                f"a Redis Cluster is reached over TCP: {env_name('redis_url')} must be a "
+                f"redis:// or rediss:// URL of one of its nodes"
+            )
+        if parse_url(url).get("db"):
+            raise ValueError(
+                f"a Redis Cluster has database 0 only: drop the database number from "
+                f"{env_name('redis_url')}"
+            )
         return value
 
     @field_validator("key_prefix")

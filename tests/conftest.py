@@ -10,14 +10,22 @@ from typing import Any
 import pytest
 from fakeredis import FakeAsyncRedis, FakeServer
 from pytest_aiohttp import AiohttpClient
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 
 from presence.backend import open_store
 from presence.settings import load_settings
 from presence.store.redis import RedisStore
+from presence.store.scripts import Client
 from presence.sweeper import Sweeper
 from presence.web.app import create_app
-from tests.support import AUTH_TOKEN, ManualClock, RedisServer, RunningApp, manual_clock
+from tests.support import (
+    AUTH_TOKEN,
+    ManualClock,
+    RedisClusterNodes,
+    RedisServer,
+    RunningApp,
+    manual_clock,
+)
 
 
 @pytest.fixture(scope="session")
@@ -38,15 +46,41 @@ async def redis(redis_server: RedisServer) -> AsyncIterator[Redis]:
     await client.aclose()
 
 
-@pytest.fixture(params=["redis", "embedded"])
+@pytest.fixture(scope="session")
+def redis_cluster_nodes(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisClusterNodes]:
+    """One three-node Redis Cluster for the run (started only by the tests that use it)."""
+    cluster = RedisClusterNodes(tmp_path_factory.mktemp("redis-cluster"))
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
+async def redis_cluster(redis_cluster_nodes: RedisClusterNodes) -> AsyncIterator[RedisCluster]:
+    """A client of the suite's Redis Cluster, every node emptied before the test."""
+    redis_cluster_nodes.wait_until_ok()
+    client = RedisCluster.from_url(redis_cluster_nodes.url, decode_responses=True)
+    await client.flushall(target_nodes=RedisCluster.PRIMARIES)
+    yield client
+    await client.aclose()
+
+
+@pytest.fixture(params=["redis", "embedded", "cluster"])
 async def backend(
     request: pytest.FixtureRequest, redis_server: RedisServer
-) -> AsyncIterator[Redis]:
-    """The same tests against a real Redis and against the embedded store."""
-    client: Redis
+) -> AsyncIterator[Client]:
+    """The same tests against a real Redis, the embedded store and a Redis Cluster."""
+    client: Client
     if request.param == "redis":
         client = Redis.from_url(redis_server.url, decode_responses=True)
         await client.flushall()
+    elif request.param == "cluster":
+        nodes: RedisClusterNodes = request.getfixturevalue("redis_cluster_nodes")
+        nodes.wait_until_ok()
+        client = RedisCluster.from_url(nodes.url, decode_responses=True)
+        await client.flushall(target_nodes=RedisCluster.PRIMARIES)
     else:
         client = FakeAsyncRedis(server=FakeServer(), decode_responses=True)
     yield client

@@ -21,7 +21,7 @@ from urllib.parse import urlencode
 import aiohttp
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
 from twilio.request_validator import RequestValidator
 
 from presence.keys import Keyspace
@@ -122,8 +122,108 @@ class RedisServer:
         self.process = None
 
 
+class RedisClusterNodes:
+    """A Redis Cluster of the test suite's own: ``size`` primaries (no replicas), each a
+    redis-server on free ports (client and cluster bus) in a private directory, stopped by
+    their own pids. ``cluster-require-full-coverage no``: while a node is down, the slots of
+    the others keep working. A short ``cluster-node-timeout`` makes failures known quickly."""
+
+    def __init__(self, directory: Path, size: int = 3, node_timeout_ms: int = 1000) -> None:
+        binary = shutil.which("redis-server")
+        cli = shutil.which("redis-cli")
+        if binary is None or cli is None:
+            raise RuntimeError("redis-server and redis-cli are needed: run scripts/test")
+        self.binary, self.cli = binary, cli
+        self.directory = directory
+        self.node_timeout_ms = node_timeout_ms
+        self.ports = [free_port() for _ in range(size)]
+        self.bus_ports = [free_port() for _ in range(size)]
+        self.processes: dict[int, subprocess.Popen[bytes]] = {}
+
+    @property
+    def url(self) -> str:
+        """A URL naming the first node: a cluster client finds the others by itself."""
+        return f"redis://127.0.0.1:{self.ports[0]}"
+
+    def url_of(self, port: int) -> str:
+        return f"redis://127.0.0.1:{port}"
+
+    def start_node(self, port: int) -> None:
+        bus_port = self.bus_ports[self.ports.index(port)]
+        directory = self.directory / str(port)
+        directory.mkdir(parents=True, exist_ok=True)
+        command = [
+            self.binary,
+            "--port", str(port),
+            "--cluster-port", str(bus_port),
+            "--bind", "127.0.0.1",
+            "--dir", str(directory),
+            "--cluster-enabled", "yes",
+            "--cluster-config-file", f"nodes-{port}.conf",
+            "--cluster-node-timeout", str(self.node_timeout_ms),
+            "--cluster-require-full-coverage", "no",
+            "--save", "",
+            "--appendonly", "no",
+        ]  # fmt: skip
+        self.processes[port] = subprocess.Popen(
+            command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        wait_for_port(port)
+
+    def kill_node(self, port: int) -> None:
+        process = self.processes.pop(port, None)
+        if process is not None:
+            process.kill()
+            process.wait(timeout=10)
+
+    def _cli(self, port: int, *args: str) -> str:
+        result = subprocess.run(
+            [self.cli, "-h", "127.0.0.1", "-p", str(port), *args],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=True,
+        )
+        return result.stdout
+
+    def state_of(self, port: int) -> str:
+        """``cluster_state`` as this node sees it (``ok`` or ``fail``), "" when unreachable."""
+        try:
+            info = self._cli(port, "cluster", "info")
+        except (subprocess.SubprocessError, OSError):
+            return ""
+        for line in info.splitlines():
+            if line.startswith("cluster_state:"):
+                return line.split(":", 1)[1].strip()
+        return ""
+
+    def wait_until_ok(self, within: float = 30.0) -> None:
+        """Waits until every running node says ``cluster_state:ok``."""
+        deadline = time.monotonic() + within
+        while not all(self.state_of(port) == "ok" for port in self.processes):
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the test cluster did not become ok within {within}s")
+            time.sleep(0.05)
+
+    def start(self) -> None:
+        for port in self.ports:
+            self.start_node(port)
+        nodes = [f"127.0.0.1:{port}" for port in self.ports]
+        subprocess.run(
+            [self.cli, "--cluster", "create", *nodes, "--cluster-replicas", "0", "--cluster-yes"],
+            capture_output=True,
+            timeout=60,
+            check=True,
+        )
+        self.wait_until_ok()
+
+    def stop(self) -> None:
+        for port in list(self.processes):
+            self.kill_node(port)
+
+
 def make_store(
-    client: Redis,
+    client: Redis | RedisCluster,
     clock: ManualClock | None,
     *,
     grace: float = 10,
@@ -227,9 +327,12 @@ class ChangeRecorder:
 
     ``sync()`` publishes a marker after whatever the test did and waits for it: messages are
     delivered in order, so once the marker is in, everything published before it is too.
+    On a Redis Cluster, messages published on other nodes reach the subscription through
+    the cluster bus, in order per node only: the marker is published on every node, and
+    ``sync()`` waits for each copy.
     """
 
-    def __init__(self, redis: Redis, channel: str = "presence:changes") -> None:
+    def __init__(self, redis: Redis | RedisCluster, channel: str = "presence:changes") -> None:
         self.redis = redis
         self.channel = channel
         self.received: list[dict[str, Any]] = []
@@ -245,8 +348,14 @@ class ChangeRecorder:
         """Every message published so far."""
         self._markers += 1
         marker = {"test_marker": self._markers}
-        await self.redis.publish(self.channel, json.dumps(marker))
-        await wait_until(lambda: marker in self.received, 5.0, "the marker message")
+        copies = 1
+        if isinstance(self.redis, RedisCluster):
+            primaries = self.redis.get_primaries()
+            copies = len(primaries)
+            await self.redis.publish(self.channel, json.dumps(marker), target_nodes=primaries)
+        else:
+            await self.redis.publish(self.channel, json.dumps(marker))
+        await wait_until(lambda: self.received.count(marker) >= copies, 5.0, "the marker message")
         return self.messages
 
     async def __aenter__(self) -> ChangeRecorder:

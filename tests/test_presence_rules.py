@@ -351,8 +351,11 @@ async def test_identities_are_independent(scenario: Scenario) -> None:
 
     assert (await scenario.state("alice")).online
     assert not (await scenario.state("bob")).online
-    assert [(m["identity"], m["online"]) for m in await scenario.published()] == [
-        ("alice", True),
+    published = [(m["identity"], m["online"]) for m in await scenario.published()]
+    # Each identity's changes arrive in order; those of identities on different Redis
+    # Cluster nodes reach a subscriber in no set order between them.
+    assert [change for change in published if change[0] == "alice"] == [("alice", True)]
+    assert [change for change in published if change[0] == "bob"] == [
         ("bob", True),
         ("bob", False),
     ]

@@ -2,16 +2,21 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import binascii
 import json
+import logging
 import re
+import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
+from dataclasses import dataclass, field
 
 from redis import exceptions as redis_errors
-from redis.asyncio import Redis
+from redis.asyncio import RedisCluster
 from redis.asyncio.client import Pipeline
+from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 
 from presence.events import (
     CollectionEvent,
@@ -32,7 +37,14 @@ from presence.store.base import (
     StoreUnavailable,
     SweepResult,
 )
-from presence.store.scripts import Scripts
+from presence.store.coalesce import Coalescer
+from presence.store.scripts import (
+    Client,
+    ScriptCall,
+    Scripts,
+    node_of,
+    run_scripts,
+)
 
 Clock = Callable[[], int]
 """Milliseconds since the epoch. Without one, the Redis server's clock is used, so replicas
@@ -58,8 +70,18 @@ _UNAVAILABLE = (
     redis_errors.ClusterDownError,
     redis_errors.TryAgainError,
     redis_errors.MasterDownError,
+    # A Redis Cluster with the slot's node away, or reconfiguring: no node covers the slot,
+    # redirections kept coming (TTL exhausted), or no node could be reached at all.
+    redis_errors.ClusterError,
+    redis_errors.SlotNotCoveredError,
+    redis_errors.AskError,
     OSError,
 )
+
+_CLUSTER_UNREACHABLE = "Redis Cluster cannot be connected"
+"""The start of redis-py's RedisClusterException when no node answers."""
+
+log = logging.getLogger("presence.store")
 
 
 # Replies of a Redis that is up but cannot take the command now (a long script, loading,
@@ -77,10 +99,34 @@ async def _unavailable_as_domain_error() -> AsyncIterator[None]:
         yield
     except _UNAVAILABLE as error:
         raise StoreUnavailable(str(error) or type(error).__name__) from error
+    except redis_errors.RedisClusterException as error:
+        if str(error).startswith(_CLUSTER_UNREACHABLE):
+            raise StoreUnavailable(str(error)) from error
+        raise
     except redis_errors.ResponseError as error:
         if _UNAVAILABLE_REPLY.search(str(error)):
             raise StoreUnavailable(str(error)) from error
         raise
+    except (AttributeError, TypeError) as error:
+        if _closed_under_its_feet(error):
+            raise StoreUnavailable(f"connection closed while in use ({error})") from error
+        raise
+
+
+def _closed_under_its_feet(error: BaseException) -> bool:
+    """True for the AttributeError or TypeError redis-py 8.1's asyncio connection lets out
+    when its connection is closed while a command is being written: by the peer, or by the
+    cluster client, which closes every connection of every node (those in use too) when it
+    rebuilds its view of the cluster after an error (redis/redis-py#3546, #4287)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    path = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    return path.endswith(("/redis/asyncio/connection.py", "/asyncio/streams.py")) or (
+        "/asyncio/" in path and "selector_events" in path
+    )
 
 
 def _changes(messages: Sequence[str]) -> tuple[Change, ...]:
@@ -123,12 +169,28 @@ def decode_cursor(cursor: str) -> tuple[int, str]:
     return bucket, after
 
 
+PARTIAL_SWEEP_LOG_SECONDS = 30.0
+"""While a Redis Cluster node is down, sweeps skip it, saying so at most this often."""
+
+
+@dataclass
+class _Swept:
+    """What sweeping some buckets did."""
+
+    changes: list[Change] = field(default_factory=list)
+    more: bool = False
+    lag_ms: int = 0
+    endpoints_expired: int = 0
+
+
 class RedisStore:
-    """``PresenceStore`` on a redis-py asyncio client (a real Redis or the embedded one)."""
+    """``PresenceStore`` on a redis-py asyncio client: a real Redis, the embedded one, or a
+    Redis Cluster (``RedisCluster``), where each script runs on the node of its slot and the
+    listings, stats and sweeps visit every node."""
 
     def __init__(
         self,
-        redis: Redis,
+        redis: Client,
         keyspace: Keyspace,
         *,
         offline_grace_ms: int,
@@ -141,6 +203,9 @@ class RedisStore:
         self._ttl = str(endpoint_ttl_ms)
         self._clock = clock
         self._scripts = Scripts(redis)
+        # Webhooks arriving together share round trips (see coalesce.py).
+        self._writes = Coalescer(redis)
+        self._partial_sweep_logged = 0.0
 
     def _identity_call(self, service_sid: str, identity: str) -> tuple[list[str], list[str]]:
         """KEYS and the first ARGV shared by reachability.lua and tick.lua (see prelude.lua)."""
@@ -167,7 +232,8 @@ class RedisStore:
         )
 
     @asynccontextmanager
-    async def _pipeline(self) -> AsyncIterator[Pipeline]:
+    async def _pipeline(self) -> AsyncIterator[Pipeline | ClusterPipeline]:
+        # On a Redis Cluster, redis-py splits the pipeline by node and sends the parts at once.
         async with _unavailable_as_domain_error(), self.redis.pipeline(transaction=False) as pipe:
             yield pipe
 
@@ -180,7 +246,7 @@ class RedisStore:
             "1" if event.connected else "0",
         ]
         async with _unavailable_as_domain_error():
-            reply: list[str] = await self._scripts.reachability(keys=keys, args=args)
+            reply: list[str] = await self._writes.call(self._scripts.reachability, keys, args)
         return EventResult(
             Outcome(reply[0]),
             _changes(reply[3:]),
@@ -209,7 +275,7 @@ class RedisStore:
             SEEN_MEMORY_SECONDS,
         ]
         async with _unavailable_as_domain_error():
-            reply: str = await self._scripts.record(keys=keys, args=args)
+            reply: str = await self._writes.call(self._scripts.record, keys, args)
         return Outcome(reply)
 
     async def identity(self, service_sid: str, identity: str) -> IdentityPresence:
@@ -261,38 +327,101 @@ class RedisStore:
         totals = [sum(int(row[i] or 0) for row in rows) for i in range(3)]
         return Stats(online=totals[0], pending_offline=totals[1], endpoints=totals[2])
 
-    async def _now_ms(self) -> int:
+    async def _now_ms(self, node: ClusterNode | None = None) -> int:
+        """Now: by the store's clock if it has one, else by the Redis server's clock (on a
+        Redis Cluster, ``node``'s: the clock its scripts go by)."""
         if self._clock is not None:
             return self._clock()
-        seconds, micros = await self.redis.time()
+        if node is None:
+            seconds, micros = await self.redis.time()
+        else:
+            seconds, micros = await self.redis.time(target_nodes=node)
         return seconds * 1000 + micros // 1000
 
-    async def sweep(self, limit: int) -> SweepResult:
-        # An even share per bucket: identities are spread evenly over the buckets.
-        share = max(1, limit // BUCKETS)
-        async with self._pipeline() as pipe:
-            now = await self._now_ms()
-            for bucket in range(BUCKETS):
+    async def _sweep_buckets(
+        self, buckets: Sequence[int], share: int, node: ClusterNode | None = None
+    ) -> _Swept:
+        """Sweeps ``buckets`` (on a Redis Cluster: those whose slots ``node`` serves)."""
+        # Each node's own clock says what is due on it: tick.lua goes by the same clock to
+        # decide whether a deadline has come, so a node whose clock lags another's can
+        # neither have its deadlines skipped nor be asked again and again about early ones.
+        now = await self._now_ms(node)
+        async with self.redis.pipeline(transaction=False) as pipe:
+            for bucket in buckets:
                 pipe.zrangebyscore(
                     self.keys.due(bucket), "-inf", now, start=0, num=share, withscores=True
                 )
             per_bucket: list[list[tuple[str, float]]] = await pipe.execute()
-            members = [member for found in per_bucket for member, _ in found]
-            if not members:
-                return SweepResult([], more=False)
-            # Another replica may visit the same members meanwhile: tick.lua reads the due
-            # time again inside its atomic step, so only the first visit fires anything.
-            for member in members:
-                keys, args = self._identity_call(*split_due_member(member))
-                await self._scripts.tick(keys=keys, args=args, client=pipe)
-            replies: list[list[str]] = await pipe.execute()
+        members = [member for found in per_bucket for member, _ in found]
+        if not members:
+            return _Swept()
+        # Another replica may visit the same members meanwhile: tick.lua reads the due
+        # time again inside its atomic step, so only the first visit fires anything.
+        calls = [
+            ScriptCall(self._scripts.tick, *self._identity_call(*split_due_member(member)))
+            for member in members
+        ]
+        replies: list[list[str]] = []
+        for reply in await run_scripts(self.redis, calls):
+            if isinstance(reply, Exception):
+                raise reply
+            replies.append(reply)
         done = [reply for reply in replies if reply[0] == "done"]
         oldest = min(score for found in per_bucket for _, score in found)
-        return SweepResult(
+        return _Swept(
             [change for reply in done for change in _changes(reply[2:])],
             more=any(len(found) == share for found in per_bucket),
             lag_ms=max(0, now - int(oldest)),
             endpoints_expired=sum(int(reply[1]) for reply in done),
+        )
+
+    async def _sweep_node(self, buckets: Sequence[int], share: int, node: ClusterNode) -> _Swept:
+        async with _unavailable_as_domain_error():
+            return await self._sweep_buckets(buckets, share, node)
+
+    async def _sweep_cluster(self, cluster: RedisCluster, share: int) -> list[_Swept]:
+        """Sweeps every node of the cluster at once, each its own buckets. A node that is
+        down does not hold up the others: only when none could be swept is it an error."""
+        async with _unavailable_as_domain_error():
+            await cluster.initialize()
+            by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
+            for bucket in range(BUCKETS):
+                node = node_of(cluster, [self.keys.due(bucket)])
+                by_node.setdefault(node.name, (node, []))[1].append(bucket)
+        outcomes = await asyncio.gather(
+            *(self._sweep_node(buckets, share, node) for node, buckets in by_node.values()),
+            return_exceptions=True,
+        )
+        swept: list[_Swept] = []
+        failed: list[tuple[str, StoreUnavailable]] = []
+        for name, outcome in zip(by_node, outcomes, strict=True):
+            if isinstance(outcome, StoreUnavailable):
+                failed.append((name, outcome))
+            elif isinstance(outcome, BaseException):
+                raise outcome
+            else:
+                swept.append(outcome)
+        if failed and not swept:
+            raise failed[0][1]
+        if failed and time.monotonic() - self._partial_sweep_logged > PARTIAL_SWEEP_LOG_SECONDS:
+            self._partial_sweep_logged = time.monotonic()
+            for name, error in failed:
+                log.warning("sweep: Redis Cluster node %s skipped: %s", name, error)
+        return swept
+
+    async def sweep(self, limit: int) -> SweepResult:
+        # An even share per bucket: identities are spread evenly over the buckets.
+        share = max(1, limit // BUCKETS)
+        if isinstance(self.redis, RedisCluster):
+            swept = await self._sweep_cluster(self.redis, share)
+        else:
+            async with _unavailable_as_domain_error():
+                swept = [await self._sweep_buckets(range(BUCKETS), share)]
+        return SweepResult(
+            [change for part in swept for change in part.changes],
+            more=any(part.more for part in swept),
+            lag_ms=max(part.lag_ms for part in swept),
+            endpoints_expired=sum(part.endpoints_expired for part in swept),
         )
 
     async def ping(self) -> None:

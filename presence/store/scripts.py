@@ -3,14 +3,28 @@
 Every script receives all the keys it touches in KEYS, and those keys share one hash tag,
 so each runs on a single Redis Cluster slot. ``reachability.lua`` and ``tick.lua`` are sent
 with ``prelude.lua`` in front of them: the presence rules they share.
+
+On a Redis Cluster each node has a script cache of its own, emptied when the node restarts
+or a replica takes over: a script refused with NOSCRIPT is loaded on the node that refused
+it (not on every node, some of which may be down) and its call made again.
 """
 
 from __future__ import annotations
 
+import asyncio
+from collections.abc import Sequence
+from dataclasses import dataclass
 from importlib.resources import files
+from typing import Any, TypeAlias
 
-from redis.asyncio import Redis
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import ClusterNode
 from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import NoScriptError, SlotNotCoveredError
+
+Client: TypeAlias = Redis | RedisCluster
+"""A client of one Redis (or the embedded one), or of a Redis Cluster."""
 
 
 def source(name: str) -> str:
@@ -26,7 +40,112 @@ class Scripts:
     """The scripts, registered on one client (loaded into Redis on first use, and again
     after a Redis restart has flushed its script cache)."""
 
-    def __init__(self, redis: Redis) -> None:
+    def __init__(self, redis: Client) -> None:
         self.reachability: AsyncScript = redis.register_script(_with_prelude("reachability"))
         self.tick: AsyncScript = redis.register_script(_with_prelude("tick"))
         self.record: AsyncScript = redis.register_script(source("record"))
+
+
+@dataclass(frozen=True)
+class ScriptCall:
+    """One call of a script: its KEYS (all in one hash slot) and ARGV."""
+
+    script: AsyncScript
+    keys: Sequence[str]
+    args: Sequence[str | int]
+
+
+def node_of(cluster: RedisCluster, keys: Sequence[str]) -> ClusterNode:
+    """The primary serving the slot of ``keys`` (any primary for a call without keys)."""
+    node = cluster.get_random_primary_node() if not keys else cluster.get_node_from_key(keys[0])
+    if node is None:
+        raise SlotNotCoveredError(f"no node of the Redis Cluster serves the slot of {keys[0]!r}")
+    return node
+
+
+async def load_script(client: Client, script: AsyncScript, node: ClusterNode | None) -> None:
+    """Loads ``script`` into the script cache of ``node`` (of the one Redis without a node)."""
+    if node is None:
+        await client.script_load(script.script)
+    else:
+        await client.execute_command("SCRIPT LOAD", script.script, target_nodes=node)
+
+
+async def _pipelined(
+    client: Client, node: ClusterNode | None, calls: Sequence[ScriptCall]
+) -> list[Any]:
+    # EVALSHA by name: a cluster pipeline refuses its evalsha() method, but routes the raw
+    # command by its keys like any other; and redis-py's Script in a single-Redis pipeline
+    # would ask SCRIPT EXISTS before every pipeline, a second round trip.
+    async with client.pipeline(transaction=False) as pipe:
+        for call in calls:
+            command = ("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args)
+            if node is not None and not call.keys:
+                # A call without keys could run on any node: on the one it was grouped
+                # with, where its script is loaded if missing.
+                pipe.execute_command(*command, target_nodes=node)
+            else:
+                pipe.execute_command(*command)
+        replies: list[Any] = await pipe.execute(raise_on_error=False)
+    return replies
+
+
+async def _run_on_node(
+    client: Client, node: ClusterNode | None, calls: Sequence[ScriptCall]
+) -> list[Any]:
+    replies = await _pipelined(client, node, calls)
+    unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+    if unknown:
+        # A node that restarted (or a replica that took over) has forgotten the scripts:
+        # the calls it refused did not run, so they are simply made again.
+        for script in {id(calls[i].script): calls[i].script for i in unknown}.values():
+            await load_script(client, script, node)
+        again = await _pipelined(client, node, [calls[i] for i in unknown])
+        for i, reply in zip(unknown, again, strict=True):
+            replies[i] = reply
+    return replies
+
+
+async def _run_on_cluster_node(
+    client: Client, node: ClusterNode, calls: Sequence[ScriptCall]
+) -> list[Any]:
+    try:
+        return await _run_on_node(client, node, calls)
+    except (RedisConnectionError, AttributeError, TypeError):
+        # When one node fails, redis-py's cluster client rebuilds its view of the cluster
+        # and closes the connections of every node, those in use included, which surface as
+        # these (redis/redis-py#3546). One more try, on a fresh connection: a call that did
+        # run answers duplicate or stale the second time, so nothing is applied twice.
+        return await _run_on_node(client, node, calls)
+
+
+async def run_scripts(client: Client, calls: Sequence[ScriptCall]) -> list[Any]:
+    """Runs ``calls`` in pipelines, one per node; returns each call's reply, or the error
+    it met, in order.
+
+    On a Redis Cluster the nodes are sent their calls concurrently, and a node that cannot
+    be reached fails only its own calls (their results are its error): the others' calls
+    run. On one Redis an unreachable Redis raises."""
+    if not calls:
+        return []
+    if not isinstance(client, RedisCluster):
+        return await _run_on_node(client, None, calls)
+    await client.initialize()
+    groups: dict[str, tuple[ClusterNode, list[int]]] = {}
+    for i, call in enumerate(calls):
+        node = node_of(client, call.keys)
+        groups.setdefault(node.name, (node, []))[1].append(i)
+    outcomes = await asyncio.gather(
+        *(
+            _run_on_cluster_node(client, node, [calls[i] for i in members])
+            for node, members in groups.values()
+        ),
+        return_exceptions=True,
+    )
+    results: list[Any] = [None] * len(calls)
+    for (_, members), outcome in zip(groups.values(), outcomes, strict=True):
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            raise outcome
+        for position, i in enumerate(members):
+            results[i] = outcome if isinstance(outcome, Exception) else outcome[position]
+    return results

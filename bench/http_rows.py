@@ -1,0 +1,175 @@
+"""Rows 1-3: webhook ingest, single-identity GET and 1000-name lookup, each against the
+service (``presence serve`` on its own redis-server) and the bare reference, in one run."""
+
+from __future__ import annotations
+
+import random
+import time
+from pathlib import Path
+from typing import Any
+
+from bench import loads
+from bench.profile import Profiler
+from bench.support import (
+    SERVICE_SID,
+    HttpServer,
+    RedisServer,
+    http_json,
+    identity_get_requests,
+    lookup_requests,
+    metric_sum,
+    metrics_text,
+    start_reference,
+    start_service,
+    webhook_requests,
+)
+
+SEED_IDENTITIES = 5000
+LOOKUP_CONNECTIONS = 16
+
+
+def log(message: str) -> None:
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
+def settle(service: HttpServer, within: float = 30.0) -> dict[str, Any]:
+    """Waits until no identity is pending offline (the sweeper has caught up)."""
+    deadline = time.monotonic() + within
+    while True:
+        stats: dict[str, Any] = http_json(f"{service.url}/v1/services/{SERVICE_SID}/stats")
+        if stats["pending_offline"] == 0 or time.monotonic() > deadline:
+            return stats
+        time.sleep(0.5)
+
+
+def applied(service: HttpServer) -> float:
+    return metric_sum(metrics_text(service.url), "presence_webhooks_total", outcome="applied")
+
+
+def outcomes(service: HttpServer) -> dict[str, float]:
+    text = metrics_text(service.url)
+    return {
+        o: metric_sum(text, "presence_webhooks_total", outcome=o)
+        for o in ("applied", "duplicate", "stale", "ignored", "rejected")
+    }
+
+
+def run(workdir: Path, cfg: Any, wanted: set[str], results: dict[str, Any]) -> None:
+    redis = RedisServer(workdir / "redis-http").start()
+    service = start_service(workdir, redis.url)
+    reference = start_reference(workdir)
+    d, c = cfg.duration, cfg.connections
+    try:
+        if "ingest" in wanted:
+            results["ingest"] = ingest(workdir, cfg, redis, service, reference)
+        if wanted & {"get", "lookup"}:
+            names = seed(workdir, service)
+            log("settling (waiting for the sweeper to fire pending deadlines)")
+            settle(service)
+        if "get" in wanted:
+            gets = identity_get_requests(workdir / "get.tsv", names)
+            log("GET: warm-up")
+            loads.wrk(reference, gets, cfg.warmup, c)
+            loads.wrk(service, gets, cfg.warmup, c)
+            log(f"GET: reference {d}s")
+            ref = loads.wrk(reference, gets, d, c)
+            log(f"GET: presence {d}s")
+            svc = loads.wrk(service, gets, d, c, redis)
+            results["get"] = {
+                "presence": svc,
+                "reference": ref,
+                "ratio": round(svc["rps"] / ref["rps"], 3),
+            }
+            if cfg.profile:
+                results["get"]["profile"] = Profiler(cfg).during(
+                    service, lambda: loads.wrk(service, gets, d, c, redis), d
+                )
+        if "lookup" in wanted:
+            bodies = lookup_requests(workdir / "lookup.tsv", names)
+            # Each request is 1000 names: 16 at once is already 16,000 identities in flight.
+            lc = min(c, LOOKUP_CONNECTIONS)
+            log("lookup: warm-up")
+            loads.wrk(service, bodies, cfg.warmup, lc)
+            ref = results.get("get", {}).get("reference")
+            if ref is None:
+                gets = identity_get_requests(workdir / "get.tsv", names)
+                log(f"lookup: reference GET {d}s")
+                ref = loads.wrk(reference, gets, d, c)
+            log(f"lookup: presence {d}s")
+            svc = loads.wrk(service, bodies, d, lc, redis)
+            svc["identities_per_s"] = round(svc["rps"] * 1000, 0)
+            results["lookup"] = {
+                "presence": svc,
+                "reference_get": ref,
+                "ratio": round(svc["rps"] / ref["rps"], 4),
+            }
+            if cfg.profile:
+                results["lookup"]["profile"] = Profiler(cfg).during(
+                    service, lambda: loads.wrk(service, bodies, d, lc, redis), d
+                )
+    finally:
+        service.stop()
+        reference.stop()
+        redis.stop()
+
+
+def ingest(
+    workdir: Path, cfg: Any, redis: RedisServer, service: HttpServer, reference: HttpServer
+) -> dict[str, Any]:
+    d, c = cfg.duration, cfg.connections
+    log("ingest: signing warm-up webhooks")
+    warm = webhook_requests(workdir / "warm.tsv", service.port, 20_000, "warm")
+    log(f"ingest: warm-up {cfg.warmup}s each")
+    loads.wrk(reference, warm, cfg.warmup, c)
+    calibration = loads.wrk(service, warm, cfg.warmup, c)
+    # Enough distinct webhooks that the measured run never repeats one (checked below).
+    count = max(20_000, int(calibration["rps"] * d * 2) + 5000)
+    log(f"ingest: signing {count} distinct webhooks (calibration {calibration['rps']:.0f} req/s)")
+    main = webhook_requests(workdir / "ingest.tsv", service.port, count, "user")
+    log(f"ingest: reference {d}s")
+    ref = loads.wrk(reference, main, d, c)
+    settle(service)
+    log(f"ingest: presence {d}s")
+    before = outcomes(service)
+    svc = loads.wrk(service, main, d, c, redis)
+    after = outcomes(service)
+    svc["outcomes"] = {k: int(after[k] - before[k]) for k in after}
+    result: dict[str, Any] = {
+        "presence": svc,
+        "reference": ref,
+        "ratio": round(svc["rps"] / ref["rps"], 3),
+    }
+
+    # Latency at half the peak rate, open loop (the Python pacer: wrk has no fixed rate).
+    half = svc["rps"] / 2
+    log(f"ingest: presence at half its peak, {half:.0f} req/s for {d}s (Python pacer)")
+    paced_file = webhook_requests(workdir / "half.tsv", service.port, int(half * d) + 1000, "half")
+    settle(service)
+    before = applied(service)
+    paced = loads.pacer(service, paced_file, d, c, rate=half, redis=redis)
+    paced["applied"] = int(applied(service) - before)
+    result["presence_half_rate"] = paced
+    ref_half = ref["rps"] / 2
+    log(f"ingest: reference at half its peak, {ref_half:.0f} req/s for {d}s (Python pacer)")
+    result["reference_half_rate"] = loads.pacer(reference, main, d, c, rate=ref_half)
+    if cfg.profile:
+        settle(service)
+        prof_file = webhook_requests(workdir / "profile.tsv", service.port, count, "prof")
+        result["profile"] = Profiler(cfg).during(
+            service, lambda: loads.wrk(service, prof_file, d, c, redis), d
+        )
+    return result
+
+
+def seed(workdir: Path, service: HttpServer) -> list[str]:
+    """Puts SEED_IDENTITIES identities online (one endpoint each) through signed webhooks."""
+    log(f"seeding {SEED_IDENTITIES} identities through webhooks")
+    file = webhook_requests(
+        workdir / "seed.tsv", service.port, SEED_IDENTITIES, "seed", connects_only=True
+    )
+    result = loads.pacer(service, file, 600, 32, rate=0, count=SEED_IDENTITIES)
+    if result["requests"] != SEED_IDENTITIES or result["errors"]:
+        raise RuntimeError(f"seeding failed: {result}")
+    names = [f"seed-{i:06d}" for i in range(SEED_IDENTITIES)]
+    random.Random(3).shuffle(names)
+    return names

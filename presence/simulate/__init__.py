@@ -1,0 +1,23 @@
+"""``presence simulate``: realistic Twilio Sync webhook traffic for any deployment.
+
+``traffic`` generates it (pure, deterministic for a seed; ``documents`` for the collection
+events) along with the truth it should leave behind (``expected``: the service's rules,
+mirrored); ``send`` delivers it signed and paced; ``report`` sums it up; ``command`` is the
+command line's side.
+"""
+
+from presence.simulate.report import Summary, Tally
+from presence.simulate.send import SendOptions, simulate, twilio_signature
+from presence.simulate.traffic import Expectation, Traffic, TrafficConfig, Webhook
+
+__all__ = [
+    "Expectation",
+    "SendOptions",
+    "Summary",
+    "Tally",
+    "Traffic",
+    "TrafficConfig",
+    "Webhook",
+    "simulate",
+    "twilio_signature",
+]

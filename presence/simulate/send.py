@@ -1,0 +1,227 @@
+"""Sending: signed as Twilio signs, over a connection pool, paced, one identity at a time.
+
+Each identity's webhooks go out in the order the generator gives them, the next only once the
+previous is answered (as Twilio's EventIds assume), while up to ``concurrency`` identities are
+in flight at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import hashlib
+import hmac
+import json
+import time
+from collections import deque
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from urllib.parse import urlencode
+
+import aiohttp
+
+from presence.simulate.report import Progress, Summary, Tally
+from presence.simulate.traffic import Traffic, Webhook
+
+DEFAULT_URL = "http://127.0.0.1:8080/webhooks/sync"
+DEFAULT_CONCURRENCY = 32
+REQUEST_TIMEOUT_SECONDS = 15.0
+"""Twilio gives up on a webhook after 15 seconds."""
+USER_AGENT = "TwilioProxy/1.1"
+SIGNATURE_HEADER = "X-Twilio-Signature"
+FORM = "application/x-www-form-urlencoded"
+
+
+def twilio_signature(token: str, url: str, params: Mapping[str, str]) -> str:
+    """``X-Twilio-Signature``: base64(HMAC-SHA1(token, url + each name and value, sorted))."""
+    signed = url + "".join(name + params[name] for name in sorted(params))
+    mac = hmac.new(token.encode("utf-8"), signed.encode("utf-8"), hashlib.sha1)
+    return base64.b64encode(mac.digest()).decode("ascii")
+
+
+@dataclass(frozen=True)
+class SendOptions:
+    url: str = DEFAULT_URL
+    token: str | None = None
+    """None: unsigned."""
+    concurrency: int = DEFAULT_CONCURRENCY
+    rate: float | None = None
+    """Webhooks per second, evenly spaced; None: as fast as possible."""
+    duration: float | None = None
+    """Stop generating after this many seconds (then send what was held back)."""
+
+
+CATCH_UP_SECONDS = 0.1
+"""How far behind its schedule the pacer may catch up: slots missed by a slow reply or a busy
+event loop are made up for, but never more than this much of them, so there is no burst."""
+
+
+class Pacer:
+    """Evenly spaced send times, ``1/rate`` apart."""
+
+    def __init__(self, rate: float) -> None:
+        self.gap = 1.0 / rate
+        self.next: float | None = None
+
+    async def wait(self) -> None:
+        now = time.monotonic()
+        slot = now if self.next is None else max(self.next, now - CATCH_UP_SECONDS)
+        self.next = slot + self.gap
+        if slot > now:
+            await asyncio.sleep(slot - now)
+
+
+class _Lanes:
+    """A queue per identity; an identity is handed to one worker at a time."""
+
+    def __init__(self, limit: int) -> None:
+        self.queues: dict[str, deque[Webhook]] = {}
+        self.ready: asyncio.Queue[str | None] = asyncio.Queue()
+        self.outstanding = 0
+        self.limit = limit
+        self.room = asyncio.Event()
+        self.room.set()
+        self.idle = asyncio.Event()
+        self.idle.set()
+
+    async def put(self, webhook: Webhook) -> None:
+        await self.room.wait()
+        queue = self.queues.get(webhook.identity)
+        if queue is None:
+            queue = self.queues[webhook.identity] = deque()
+            self.ready.put_nowait(webhook.identity)
+        queue.append(webhook)
+        self.outstanding += 1
+        self.idle.clear()
+        if self.outstanding >= self.limit:
+            self.room.clear()
+
+    def done(self, identity: str) -> None:
+        """The head of ``identity``'s queue was answered: its next one may go."""
+        queue = self.queues[identity]
+        queue.popleft()
+        if queue:
+            self.ready.put_nowait(identity)
+        else:
+            del self.queues[identity]
+        self.outstanding -= 1
+        if self.outstanding < self.limit:
+            self.room.set()
+        if not self.outstanding:
+            self.idle.set()
+
+
+class Sender:
+    def __init__(self, options: SendOptions, tally: Tally) -> None:
+        self.options = options
+        self.tally = tally
+        self.pacer = Pacer(options.rate) if options.rate else None
+
+    async def run(self, traffic: Traffic) -> None:
+        options = self.options
+        lanes = _Lanes(max(64, 4 * options.concurrency))
+        connector = aiohttp.TCPConnector(limit=options.concurrency)
+        timeout = aiohttp.ClientTimeout(total=REQUEST_TIMEOUT_SECONDS)
+        async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:
+            workers = [
+                asyncio.create_task(self._work(session, lanes)) for _ in range(options.concurrency)
+            ]
+            try:
+                await self._feed(traffic, lanes)
+                await lanes.idle.wait()
+            finally:
+                for _ in workers:
+                    lanes.ready.put_nowait(None)
+                await asyncio.gather(*workers, return_exceptions=True)
+
+    async def _feed(self, traffic: Traffic, lanes: _Lanes) -> None:
+        deadline = None
+        if self.options.duration is not None:
+            deadline = time.monotonic() + self.options.duration
+        for count, webhook in enumerate(traffic):
+            await lanes.put(webhook)
+            if count % 64 == 0:
+                await asyncio.sleep(0)  # let the workers start while the lanes fill
+            if deadline is not None and time.monotonic() >= deadline:
+                break
+        rest: Iterable[Webhook] = traffic.release_held() if deadline is not None else ()
+        for webhook in rest:
+            await lanes.put(webhook)
+
+    async def _work(self, session: aiohttp.ClientSession, lanes: _Lanes) -> None:
+        while (identity := await lanes.ready.get()) is not None:
+            webhook = lanes.queues[identity][0]
+            if self.pacer is not None:
+                await self.pacer.wait()
+            try:
+                await self._send(session, webhook)
+            finally:
+                lanes.done(identity)
+
+    async def _send(self, session: aiohttp.ClientSession, webhook: Webhook) -> None:
+        url, token, tally = self.options.url, self.options.token, self.tally
+        headers = {"Content-Type": FORM, "User-Agent": USER_AGENT, **webhook.headers}
+        if token is not None:
+            headers[SIGNATURE_HEADER] = twilio_signature(token, url, webhook.params)
+        started = time.perf_counter()
+        tally.sent += 1
+        try:
+            async with session.post(
+                url, data=urlencode(webhook.params), headers=headers, allow_redirects=False
+            ) as response:
+                body = await response.read()
+        except Exception as error:  # no HTTP reply, for whatever reason: counted by kind
+            tally.transport_errors[type(error).__name__] += 1
+            return
+        tally.latencies.append(time.perf_counter() - started)
+        if response.status != 200:
+            tally.http_errors[str(response.status)] += 1
+            return
+        status = _status_of(body)
+        tally.statuses[status] += 1
+        if status != webhook.expected:
+            tally.unexpected += 1
+
+
+def _status_of(body: bytes) -> str:
+    try:
+        reply = json.loads(body)
+    except ValueError:
+        return "unreadable"
+    status = reply.get("status") if isinstance(reply, dict) else None
+    return status if isinstance(status, str) else "unreadable"
+
+
+async def simulate(
+    traffic: Traffic, options: SendOptions, progress: Progress | None = None
+) -> Summary:
+    """Sends every webhook of ``traffic`` and sums up what came back."""
+    tally = Tally()
+    ticker = asyncio.create_task(_tick(progress, tally)) if progress is not None else None
+    started = time.monotonic()
+    try:
+        await Sender(options, tally).run(traffic)
+    finally:
+        duration = time.monotonic() - started
+        if ticker is not None:
+            ticker.cancel()
+            await asyncio.gather(ticker, return_exceptions=True)
+        if progress is not None:
+            progress.finish()
+    config = traffic.config
+    return Summary(
+        url=options.url,
+        signed=options.token is not None,
+        seed=config.seed,
+        service_sid=config.service,
+        account_sid=config.account,
+        tally=tally,
+        duration=duration,
+        expected=traffic.expectation(),
+    )
+
+
+async def _tick(progress: Progress, tally: Tally) -> None:
+    while True:
+        await asyncio.sleep(progress.interval)
+        progress.update(tally)

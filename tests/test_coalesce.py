@@ -1,0 +1,154 @@
+"""Coalesced writes: calls made together share a pipeline, run in order, and each caller gets
+its own reply, on a real Redis."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from redis.asyncio import Redis
+from redis.commands.core import AsyncScript
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import ResponseError
+
+from presence.events import ReachabilityEvent, parse_event
+from presence.store.coalesce import Coalescer
+from tests.support import RedisServer, make_store, reachability
+
+APPEND = """
+if ARGV[1] == 'fail' then
+  return redis.error_reply('refused ' .. ARGV[1])
+end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+return redis.call('LLEN', KEYS[1])
+"""
+
+
+class CountingCoalescer(Coalescer):
+    """Records the size of each pipeline it sends (each is one round trip)."""
+
+    def __init__(self, redis: Redis, **options: Any) -> None:
+        super().__init__(redis, **options)
+        self.pipelines: list[int] = []
+        self.sending = asyncio.Event()
+
+    async def _run(self, batch: Any) -> list[Any]:
+        self.pipelines.append(len(batch))
+        self.sending.set()
+        return await super()._run(batch)
+
+
+@pytest.fixture
+async def append(redis: Redis) -> AsyncScript:
+    script = redis.register_script(APPEND)
+    await redis.script_load(APPEND)
+    return script
+
+
+async def test_calls_made_together_share_one_round_trip_and_keep_their_order(
+    redis: Redis, append: AsyncScript
+) -> None:
+    writes = CountingCoalescer(redis)
+    replies = await asyncio.gather(*(writes.call(append, ["log"], [str(n)]) for n in range(300)))
+    assert writes.pipelines == [300]
+    # Each caller got its own reply: its position in the list, in the order of the calls.
+    assert replies == list(range(1, 301))
+    assert await redis.lrange("log", 0, -1) == [str(n) for n in range(300)]
+
+
+async def test_a_batch_is_bounded_and_the_rest_follows_in_order(
+    redis: Redis, append: AsyncScript
+) -> None:
+    writes = CountingCoalescer(redis, max_batch=10)
+    replies = await asyncio.gather(*(writes.call(append, ["log"], [str(n)]) for n in range(35)))
+    assert writes.pipelines == [10, 10, 10, 5]
+    assert replies == list(range(1, 36))
+
+
+async def test_calls_made_while_a_batch_is_in_flight_form_the_next_one(
+    redis: Redis, append: AsyncScript
+) -> None:
+    writes = CountingCoalescer(redis)
+    first = asyncio.create_task(writes.call(append, ["log"], ["first"]))
+    await writes.sending.wait()
+    later = [asyncio.create_task(writes.call(append, ["log"], [str(n)])) for n in range(20)]
+    assert await first == 1
+    assert [await task for task in later] == list(range(2, 22))
+    assert writes.pipelines == [1, 20]
+
+
+async def test_an_error_reaches_only_its_own_caller(redis: Redis, append: AsyncScript) -> None:
+    writes = Coalescer(redis)
+    results = await asyncio.gather(
+        writes.call(append, ["log"], ["a"]),
+        writes.call(append, ["log"], ["fail"]),
+        writes.call(append, ["log"], ["b"]),
+        return_exceptions=True,
+    )
+    assert results[0] == 1
+    assert isinstance(results[1], ResponseError)
+    assert "refused fail" in str(results[1])
+    assert results[2] == 2
+
+
+async def test_scripts_forgotten_by_redis_are_loaded_again(
+    redis: Redis, append: AsyncScript
+) -> None:
+    writes = Coalescer(redis)
+    assert await writes.call(append, ["log"], ["before"]) == 1
+    await redis.script_flush()
+    replies = await asyncio.gather(*(writes.call(append, ["log"], [str(n)]) for n in range(5)))
+    # Refused with NOSCRIPT, loaded, run once: no call lost, none run twice.
+    assert replies == [2, 3, 4, 5, 6]
+    assert await redis.llen("log") == 6
+
+
+async def test_a_cancelled_caller_does_not_tear_its_batch(
+    redis: Redis, append: AsyncScript
+) -> None:
+    writes = Coalescer(redis)
+    tasks = [asyncio.create_task(writes.call(append, ["log"], [str(n)])) for n in range(3)]
+    await asyncio.sleep(0)
+    tasks[1].cancel()
+    assert await tasks[0] == 1
+    assert await tasks[2] == 3
+    with pytest.raises(asyncio.CancelledError):
+        await tasks[1]
+    # Queued before it was cancelled, the script ran: a webhook is applied whole or not at all.
+    assert await redis.lrange("log", 0, -1) == ["0", "1", "2"]
+
+
+async def test_every_caller_of_a_batch_learns_that_redis_is_away(
+    private_redis: RedisServer,
+) -> None:
+    client = Redis.from_url(private_redis.url, decode_responses=True)
+    script = client.register_script(APPEND)
+    writes = Coalescer(client)
+    try:
+        assert await writes.call(script, ["log"], ["up"]) == 1
+        private_redis.stop()
+        results = await asyncio.gather(
+            *(writes.call(script, ["log"], [str(n)]) for n in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(result, RedisConnectionError) for result in results)
+        private_redis.start()
+        assert await writes.call(script, ["log"], ["back"]) == 2
+    finally:
+        await client.aclose()
+
+
+async def test_one_identitys_webhooks_arriving_together_apply_in_order(redis: Redis) -> None:
+    store = make_store(redis, None)
+    events: list[ReachabilityEvent] = []
+    for event_id in range(1, 201):
+        connected = event_id % 2 == 1
+        params = reachability("alice", "E1", event_id, connected, connected=connected)
+        event = parse_event(params.items())
+        assert isinstance(event, ReachabilityEvent)
+        events.append(event)
+    results = await asyncio.gather(*(store.apply_reachability(event) for event in events))
+    # Out of order, some would be stale; in order, every one applies.
+    assert {result.outcome.value for result in results} == {"applied"}
+    presence = await store.identity(events[0].service_sid, "alice")
+    assert presence.last_event_id == 200
