@@ -13,6 +13,7 @@ from presence.backend import redis_client
 from presence.events import ReachabilityEvent, parse_event
 from presence.keys import Keyspace
 from presence.store.redis import RedisStore
+from presence.store.scripts import ScriptCall, run_scripts
 
 GRACE_MS = 10_000
 TTL_MS = 7_200_000
@@ -109,17 +110,17 @@ async def apply_pipelined(
 
     async def worker() -> None:
         for start in starts:
-            async with store.redis.pipeline(transaction=False) as pipe:
-                for i in range(start, min(start + batch, stop)):
-                    keys, args = store._identity_call(service_sid, identity_name(prefix, i))
-                    args += [
-                        endpoints[i],
-                        str(event_id),
-                        "1" if connected else "0",
-                        "1" if connected else "0",
-                    ]
-                    await store._scripts.reachability(keys=keys, args=args, client=pipe)
-                replies = await pipe.execute()
+            calls: list[ScriptCall] = []
+            for i in range(start, min(start + batch, stop)):
+                keys, args = store._identity_call(service_sid, identity_name(prefix, i))
+                args += [
+                    endpoints[i],
+                    str(event_id),
+                    "1" if connected else "0",
+                    "1" if connected else "0",
+                ]
+                calls.append(ScriptCall(store._scripts.reachability, keys, args))
+            replies = await run_scripts(store.redis, calls)
             bad.extend(reply[0] for reply in replies if reply[0] != "applied")
 
     started = time.perf_counter()

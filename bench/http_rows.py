@@ -145,9 +145,9 @@ def ingest(
     log(f"ingest: presence at half its peak, {half:.0f} req/s for {d}s (Python pacer)")
     paced_file = webhook_requests(workdir / "half.tsv", service.port, int(half * d) + 1000, "half")
     settle(service)
-    before = applied(service)
+    applied_before = applied(service)
     paced = loads.pacer(service, paced_file, d, c, rate=half, redis=redis)
-    paced["applied"] = int(applied(service) - before)
+    paced["applied"] = int(applied(service) - applied_before)
     result["presence_half_rate"] = paced
     ref_half = ref["rps"] / 2
     log(f"ingest: reference at half its peak, {ref_half:.0f} req/s for {d}s (Python pacer)")

@@ -108,7 +108,9 @@ class Profiler:
             result = load()
         finally:
             spy.wait(timeout=seconds + 60)
-        summary = summarize(out, seconds) if out.exists() else {"error": "py-spy wrote nothing"}
+        summary: dict[str, Any] = (
+            summarize(out, seconds) if out.exists() else {"error": "py-spy wrote nothing"}
+        )
         summary["load_while_profiled"] = {k: result.get(k) for k in ("rps", "p50_ms", "p99_ms")}
         summary["raw"] = str(out)
         return summary

@@ -398,8 +398,8 @@ def machine() -> dict[str, Any]:
         out = subprocess.run(["redis-server", "--version"], capture_output=True, text=True).stdout
         info["redis-server"] = out.split("v=")[1].split()[0]
     with contextlib.suppress(Exception):
-        out = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
-        info["wrk"] = (out.stdout + out.stderr).split()[1]
+        wrk = subprocess.run(["wrk", "--version"], capture_output=True, text=True)
+        info["wrk"] = (wrk.stdout + wrk.stderr).split()[1]
     with contextlib.suppress(Exception):
         info["loadavg_at_start"] = Path("/proc/loadavg").read_text().split()[:3]
     info["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -5,11 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
-from urllib.parse import urlsplit, urlunsplit
 
 from aiohttp import web
 
-from presence.backend import open_store
+from presence.backend import open_store, without_password
 from presence.logs import ACCESS_LOGGER, AccessLogger
 from presence.settings import Settings
 from presence.sweeper import Sweeper
@@ -22,13 +21,6 @@ class StartupError(Exception):
     """The host and port cannot be listened on (taken, or not an address of this machine)."""
 
 
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.password, "***", 1)))
-
-
 def _announce(settings: Settings) -> None:
     if settings.embedded:
         log.warning(
@@ -38,7 +30,7 @@ def _announce(settings: Settings) -> None:
         )
     else:
         kind = "a Redis Cluster through" if settings.redis_cluster else "Redis at"
-        log.info("using %s %s", kind, _without_password(settings.redis_url or ""))
+        log.info("using %s %s", kind, without_password(settings.redis_url or ""))
     if settings.unsigned_webhooks:
         log.warning(
             "!!! WEBHOOK SIGNATURES ARE NOT CHECKED: anyone who can reach this port can set "

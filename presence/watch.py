@@ -10,19 +10,12 @@ from urllib.parse import urlsplit, urlunsplit
 
 from redis import exceptions as redis_errors
 
-from presence.backend import cluster_client, redis_client
+from presence.backend import cluster_client, redis_client, without_password
 from presence.keys import Keyspace
 
 log = logging.getLogger("presence.watch")
 
 MAX_BACKOFF_SECONDS = 5.0
-
-
-def _without_password(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    return urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.password, "***", 1)))
 
 
 def _wanted(message: str, service: str | None, identity: str | None) -> bool:
@@ -113,7 +106,7 @@ async def watch(
                 if nodes is None:
                     log.info("watching %s", channel)
                 else:
-                    log.info("watching %s on %s", channel, _without_password(url))
+                    log.info("watching %s on %s", channel, without_password(url))
                 backoff = 0.1
                 while True:
                     message = await pubsub.get_message(timeout=1.0)

@@ -464,3 +464,64 @@ class Service:
 
     def output(self) -> str:
         return self.log.read_text(encoding="utf-8", errors="replace")
+
+
+class Watcher:
+    """A ``presence watch`` process whose output lines are collected as they come."""
+
+    def __init__(self, *args: str, **settings: str) -> None:
+        self.args = args
+        self.settings = settings
+        self.lines: list[str] = []
+        self.process: asyncio.subprocess.Process | None = None
+        self._reader: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> Watcher:
+        self.process = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "presence",
+            "watch",
+            *self.args,
+            env=service_env(**self.settings),
+            stdin=asyncio.subprocess.DEVNULL,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        self._reader = asyncio.create_task(self._read())
+        return self
+
+    async def _read(self) -> None:
+        assert self.process is not None
+        assert self.process.stdout is not None
+        async for line in self.process.stdout:
+            self.lines.append(line.decode().rstrip("\n"))
+
+    def changes(self) -> list[dict[str, Any]]:
+        parsed = [json.loads(line) for line in self.lines]
+        return [change for change in parsed if "identity" in change]
+
+    async def until_subscribed(self, redis_url: str) -> None:
+        """Publishes probes on the changes channel until this watcher prints one."""
+        redis = Redis.from_url(redis_url, decode_responses=True)
+        probe = json.dumps({"probe": time.monotonic()})
+        try:
+
+            async def seen() -> bool:
+                if probe in self.lines:
+                    return True
+                with contextlib.suppress(Exception):
+                    await redis.publish(Keyspace().changes_channel, probe)
+                return False
+
+            await wait_until(seen, 15, "presence watch to print a probe")
+        finally:
+            await redis.aclose()
+
+    async def __aexit__(self, *exc: object) -> None:
+        assert self.process is not None
+        assert self._reader is not None
+        if self.process.returncode is None:
+            self.process.kill()
+        await self.process.wait()
+        await self._reader

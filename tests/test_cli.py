@@ -18,6 +18,7 @@ from tests.support import (
     SERVICE_SID,
     RedisServer,
     Service,
+    Watcher,
     reachability,
     service_env,
     wait_until,
@@ -125,46 +126,6 @@ async def test_sigterm_stops_the_service(tmp_path: Path) -> None:
     process.terminate()
     assert process.wait(timeout=15) == 0
     assert "stopping" in service.output()
-
-
-class Watcher:
-    """A ``presence watch`` process whose output lines are collected as they come."""
-
-    def __init__(self, *args: str, **settings: str) -> None:
-        self.args = args
-        self.settings = settings
-        self.lines: list[str] = []
-        self.process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> Watcher:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "presence",
-            "watch",
-            *self.args,
-            env=service_env(**self.settings),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-        )
-        self._reader = asyncio.create_task(self._read())
-        return self
-
-    async def _read(self) -> None:
-        assert self.process is not None
-        assert self.process.stdout is not None
-        async for line in self.process.stdout:
-            self.lines.append(line.decode().rstrip("\n"))
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.process is not None
-        assert self._reader is not None
-        if self.process.returncode is None:
-            self.process.kill()
-        await self.process.wait()
-        await self._reader
 
 
 async def publish_until_seen(redis: Redis, watcher: Watcher, channel: str, probe: str) -> None:

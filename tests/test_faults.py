@@ -11,7 +11,6 @@ import asyncio
 import contextlib
 import json
 import shutil
-import sys
 import time
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -24,15 +23,14 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from presence.keys import Keyspace
 from tests.support import (
     AUTH_TOKEN,
     SERVICE_SID,
     ChangeRecorder,
     RedisServer,
     Service,
+    Watcher,
     reachability,
-    service_env,
     sign,
     wait_until,
 )
@@ -135,65 +133,6 @@ def assert_no_crash(*services: Service) -> None:
         assert "unexpected error" not in output, output[-4000:]
 
 
-class WatchProcess:
-    """A ``presence watch`` subprocess; its output lines are collected as they come."""
-
-    def __init__(self, redis_url: str) -> None:
-        self.redis_url = redis_url
-        self.lines: list[str] = []
-        self.process: asyncio.subprocess.Process | None = None
-        self._reader: asyncio.Task[None] | None = None
-
-    async def __aenter__(self) -> WatchProcess:
-        self.process = await asyncio.create_subprocess_exec(
-            sys.executable,
-            "-m",
-            "presence",
-            "watch",
-            env=service_env(redis_url=self.redis_url),
-            stdin=asyncio.subprocess.DEVNULL,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.DEVNULL,
-        )
-        self._reader = asyncio.create_task(self._read())
-        return self
-
-    async def _read(self) -> None:
-        assert self.process is not None
-        assert self.process.stdout is not None
-        async for line in self.process.stdout:
-            self.lines.append(line.decode().rstrip("\n"))
-
-    def changes(self) -> list[dict[str, Any]]:
-        parsed = [json.loads(line) for line in self.lines]
-        return [change for change in parsed if "identity" in change]
-
-    async def until_subscribed(self, redis_url: str) -> None:
-        """Publishes probes on the changes channel until this watcher prints one."""
-        redis = Redis.from_url(redis_url, decode_responses=True)
-        probe = json.dumps({"probe": time.monotonic()})
-        try:
-
-            async def seen() -> bool:
-                if probe in self.lines:
-                    return True
-                with contextlib.suppress(Exception):
-                    await redis.publish(Keyspace().changes_channel, probe)
-                return False
-
-            await wait_until(seen, 15, "presence watch to print a probe")
-        finally:
-            await redis.aclose()
-
-    async def __aexit__(self, *exc: object) -> None:
-        assert self.process is not None
-        assert self._reader is not None
-        if self.process.returncode is None:
-            self.process.kill()
-        await self.process.wait()
-        await self._reader
-
-
 @contextlib.contextmanager
 def running(*services: Service) -> Iterator[tuple[Service, ...]]:
     """Starts the services; kills every one of them afterwards, whatever happens."""
@@ -274,7 +213,7 @@ async def test_redis_killed_and_restarted_under_load_loses_nothing_acknowledged(
         for n in range(2)
     ]
     with running(*services) as started:
-        async with WatchProcess(private_redis.url) as watcher, client_session() as session:
+        async with Watcher(redis_url=private_redis.url) as watcher, client_session() as session:
             await watcher.until_subscribed(private_redis.url)
 
             report = await run_load_through_an_outage(session, started, private_redis)

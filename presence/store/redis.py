@@ -279,7 +279,13 @@ class RedisStore:
         return Outcome(reply)
 
     async def identity(self, service_sid: str, identity: str) -> IdentityPresence:
-        return (await self.lookup(service_sid, [identity]))[0]
+        # One command, not a pipeline of one: a pipeline costs a third more CPU per GET.
+        bucket = self.keys.bucket_of(service_sid + identity)
+        async with _unavailable_as_domain_error():
+            state: dict[str, str] = await self.redis.hgetall(  # type: ignore[assignment]
+                self.keys.identity(bucket, service_sid, identity)
+            )
+        return _presence(service_sid, identity, state)
 
     async def lookup(self, service_sid: str, identities: Sequence[str]) -> list[IdentityPresence]:
         async with self._pipeline() as pipe:
