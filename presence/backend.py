@@ -5,7 +5,7 @@ from __future__ import annotations
 from urllib.parse import urlsplit, urlunsplit
 
 from fakeredis import FakeAsyncRedis, FakeServer
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import BlockingConnectionPool, Redis, RedisCluster
 from redis.asyncio.retry import Retry
 from redis.backoff import NoBackoff
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -17,6 +17,9 @@ from presence.store.scripts import Client
 
 SOCKET_TIMEOUT_SECONDS = 3.0
 CONNECT_TIMEOUT_SECONDS = 2.0
+MAX_CONNECTIONS = 64
+"""Redis connections per process: writes share one pipeline at a time (coalesce.py), so
+these are mostly for queries running at once."""
 
 
 def without_password(url: str) -> str:
@@ -27,11 +30,17 @@ def without_password(url: str) -> str:
     return urlunsplit(parts._replace(netloc=parts.netloc.replace(parts.password, "***", 1)))
 
 
-def redis_client(url: str) -> Redis:
+def redis_client(url: str, *, max_connections: int = MAX_CONNECTIONS) -> Redis:
     """A client for ``PRESENCE_REDIS_URL`` that gives up quickly when Redis is away, so a
-    webhook is answered 503 (and retried by Twilio) well within Twilio's own timeout."""
-    client: Redis = Redis.from_url(
+    webhook is answered 503 (and retried by Twilio) well within Twilio's own timeout.
+
+    Its pool holds ``max_connections``; a request finding them all busy waits for one (up
+    to the socket timeout) rather than failing at once, so a burst of queries queues instead
+    of being answered 503."""
+    pool = BlockingConnectionPool.from_url(
         url,
+        max_connections=max_connections,
+        timeout=SOCKET_TIMEOUT_SECONDS,
         decode_responses=True,
         socket_timeout=SOCKET_TIMEOUT_SECONDS,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
@@ -41,7 +50,7 @@ def redis_client(url: str) -> Redis:
         # have run, and waiting twice would outlast Twilio's patience.
         retry=Retry(NoBackoff(), 1, supported_errors=(RedisConnectionError,)),
     )
-    return client
+    return Redis.from_pool(pool)
 
 
 def cluster_client(url: str) -> RedisCluster:

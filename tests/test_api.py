@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import json
@@ -10,12 +11,14 @@ from urllib.parse import quote
 
 import pytest
 
+from presence.backend import redis_client
 from presence.events import ReachabilityEvent, parse_event
 from tests.support import (
     OTHER_SERVICE_SID,
     SERVICE_SID,
     RedisServer,
     RunningApp,
+    make_store,
     reachability,
 )
 
@@ -346,3 +349,16 @@ async def test_a_lookup_of_the_longest_names_is_not_bound_by_the_webhook_limit(
 
     assert response.status == 200
     assert len((await response.json())["identities"]) == 1000
+
+
+async def test_a_burst_of_queries_waits_for_a_connection_instead_of_failing(
+    redis_server: RedisServer,
+) -> None:
+    # Far more queries at once than connections: each waits for a free one.
+    store = make_store(redis_client(redis_server.url, max_connections=2), None)
+    names = [f"user-{n}" for n in range(100)]
+    try:
+        pages = await asyncio.gather(*(store.lookup(SERVICE_SID, names) for _ in range(30)))
+    finally:
+        await store.close()
+    assert [len(page) for page in pages] == [100] * 30
