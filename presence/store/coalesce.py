@@ -29,9 +29,9 @@ MAX_BATCH = 512
 
 @dataclass
 class _Call:
-    script: AsyncScript
-    keys: Sequence[str]
-    args: Sequence[str | int]
+    """A queued script call, and the future its caller awaits."""
+
+    script: ScriptCall
     reply: asyncio.Future[Any] = field(
         default_factory=lambda: asyncio.get_running_loop().create_future()
     )
@@ -50,7 +50,7 @@ class Coalescer:
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]
     ) -> Any:
         """Runs ``script`` with ``keys`` and ``args``; returns its reply or raises its error."""
-        call = _Call(script, keys, args)
+        call = _Call(ScriptCall(script, keys, args))
         self._pending.append(call)
         if self._sender is None:
             self._sender = asyncio.create_task(self._send_all(), name="presence-coalescer")
@@ -95,6 +95,4 @@ class Coalescer:
     async def _run(self, batch: Sequence[_Call]) -> list[Any]:
         # One pipeline (one per node of a Redis Cluster); scripts a restarted Redis has
         # forgotten are loaded and their calls, which did not run, made again.
-        return await run_scripts(
-            self.redis, [ScriptCall(call.script, call.keys, call.args) for call in batch]
-        )
+        return await run_scripts(self.redis, [call.script for call in batch])
