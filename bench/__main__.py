@@ -17,6 +17,7 @@ from typing import Any
 from bench import deadlines, http_rows, loads, memory, support
 from bench.profile import Profiler
 from bench.support import ROOT, affinity, cores
+from harness.processes import stop_all
 
 ROWS = ("ingest", "get", "lookup", "memory", "deadlines")
 
@@ -108,7 +109,7 @@ def main(argv: list[str] | None = None) -> None:
                     fill_cores=server_core,
                 )
     finally:
-        support.stop_all()
+        stop_all()
         results["elapsed_s"] = round(time.time() - started, 1)
         loads.write_json(cfg.json, results)
         if not cfg.keep:

@@ -21,19 +21,19 @@ from typing import Any
 
 from redis import Redis
 
-from bench.fill import apply_many, apply_pipelined, endpoints_for, make_store, pipelined_available
+from bench.fill import apply_batches, endpoints_for, make_store
 from bench.loads import commandstats, commandstats_delta
 from bench.support import (
-    SERVICE_SID,
     CpuMeter,
-    RedisServer,
     affinity,
     http_json,
     metric_sum,
     metrics_text,
+    redis_server,
     start_service,
 )
 from presence.keys import BUCKETS, Keyspace
+from presence.twilio.samples import SERVICE_SID
 
 PATTERN = b'"online":false,"reason":"disconnected"'
 
@@ -91,7 +91,7 @@ async def _fill(
     )
     endpoints = endpoints_for("dl", n)
     try:
-        apply = apply_pipelined if pipelined_available(store) else apply_many
+        apply = apply_batches
         return await apply(
             store, "dl", 0, n, endpoints, connected=connected, event_id=1 if connected else 2
         )
@@ -102,7 +102,7 @@ async def _fill(
 def run(
     workdir: Path, n: int = 100_000, profile: Any = None, fill_cores: set[int] | None = None
 ) -> dict[str, Any]:
-    redis = RedisServer(workdir / "redis-deadlines").start()
+    redis = redis_server(workdir / "redis-deadlines")
     service = start_service(workdir, redis.url)
     keys = Keyspace("presence")
     try:

@@ -11,18 +11,18 @@ from typing import Any
 from bench import loads
 from bench.profile import Profiler
 from bench.support import (
-    SERVICE_SID,
-    HttpServer,
-    RedisServer,
     http_json,
     identity_get_requests,
     lookup_requests,
     metric_sum,
     metrics_text,
+    redis_server,
     start_reference,
     start_service,
     webhook_requests,
 )
+from harness.processes import RedisServer, ServerProcess
+from presence.twilio.samples import SERVICE_SID
 
 SEED_IDENTITIES = 5000
 LOOKUP_CONNECTIONS = 16
@@ -32,7 +32,7 @@ def log(message: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
-def settle(service: HttpServer, within: float = 30.0) -> dict[str, Any]:
+def settle(service: ServerProcess, within: float = 30.0) -> dict[str, Any]:
     """Waits until no identity is pending offline (the sweeper has caught up)."""
     deadline = time.monotonic() + within
     while True:
@@ -42,11 +42,11 @@ def settle(service: HttpServer, within: float = 30.0) -> dict[str, Any]:
         time.sleep(0.5)
 
 
-def applied(service: HttpServer) -> float:
+def applied(service: ServerProcess) -> float:
     return metric_sum(metrics_text(service.url), "presence_webhooks_total", outcome="applied")
 
 
-def outcomes(service: HttpServer) -> dict[str, float]:
+def outcomes(service: ServerProcess) -> dict[str, float]:
     text = metrics_text(service.url)
     return {
         o: metric_sum(text, "presence_webhooks_total", outcome=o)
@@ -55,7 +55,7 @@ def outcomes(service: HttpServer) -> dict[str, float]:
 
 
 def run(workdir: Path, cfg: Any, wanted: set[str], results: dict[str, Any]) -> None:
-    redis = RedisServer(workdir / "redis-http").start()
+    redis = redis_server(workdir / "redis-http")
     service = start_service(workdir, redis.url)
     reference = start_reference(workdir)
     d, c = cfg.duration, cfg.connections
@@ -114,7 +114,7 @@ def run(workdir: Path, cfg: Any, wanted: set[str], results: dict[str, Any]) -> N
 
 
 def ingest(
-    workdir: Path, cfg: Any, redis: RedisServer, service: HttpServer, reference: HttpServer
+    workdir: Path, cfg: Any, redis: RedisServer, service: ServerProcess, reference: ServerProcess
 ) -> dict[str, Any]:
     d, c = cfg.duration, cfg.connections
     log("ingest: signing warm-up webhooks")
@@ -161,7 +161,7 @@ def ingest(
     return result
 
 
-def seed(workdir: Path, service: HttpServer) -> list[str]:
+def seed(workdir: Path, service: ServerProcess) -> list[str]:
     """Puts SEED_IDENTITIES identities online (one endpoint each) through signed webhooks."""
     log(f"seeding {SEED_IDENTITIES} identities through webhooks")
     file = webhook_requests(

@@ -14,7 +14,8 @@ from typing import Any
 
 from redis import Redis
 
-from bench.support import PYTHON, ROOT, CpuMeter, HttpServer, RedisServer, RequestFile, pinned
+from bench.support import PYTHON, ROOT, CpuMeter, RequestFile, pinned
+from harness.processes import RedisServer, ServerProcess
 
 
 def have_wrk() -> bool:
@@ -48,7 +49,11 @@ def commandstats_delta(
 
 
 def _measure(
-    command: list[str], server: HttpServer, redis: RedisServer | None, timeout: float, marker: str
+    command: list[str],
+    server: ServerProcess,
+    redis: RedisServer | None,
+    timeout: float,
+    marker: str,
 ) -> dict[str, Any]:
     pids = {"server": server.pid}
     if redis is not None:
@@ -74,7 +79,7 @@ def _measure(
 
 
 def wrk(
-    server: HttpServer,
+    server: ServerProcess,
     requests: RequestFile,
     duration: float,
     connections: int,
@@ -113,7 +118,7 @@ def wrk(
 
 
 def pacer(
-    server: HttpServer,
+    server: ServerProcess,
     requests: RequestFile,
     duration: float,
     connections: int,

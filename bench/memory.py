@@ -17,15 +17,14 @@ from typing import Any
 from redis import Redis
 
 from bench.fill import (
-    apply_many,
-    apply_pipelined,
+    apply_batches,
     endpoints_for,
     identity_name,
     make_store,
-    pipelined_available,
 )
-from bench.support import SERVICE_SID, RedisServer
+from bench.support import redis_server
 from presence.keys import BUCKETS, Keyspace, due_member
+from presence.twilio.samples import SERVICE_SID
 
 OTHER_SID = "IS" + "0" * 32
 
@@ -88,13 +87,10 @@ def breakdown(port: int, n: int, sample: int = 2000) -> dict[str, Any]:
 async def fill(url: str, first: int, stop: int, endpoints: list[str]) -> tuple[float, str]:
     store = make_store(url)
     try:
-        if pipelined_available(store):
-            rate = await apply_pipelined(
-                store, "user", first, stop, endpoints, connected=True, event_id=1
-            )
-            return rate, "pipelined reachability.lua calls (the store's _identity_call + Scripts)"
-        rate = await apply_many(store, "user", first, stop, endpoints, connected=True, event_id=1)
-        return rate, "RedisStore.apply_reachability, 128 in flight"
+        rate = await apply_batches(
+            store, "user", first, stop, endpoints, connected=True, event_id=1
+        )
+        return rate, "RedisStore.apply_many, 1000 events a pipeline"
     finally:
         await store.close()
 
@@ -123,7 +119,7 @@ async def verify(url: str, n: int) -> dict[str, Any]:
 
 
 def run(workdir: Path, sizes: list[int]) -> dict[str, Any]:
-    redis = RedisServer(workdir / "redis-memory").start()
+    redis = redis_server(workdir / "redis-memory")
     results: dict[str, Any] = {"sizes": {}}
     try:
         # The scripts are loaded (and a first identity of another service stored) before the
@@ -170,7 +166,7 @@ def run(workdir: Path, sizes: list[int]) -> dict[str, Any]:
 
 async def _warm(store: Any) -> None:
     try:
-        await apply_many(
+        await apply_batches(
             store,
             "warm",
             0,

@@ -17,7 +17,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from bench.support import ROOT, HttpServer, pinned
+from bench.support import ROOT, pinned
+from harness.processes import ServerProcess
 
 TOOLS = ROOT / "bench" / ".tools-venv"
 RATE = 200
@@ -94,7 +95,7 @@ class Profiler:
         self.cfg = cfg
 
     def during(
-        self, server: HttpServer, load: Callable[[], dict[str, Any]], seconds: float
+        self, server: ServerProcess, load: Callable[[], dict[str, Any]], seconds: float
     ) -> dict[str, Any]:
         out = Path(self.cfg.workdir) / f"py-spy-{server.pid}-{int(time.time())}.txt"
         command = pinned(

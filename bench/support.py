@@ -1,38 +1,37 @@
-"""Processes the benchmarks start (redis-server, ``presence serve``, the reference app, load
-generators), each on a free port and stopped by its own pid; CPU accounting; the Twilio
-signer; the request files the load generators cycle through."""
+"""What the benchmarks share: pinning to cores, CPU accounting, the servers they start (through
+``harness``: each on a free port, stopped by its own pid) and the request files the load
+generators cycle through."""
 
 from __future__ import annotations
 
-import base64
 import contextlib
-import hashlib
-import hmac
+import itertools
 import json
 import os
 import random
 import shutil
-import signal
-import socket
 import subprocess
 import sys
 import time
 import urllib.request
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
+from harness.processes import RedisServer, ServerProcess, Service, free_port
+from presence.twilio.samples import SERVICE_SID, reachability
+from presence.twilio.signing import form_headers
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 
-ACCOUNT_SID = "AC" + "0123456789abcdef" * 2
-SERVICE_SID = "IS" + "fedcba9876543210" * 2
 AUTH_TOKEN = "b3nchb3nchb3nchb3nchb3nchb3nch0"
 API_TOKEN = "bench-api-token-0123456789"
 
 CLK_TCK = os.sysconf("SC_CLK_TCK")
+_SERVICES = itertools.count()
 
 # Cores: the server under test alone on one core, everything else (load generator, Redis,
 # this harness) on the other. Set by main() from --no-pin.
@@ -66,69 +65,6 @@ def affinity(cpus: set[int]) -> Iterator[None]:
         os.sched_setaffinity(0, before)
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
-
-
-def wait_for_port(
-    port: int, within: float = 20.0, process: subprocess.Popen[bytes] | None = None
-) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        if process is not None and process.poll() is not None:
-            raise RuntimeError(f"process {process.args!r} exited with {process.returncode}")
-        with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", port), 0.2):
-            return
-        time.sleep(0.02)
-    raise TimeoutError(f"nothing listens on port {port}")
-
-
-# --- processes -----------------------------------------------------------------------------
-
-_RUNNING: dict[int, subprocess.Popen[bytes]] = {}
-
-
-def start(
-    command: Sequence[str], log: Path, env: Mapping[str, str] | None = None
-) -> subprocess.Popen[bytes]:
-    with log.open("ab") as out:
-        process = subprocess.Popen(
-            list(command),
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=dict(env) if env is not None else None,
-        )
-    _RUNNING[process.pid] = process
-    return process
-
-
-def stop(
-    process: subprocess.Popen[bytes] | None, sig: int = signal.SIGTERM, within: float = 15
-) -> None:
-    """Stops one process we started, by its pid (SIGKILL when it outlives ``within``)."""
-    if process is None:
-        return
-    _RUNNING.pop(process.pid, None)
-    if process.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.kill(process.pid, sig)
-        try:
-            process.wait(timeout=within)
-        except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(process.pid, signal.SIGKILL)
-            process.wait(timeout=10)
-
-
-def stop_all() -> None:
-    for process in list(_RUNNING.values()):
-        stop(process, signal.SIGKILL)
-
-
 def cpu_seconds(pid: int) -> float:
     """User + system CPU time of a running process."""
     with open(f"/proc/{pid}/stat") as f:
@@ -152,95 +88,36 @@ class CpuMeter:
         }
 
 
-class RedisServer:
-    """A redis-server of the benchmark's own: free port, private directory, no persistence,
-    no pub/sub output limit (a slow subscriber must not be cut off mid-measure)."""
-
-    def __init__(self, directory: Path) -> None:
-        self.directory = directory
-        self.port = free_port()
-        self.process: subprocess.Popen[bytes] | None = None
-
-    @property
-    def url(self) -> str:
-        return f"redis://127.0.0.1:{self.port}/0"
-
-    @property
-    def pid(self) -> int:
-        assert self.process is not None
-        return self.process.pid
-
-    def start(self) -> RedisServer:
-        self.directory.mkdir(parents=True, exist_ok=True)
-        binary = shutil.which("redis-server")
-        if binary is None:
-            raise RuntimeError("redis-server is not installed: run bench/run, which installs it")
-        command = [
-            binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir", str(self.directory),
-            "--save", "", "--appendonly", "no", "--client-output-buffer-limit", "pubsub 0 0 0",
-        ]  # fmt: skip
-        self.process = start(pinned("other", command), self.directory / "redis.log")
-        wait_for_port(self.port, 10, self.process)
-        return self
-
-    def stop(self) -> None:
-        stop(self.process)
-        self.process = None
+def redis_server(directory: Path) -> RedisServer:
+    """A redis-server on the "other" core: no persistence, and no pub/sub output limit (a slow
+    subscriber must not be cut off mid-measure)."""
+    return RedisServer(
+        directory,
+        prefix=pinned("other", []),
+        options=["--client-output-buffer-limit", "pubsub 0 0 0"],
+    ).start()
 
 
-def service_env(**settings: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PRESENCE_")}
-    env.update({f"PRESENCE_{name.upper()}": value for name, value in settings.items()})
-    return env
-
-
-@dataclass
-class HttpServer:
-    """``presence serve`` or the reference app, on a free port."""
-
-    name: str
-    process: subprocess.Popen[bytes]
-    port: int
-    log: Path
-
-    @property
-    def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def pid(self) -> int:
-        return self.process.pid
-
-    def stop(self) -> None:
-        stop(self.process)
-
-
-def start_service(workdir: Path, redis_url: str, **extra: str) -> HttpServer:
-    port = free_port()
+def start_service(workdir: Path, redis_url: str, **extra: str) -> Service:
+    """``presence serve`` alone on the server core."""
     settings = {
-        "port": str(port),
         "redis_url": redis_url,
         "twilio_auth_token": AUTH_TOKEN,
         "api_token": API_TOKEN,
         **extra,
     }
-    log = workdir / f"service-{port}.log"
-    process = start(
-        pinned("server", [PYTHON, "-m", "presence", "serve"]), log, service_env(**settings)
-    )
-    wait_for_port(port, 30, process)
-    return HttpServer("presence", process, port, log)
+    log = workdir / f"service-{next(_SERVICES)}.log"
+    service = Service(log, prefix=pinned("server", []), **settings)
+    return service.start(within=30)
 
 
-def start_reference(workdir: Path) -> HttpServer:
+def start_reference(workdir: Path, script: str = "reference.py") -> ServerProcess:
+    """A reference app of ``bench/`` alone on the server core."""
     port = free_port()
-    log = workdir / f"reference-{port}.log"
-    process = start(
-        pinned("server", [PYTHON, str(ROOT / "bench" / "reference.py"), "--port", str(port)]),
-        log,
-    )
-    wait_for_port(port, 30, process)
-    return HttpServer("reference", process, port, log)
+    command = pinned("server", [PYTHON, str(ROOT / "bench" / script), "--port", str(port)])
+    reference = ServerProcess(command, workdir / f"{script}-{port}.log", port=port)
+    reference.start(within=30)
+    return reference
 
 
 def http_json(url: str, token: str | None = API_TOKEN) -> Any:
@@ -272,32 +149,10 @@ def metric_sum(text: str, name: str, **labels: str) -> float:
 # --- Twilio signatures and request files ---------------------------------------------------
 
 
-def twilio_signature(token: str, url: str, params: Mapping[str, str]) -> str:
-    """X-Twilio-Signature of a form webhook: base64(HMAC-SHA1(token, url + the parameters
-    sorted by name, each name followed by its value))."""
-    payload = url + "".join(name + params[name] for name in sorted(params))
-    digest = hmac.new(token.encode(), payload.encode(), hashlib.sha1).digest()
-    return base64.b64encode(digest).decode()
-
-
 def endpoint_id(rng: random.Random) -> str:
     """An endpoint id shaped like a UUID (36 characters)."""
     h = f"{rng.getrandbits(128):032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
-
-
-def reachability_params(
-    identity: str, endpoint: str, event_id: int, connected: bool
-) -> dict[str, str]:
-    return {
-        "AccountSid": ACCOUNT_SID,
-        "ServiceSid": SERVICE_SID,
-        "EventType": "endpoint_connected" if connected else "endpoint_disconnected",
-        "Identity": identity,
-        "EndpointId": endpoint,
-        "EventId": str(event_id),
-        "IsIdentityOnline": "true" if connected else "false",
-    }
 
 
 @dataclass
@@ -342,14 +197,16 @@ def webhook_requests(
         for k in range(count):
             rnd, i = divmod(k, identities)
             connected = connects_only or rnd % 2 == 0
-            params = reachability_params(f"{prefix}-{i:06d}", endpoints[i], k + 1, connected)
+            params = reachability(
+                f"{prefix}-{i:06d}", endpoints[i], k + 1, connected, connected=connected
+            )
             yield (
                 "POST",
                 "/webhooks/sync",
                 urlencode(params),
                 [
-                    "Content-Type: application/x-www-form-urlencoded",
-                    "X-Twilio-Signature: " + twilio_signature(AUTH_TOKEN, url, params),
+                    f"{name}: {value}"
+                    for name, value in form_headers(AUTH_TOKEN, url, params).items()
                 ],
             )
 

@@ -8,13 +8,22 @@ bad field. Parameters the reference does not list are ignored.
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
 
-from pydantic import BaseModel, ConfigDict, Field, PlainValidator, TypeAdapter, ValidationError
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    PlainValidator,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 from pydantic_core import PydanticCustomError
+
+from presence.twilio import is_sid, sid_pattern, sid_problem
 
 MAX_SAFE_INTEGER = 2**53 - 1
 """Largest EventId or revision accepted: Redis' Lua numbers are doubles, exact up to 2**53."""
@@ -22,17 +31,13 @@ MAX_SAFE_INTEGER = 2**53 - 1
 MAX_NAME_LENGTH = 1024
 """Longest Identity, EndpointId or ItemKey accepted, in characters."""
 
-SYSTEM_IDENTITY = "system"
-"""The Identity of REST-initiated events: never tracked as presence."""
-
 
 def _sid(prefix: str) -> PlainValidator:
-    pattern = re.compile(rf"{prefix}[0-9a-fA-F]{{32}}")
-
     def check(value: object) -> str:
-        if isinstance(value, str) and pattern.fullmatch(value):
+        if is_sid(value, prefix):
+            assert isinstance(value, str)
             return value
-        raise PydanticCustomError("sid", f"must be {prefix} followed by 32 hex digits")
+        raise PydanticCustomError("sid", sid_problem(prefix))
 
     return PlainValidator(check)
 
@@ -133,16 +138,58 @@ def _checked(problem_of: Callable[[object], str | None]) -> PlainValidator:
     return PlainValidator(check)
 
 
-AccountSid = Annotated[str, _sid("AC")]
-ServiceSid = Annotated[str, _sid("IS")]
-DocumentSid = Annotated[str, _sid("ET")]
-ListSid = Annotated[str, _sid("ES")]
-MapSid = Annotated[str, _sid("MP")]
-Count = Annotated[int, PlainValidator(_count)]
-TwilioBool = Annotated[bool, PlainValidator(_boolean)]
-JsonData = Annotated[Any, PlainValidator(_json_value)]
-Name = Annotated[str, _checked(name_problem)]
-Text = Annotated[str, _checked(_text_problem)]
+# The JSON Schema of each type, for the OpenAPI document (what the validators above accept,
+# which a plain validator cannot tell pydantic). Where a JSON body may carry a value typed or
+# as text, the first branch of "anyOf" is what a form carries.
+_DIGITS = f"^[0-9]{{1,{len(str(MAX_SAFE_INTEGER)) - 1}}}$"
+"""Digit strings that are certainly at most 2^53-1 (15 digits)."""
+
+
+def _sid_schema(prefix: str) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": sid_pattern(prefix),
+            "description": f"{prefix} + 32 hex digits",
+        }
+    )
+
+
+_COUNT_SCHEMA = {
+    "anyOf": [
+        {"type": "integer", "minimum": 0, "maximum": MAX_SAFE_INTEGER},
+        {"type": "string", "pattern": _DIGITS},
+    ]
+}
+_BOOLEAN_SCHEMA = {
+    "anyOf": [
+        {"type": "boolean"},
+        {"type": "string", "pattern": "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$"},
+    ],
+    "description": "true or false, in any case",
+}
+_DATA_SCHEMA = {
+    "anyOf": [
+        {"type": "string", "contentMediaType": "application/json", "description": "JSON text"},
+        {"type": ["object", "array", "number", "boolean", "null"]},
+    ]
+}
+
+
+AccountSid = Annotated[str, _sid("AC"), _sid_schema("AC")]
+ServiceSid = Annotated[str, _sid("IS"), _sid_schema("IS")]
+DocumentSid = Annotated[str, _sid("ET"), _sid_schema("ET")]
+ListSid = Annotated[str, _sid("ES"), _sid_schema("ES")]
+MapSid = Annotated[str, _sid("MP"), _sid_schema("MP")]
+Count = Annotated[int, PlainValidator(_count), WithJsonSchema(_COUNT_SCHEMA)]
+TwilioBool = Annotated[bool, PlainValidator(_boolean), WithJsonSchema(_BOOLEAN_SCHEMA)]
+JsonData = Annotated[Any, PlainValidator(_json_value), WithJsonSchema(_DATA_SCHEMA)]
+Name = Annotated[
+    str,
+    _checked(name_problem),
+    WithJsonSchema({"type": "string", "minLength": 1, "maxLength": MAX_NAME_LENGTH}),
+]
+Text = Annotated[str, _checked(_text_problem), WithJsonSchema({"type": "string"})]
 
 
 class _Event(BaseModel):
@@ -263,10 +310,14 @@ SyncEvent = Annotated[ReachabilityEvent | CollectionEvent, Field(discriminator="
 
 _SYNC_EVENT: TypeAdapter[ReachabilityEvent | CollectionEvent] = TypeAdapter(SyncEvent)
 
-_MODELS: tuple[type[_Event], ...] = get_args(ReachabilityEvent | CollectionEvent)
+EventModel = type[ReachabilityEvent] | type[CollectionEvent]
+
+MODELS: tuple[EventModel, ...] = get_args(ReachabilityEvent | CollectionEvent)
+"""The model of each kind of event, in the reference's order."""
 
 
-def _event_types(model: type[_Event]) -> tuple[str, ...]:
+def event_types(model: EventModel) -> tuple[str, ...]:
+    """The EventTypes ``model`` validates."""
     annotation = model.model_fields["event_type"].annotation
     return tuple(getattr(annotation, "__args__", ()))
 
@@ -275,8 +326,8 @@ _PARAMETERS: dict[str, frozenset[str]] = {
     event_type: frozenset(
         field.alias for field in model.model_fields.values() if field.alias is not None
     )
-    for model in _MODELS
-    for event_type in _event_types(model)
+    for model in MODELS
+    for event_type in event_types(model)
 }
 
 EVENT_TYPES: frozenset[str] = frozenset(_PARAMETERS)

@@ -8,9 +8,9 @@ import signal
 
 from aiohttp import web
 
-from presence.backend import open_store, without_password
 from presence.logs import ACCESS_LOGGER, AccessLogger
 from presence.settings import Settings
+from presence.store.connections import open_store, without_password
 from presence.sweeper import Sweeper
 from presence.web.app import create_app
 

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Any, Literal
 from urllib.parse import urlsplit
 
@@ -12,6 +11,7 @@ from redis.asyncio import ConnectionPool
 from redis.asyncio.connection import parse_url
 
 from presence.keys import Keyspace
+from presence.twilio import is_sid, sid_problem
 
 ENV_PREFIX = "PRESENCE_"
 
@@ -111,8 +111,8 @@ class Settings(BaseSettings):
     @field_validator("account_sid")
     @classmethod
     def _account_sid(cls, value: str | None) -> str | None:
-        if value is not None and not re.fullmatch(r"AC[0-9a-fA-F]{32}", value):
-            raise ValueError("must be AC followed by 32 hex digits")
+        if value is not None and not is_sid(value, "AC"):
+            raise ValueError(sid_problem("AC"))
         return value
 
     @field_validator("log_level", "log_format", mode="before")

@@ -10,8 +10,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 from redis import exceptions as redis_errors
 
-from presence.backend import cluster_client, redis_client, without_password
 from presence.keys import Keyspace
+from presence.store.connections import cluster_client, redis_client, without_password
 
 log = logging.getLogger("presence.watch")
 

@@ -12,20 +12,14 @@ from fakeredis import FakeAsyncRedis, FakeServer
 from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis, RedisCluster
 
-from presence.backend import open_store
+from harness.processes import RedisClusterNodes, RedisServer
 from presence.settings import load_settings
+from presence.store.connections import open_store
 from presence.store.redis import RedisStore
 from presence.store.scripts import Client
 from presence.sweeper import Sweeper
 from presence.web.app import create_app
-from tests.support import (
-    AUTH_TOKEN,
-    ManualClock,
-    RedisClusterNodes,
-    RedisServer,
-    RunningApp,
-    manual_clock,
-)
+from tests.support import AUTH_TOKEN, ManualClock, RunningApp, manual_clock
 
 
 @pytest.fixture(scope="session")
@@ -67,7 +61,7 @@ async def redis_cluster(redis_cluster_nodes: RedisClusterNodes) -> AsyncIterator
     await client.aclose()
 
 
-@pytest.fixture(params=["redis", "embedded", "cluster"])
+@pytest.fixture(params=["redis", "embedded", pytest.param("cluster", marks=pytest.mark.slow)])
 async def backend(
     request: pytest.FixtureRequest, redis_server: RedisServer
 ) -> AsyncIterator[Client]:

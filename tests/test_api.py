@@ -11,16 +11,11 @@ from urllib.parse import quote
 
 import pytest
 
-from presence.backend import redis_client
+from harness.processes import RedisServer
 from presence.events import ReachabilityEvent, parse_event
-from tests.support import (
-    OTHER_SERVICE_SID,
-    SERVICE_SID,
-    RedisServer,
-    RunningApp,
-    make_store,
-    reachability,
-)
+from presence.store.connections import redis_client
+from presence.twilio.samples import SERVICE_SID, reachability
+from tests.support import OTHER_SERVICE_SID, RunningApp, make_store
 
 Start = Callable[..., Awaitable[RunningApp]]
 BASE = f"/v1/services/{SERVICE_SID}"

@@ -13,16 +13,10 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
+from harness.processes import RedisServer, Service, service_env
 from presence.keys import Keyspace
-from tests.support import (
-    SERVICE_SID,
-    RedisServer,
-    Service,
-    Watcher,
-    reachability,
-    service_env,
-    wait_until,
-)
+from presence.twilio.samples import SERVICE_SID, reachability
+from tests.support import Watcher, wait_until
 
 
 def run_cli(*args: str, **settings: str) -> subprocess.CompletedProcess[str]:

@@ -23,24 +23,23 @@ import pytest
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
+from harness.processes import RedisClusterNodes, Service
 from presence.events import CollectionEvent, ReachabilityEvent, parse_event
 from presence.keys import BUCKETS, Keyspace
 from presence.store.scripts import Client, ScriptCall, run_scripts
+from presence.twilio.samples import SERVICE_SID, collection_event, reachability
 from presence.watch import watch
 from tests.support import (
     AUTH_TOKEN,
-    SERVICE_SID,
     ChangeRecorder,
-    RedisClusterNodes,
-    Service,
-    collection_event,
     json_lines,
     make_store,
     manual_clock,
     post_webhook,
-    reachability,
     wait_until,
 )
+
+pytestmark = pytest.mark.slow  # a three-node Redis Cluster and several `presence serve` processes
 
 KEYSPACE = Keyspace()
 IDENTITIES = [f"user-{n:02}" for n in range(24)]

@@ -12,9 +12,11 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
+from harness.processes import RedisServer
 from presence.events import ReachabilityEvent, parse_event
 from presence.store.coalesce import Coalescer
-from tests.support import RedisServer, make_store, reachability
+from presence.twilio.samples import reachability
+from tests.support import make_store
 
 APPEND = """
 if ARGV[1] == 'fail' then

@@ -25,16 +25,12 @@ import aiohttp
 import pytest
 import yaml
 
+from harness.processes import RedisServer, free_port
 from presence.settings import Settings, env_name
-from tests.support import (
-    ACCOUNT_SID,
-    SERVICE_SID,
-    RedisServer,
-    free_port,
-    reachability,
-    signed_form,
-    wait_until,
-)
+from presence.twilio.samples import ACCOUNT_SID, SERVICE_SID, reachability
+from tests.support import signed_form, wait_until
+
+pytestmark = pytest.mark.slow  # the docker-compose stack
 
 ROOT = Path(__file__).resolve().parent.parent
 COMPOSE_FILE = ROOT / "docker-compose.yml"
@@ -295,7 +291,7 @@ def test_dockerignore_sends_only_the_package_to_the_build() -> None:
         if path.is_file() and "__pycache__" not in path.parts
     ]
     sent = ["pyproject.toml", "README.md", *package]
-    assert "presence/store/lua/reachability.lua" in sent
+    assert "presence/store/lua/apply_event.lua" in sent
     assert [path for path in sent if dockerignored(path, patterns)] == []
 
 

@@ -23,7 +23,7 @@ from presence.events import (
     normalised,
     parse_event,
 )
-from tests.support import collection_event, reachability
+from presence.twilio.samples import collection_event, reachability
 
 MODELS = {
     "endpoint_connected": ReachabilityEvent,

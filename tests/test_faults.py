@@ -23,17 +23,13 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from tests.support import (
-    AUTH_TOKEN,
-    SERVICE_SID,
-    ChangeRecorder,
-    RedisServer,
-    Service,
-    Watcher,
-    reachability,
-    sign,
-    wait_until,
-)
+from harness.processes import RedisServer, Service
+from presence.twilio.samples import SERVICE_SID, reachability
+from tests.support import AUTH_TOKEN, ChangeRecorder, Watcher, sign, wait_until
+
+pytestmark = (
+    pytest.mark.slow
+)  # Redis killed and restarted, replicas on skewed clocks (faketime), stalls
 
 CLIENT_TIMEOUT = 8.0
 """Seconds a test waits for any reply: well under Twilio's 15 s, and over the service's own

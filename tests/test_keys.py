@@ -12,10 +12,11 @@ from redis.crc import key_slot
 from presence.events import parse_event
 from presence.keys import BUCKETS, Keyspace
 from presence.store.base import InvalidCursor
-from presence.store.redis import decode_cursor, encode_cursor
+from presence.store.cursor import decode_cursor, encode_cursor
 from presence.store.scripts import source
 from presence.timestamps import iso_from_ms
-from tests.support import SERVICE_SID, collection_event, make_store
+from presence.twilio.samples import SERVICE_SID, collection_event
+from tests.support import make_store
 
 
 @pytest.mark.parametrize("identity", ["alice", "a{b}c", "{", "}", "x:{y}:z", "é" * 300])
@@ -65,7 +66,7 @@ def test_a_cursor_not_handed_out_is_refused(cursor: str) -> None:
 
 
 async def test_lua_writes_times_as_python_does(backend: Redis) -> None:
-    script = backend.register_script(source("prelude") + "\nreturn iso(tonumber(ARGV[1]))")
+    script = backend.register_script(source("clock") + "\nreturn iso(tonumber(ARGV[1]))")
     rng = random.Random(7)
     samples = [0, 999, 951_782_400_000, 4_107_542_399_999, 1_795_000_000_123]
     samples += [rng.randrange(0, 4_102_444_800_000) for _ in range(200)]

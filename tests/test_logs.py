@@ -9,18 +9,10 @@ from pathlib import Path
 
 import aiohttp
 
+from harness.processes import RedisServer, Service
 from presence.logs import JsonFormatter, TextFormatter
-from tests.support import (
-    AUTH_TOKEN,
-    SERVICE_SID,
-    RedisServer,
-    Service,
-    json_lines,
-    post_webhook,
-    reachability,
-    sign,
-    wait_until,
-)
+from presence.twilio.samples import SERVICE_SID, reachability
+from tests.support import AUTH_TOKEN, json_lines, post_webhook, sign, wait_until
 
 API_TOKEN = "api-token-that-must-never-be-logged"
 WRONG_TOKEN = "a-wrong-token-that-must-never-be-logged-either"

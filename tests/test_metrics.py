@@ -7,17 +7,10 @@ from collections.abc import Awaitable, Callable
 
 from prometheus_client.parser import text_string_to_metric_families
 
-from presence.backend import redis_client
-from tests.support import (
-    AUTH_TOKEN,
-    ManualClock,
-    RedisServer,
-    RunningApp,
-    collection_event,
-    make_store,
-    reachability,
-    wait_until,
-)
+from harness.processes import RedisServer
+from presence.store.connections import redis_client
+from presence.twilio.samples import collection_event, reachability
+from tests.support import AUTH_TOKEN, ManualClock, RunningApp, make_store, wait_until
 
 Start = Callable[..., Awaitable[RunningApp]]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]

@@ -1,4 +1,4 @@
-"""The real store against the reference model (tests/model.py), on the suite's real Redis.
+"""The real store against the presence rules (presence/rules.py), on the suite's real Redis.
 
 A Hypothesis state machine sends the same random histories to both: connects and disconnects
 with fresh EventIds, IsIdentityOnline consistent with what Twilio knows or not, lost events,
@@ -33,13 +33,17 @@ from hypothesis.stateful import (
 )
 from redis.asyncio import Redis
 
+from harness.processes import RedisServer
+from presence import rules
 from presence.events import MAX_SAFE_INTEGER, ReachabilityEvent, parse_event
 from presence.keys import due_member
+from presence.rules import Event, Model
 from presence.store.base import Change
 from presence.timestamps import iso_from_ms
-from tests import model
-from tests.model import Event, Model
-from tests.support import SERVICE_SID, RedisServer, make_store, manual_clock, reachability
+from presence.twilio.samples import SERVICE_SID, reachability
+from tests.support import make_store, manual_clock
+
+pytestmark = pytest.mark.slow  # thousands of Hypothesis steps against the rules
 
 T = TypeVar("T")
 
@@ -76,7 +80,7 @@ class Counters:
 COUNTERS = Counters()
 
 
-def store_change(change: model.Change) -> Change:
+def store_change(change: rules.Change) -> Change:
     """The message the service should have published for a change of the model."""
     return Change(
         service_sid=SERVICE_SID,
@@ -141,7 +145,7 @@ class Harness:
 
     # -- steps -----------------------------------------------------------------------------
 
-    def deliver(self, event: Event) -> model.Result:
+    def deliver(self, event: Event) -> rules.Result:
         """Sends one event to both; the outcome and the changes must agree."""
         COUNTERS.events += 1
         params = reachability(
@@ -231,7 +235,7 @@ class Harness:
         rows, members = replies[0 : 2 * len(buckets) : 2], replies[1 : 2 * len(buckets) : 2]
         # When the sweeper will visit each identity (the due set), as the model schedules it.
         due = [None if score is None else int(score) for score in replies[2 * len(buckets) :]]
-        assert due == [self.model.get(name).due_at(self.model.ttl) for name in IDENTITIES]
+        assert due == [rules.due_at(self.model.get(name), self.model.ttl) for name in IDENTITIES]
         counted = tuple(sum(int(row[i] or 0) for row in rows) for i in range(3))
         assert counted == wanted_stats
         assert sorted(name for found in members for name in found) == wanted_online
@@ -356,7 +360,7 @@ class PresenceMachine(RuleBasedStateMachine):
         """More disconnected endpoints than tombstones are kept (with IsIdentityOnline=true,
         which keeps them all): the oldest are forgotten and raise the floor."""
         self.burst_done = True
-        for n in range(model.MAX_TOMBSTONES + 3):
+        for n in range(rules.MAX_TOMBSTONES + 3):
             event = Event(identity, f"T{n}", self.next_event_id, True, False)
             self.next_event_id += 1
             self.history.append(event)
@@ -429,21 +433,21 @@ def test_pinned_expiry_then_a_connect_publishes_expired_then_connected(harness: 
 def test_pinned_repeat_of_the_last_offline_event_is_a_duplicate(harness: Harness) -> None:
     harness.deliver(ev(1, "E1", True, True))
     harness.deliver(ev(2, "E1", False, False))
-    assert harness.deliver(ev(2, "E1", False, False)).outcome is model.Outcome.DUPLICATE
+    assert harness.deliver(ev(2, "E1", False, False)).outcome is rules.Outcome.DUPLICATE
     # An older offline event of another endpoint is below the floor: stale, not duplicate.
     harness.deliver(ev(3, "E2", False, True))
-    assert harness.deliver(ev(2, "E1", False, False)).outcome is model.Outcome.STALE
+    assert harness.deliver(ev(2, "E1", False, False)).outcome is rules.Outcome.STALE
     harness.check()
 
 
 def test_pinned_forgotten_tombstones_raise_the_floor(harness: Harness) -> None:
-    for n in range(1, model.MAX_TOMBSTONES + 3):
+    for n in range(1, rules.MAX_TOMBSTONES + 3):
         harness.deliver(ev(n, f"T{n}", True, False))
     # T1 and T2 were forgotten (over the cap): their late connects, and a never-seen endpoint's
     # event as old, are stale; T3 is still remembered.
-    assert harness.deliver(ev(1, "T1", True, True)).outcome is model.Outcome.STALE
-    assert harness.deliver(ev(2, "X", True, True)).outcome is model.Outcome.STALE
-    assert harness.deliver(ev(3, "T3", True, True)).outcome is model.Outcome.DUPLICATE
+    assert harness.deliver(ev(1, "T1", True, True)).outcome is rules.Outcome.STALE
+    assert harness.deliver(ev(2, "X", True, True)).outcome is rules.Outcome.STALE
+    assert harness.deliver(ev(3, "T3", True, True)).outcome is rules.Outcome.DUPLICATE
     harness.check()
 
 
@@ -456,7 +460,7 @@ def test_pinned_lost_connect_kept_online_by_twilios_word_until_the_ttl(harness: 
     assert not state.published_online
     assert state.version == 2
     # The lost connect arriving now is below the floor the expiry raised.
-    assert harness.deliver(ev(1, "E1", True, True)).outcome is model.Outcome.STALE
+    assert harness.deliver(ev(1, "E1", True, True)).outcome is rules.Outcome.STALE
     harness.check()
 
 
@@ -476,9 +480,9 @@ def test_pinned_a_deadline_fires_at_its_very_millisecond(harness: Harness) -> No
     """Found by the machine when the model (wrongly) fired a deadline only after it had
     passed: an IsIdentityOnline=true disconnect keeps alice online by Twilio's word, a
     connect saying false then drops everything, and the sweep exactly at the deadline fires."""
-    for n in range(1, model.MAX_TOMBSTONES + 4):
+    for n in range(1, rules.MAX_TOMBSTONES + 4):
         harness.deliver(ev(n, f"T{n}", True, False))
-    harness.deliver(ev(model.MAX_TOMBSTONES + 4, "E1", False, True))
+    harness.deliver(ev(rules.MAX_TOMBSTONES + 4, "E1", False, True))
     assert harness.model.get("alice").pending_offline
     harness.later(GRACE)
     harness.sweep()
@@ -491,7 +495,7 @@ def test_pinned_event_ids_near_two_to_the_53(harness: Harness) -> None:
     top = MAX_SAFE_INTEGER
     harness.deliver(ev(top - 2, "E1", True, True))
     harness.deliver(ev(top, "E1", False, False))
-    assert harness.deliver(ev(top - 1, "E2", True, True)).outcome is model.Outcome.STALE
+    assert harness.deliver(ev(top - 1, "E2", True, True)).outcome is rules.Outcome.STALE
     harness.later(GRACE)
     harness.sweep()
     assert harness.model.get("alice").changed_at is not None
@@ -504,7 +508,7 @@ def test_pinned_older_events_do_not_refresh_twilios_word(harness: Harness) -> No
     it younger. (The machine missed a model that refreshed it: pinned by hand.)"""
     harness.deliver(ev(10, "E1", True, False))  # E1's connect was lost: online by evidence
     harness.later(TTL - GRACE)
-    assert harness.deliver(ev(9, "E2", True, False)).outcome is model.Outcome.APPLIED
+    assert harness.deliver(ev(9, "E2", True, False)).outcome is rules.Outcome.APPLIED
     harness.later(GRACE)
     harness.sweep()
     state = harness.model.get("alice")

@@ -27,16 +27,12 @@ from redis.asyncio import Redis
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
+from harness.processes import free_port
 from presence.events import EVENT_TYPES, CollectionEvent, ReachabilityEvent
-from presence.web.openapi import EVENT_PARAMETERS, openapi_document
+from presence.twilio.samples import SERVICE_SID, reachability
+from presence.web.openapi import openapi_document
 from presence.web.queries import MAX_LOOKUP_BYTES
-from tests.support import (
-    SERVICE_SID,
-    RunningApp,
-    free_port,
-    reachability,
-    sign,
-)
+from tests.support import RunningApp, sign
 
 Start = Callable[..., Awaitable[RunningApp]]
 
@@ -265,14 +261,18 @@ def _models() -> dict[str, type[ReachabilityEvent | CollectionEvent]]:
 def test_each_event_type_documents_exactly_the_parameters_its_model_validates(
     content: str,
 ) -> None:
-    variants = DOCUMENT["components"]["schemas"][content]["oneOf"]
-    by_type = {
-        variant["properties"]["EventType"]["const"]: variant
-        for variant in variants
-        if "const" in variant["properties"]["EventType"]
-    }
-    assert set(by_type) == EVENT_TYPES == set(EVENT_PARAMETERS)
-    assert DOCUMENT["components"]["schemas"]["EventType"]["enum"] == list(EVENT_PARAMETERS)
+    variants = [
+        _resolve(variant["$ref"].removeprefix("#")) if "$ref" in variant else variant
+        for variant in DOCUMENT["components"]["schemas"][content]["oneOf"]
+    ]
+
+    def types(variant: dict[str, Any]) -> list[str]:
+        event_type = variant["properties"]["EventType"]
+        return [event_type["const"]] if "const" in event_type else event_type.get("enum", [])
+
+    by_type = {event_type: variant for variant in variants for event_type in types(variant)}
+    assert set(by_type) == EVENT_TYPES
+    assert set(DOCUMENT["components"]["schemas"]["EventType"]["enum"]) == EVENT_TYPES
 
     for event_type, model in _models().items():
         fields = model.model_fields.values()
@@ -446,6 +446,7 @@ async def test_replies_while_redis_is_away_match_the_document(start_service: Sta
 # Property-based: Schemathesis against the listening service
 
 
+@pytest.mark.slow  # Schemathesis: thousands of generated requests
 async def test_generated_requests_get_only_documented_replies(
     start_service: Start, redis: Redis, tmp_path: Path
 ) -> None:
@@ -468,6 +469,7 @@ async def test_generated_requests_get_only_documented_replies(
     assert await redis.dbsize() > 0
 
 
+@pytest.mark.slow  # Schemathesis: thousands of generated requests
 async def test_generated_webhooks_without_a_signature_are_all_refused(
     start_service: Start, redis: Redis, tmp_path: Path
 ) -> None:

@@ -1,4 +1,5 @@
-"""The presence rules of CONTRACT section 4, as what a user sees, on Redis and the embedded store.
+"""The presence rules (README, "How presence is decided"), as what a user sees: on a real Redis,
+the embedded store and a Redis Cluster.
 
 Time is a manual clock handed to the store, and the sweeper's work is done by calling
 ``sweep`` by hand, so each scenario is exact about when things happen.
@@ -16,7 +17,9 @@ from presence.events import ReachabilityEvent, parse_event
 from presence.store.base import EventResult, IdentityPresence, Outcome
 from presence.store.redis import RedisStore
 from presence.timestamps import iso_from_ms
-from tests.support import SERVICE_SID, ChangeRecorder, ManualClock, make_store, reachability
+from presence.twilio.samples import SERVICE_SID, reachability
+from presence.web.replies import identity_reply
+from tests.support import ChangeRecorder, ManualClock, make_store
 
 GRACE = 10
 TTL = 60
@@ -97,7 +100,7 @@ async def test_connecting_publishes_online_at_once(scenario: Scenario) -> None:
 
 async def test_an_identity_never_seen_is_offline_at_version_zero(scenario: Scenario) -> None:
     state = await scenario.state("nobody")
-    assert state.to_json() == {
+    assert identity_reply(state) == {
         "service_sid": SERVICE_SID,
         "identity": "nobody",
         "online": False,

@@ -28,17 +28,12 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from tests.model import Event, Model
-from tests.support import (
-    AUTH_TOKEN,
-    SERVICE_SID,
-    ChangeRecorder,
-    RedisServer,
-    Service,
-    post_webhook,
-    reachability,
-    wait_until,
-)
+from harness.processes import RedisServer, Service
+from presence.rules import Event, Model
+from presence.twilio.samples import SERVICE_SID, reachability
+from tests.support import AUTH_TOKEN, ChangeRecorder, post_webhook, wait_until
+
+pytestmark = pytest.mark.slow  # three `presence serve` processes racing
 
 GRACE_SECONDS = 1
 PREFIX = "races"

@@ -12,16 +12,11 @@ import aiohttp
 import pytest
 from redis.asyncio import Redis
 
-from tests.support import (
-    AUTH_TOKEN,
-    SERVICE_SID,
-    ChangeRecorder,
-    RedisServer,
-    Service,
-    reachability,
-    sign,
-    wait_until,
-)
+from harness.processes import RedisServer, Service
+from presence.twilio.samples import SERVICE_SID, reachability
+from tests.support import AUTH_TOKEN, ChangeRecorder, sign, wait_until
+
+pytestmark = pytest.mark.slow  # several `presence serve` processes
 
 GRACE = "1"
 

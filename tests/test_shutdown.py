@@ -17,17 +17,12 @@ import aiohttp
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
-from presence.backend import redis_client
-from tests.support import (
-    AUTH_TOKEN,
-    SERVICE_SID,
-    RedisServer,
-    Service,
-    make_store,
-    post_webhook,
-    reachability,
-    wait_until,
-)
+from harness.processes import RedisServer, Service
+from presence.store.connections import redis_client
+from presence.twilio.samples import SERVICE_SID, reachability
+from tests.support import AUTH_TOKEN, make_store, post_webhook, wait_until
+
+pytestmark = pytest.mark.slow  # `presence serve` processes held in flight by a frozen Redis
 
 IN_FLIGHT = 10
 

@@ -9,7 +9,7 @@ from hypothesis import strategies as st
 from multidict import MultiDict
 from twilio.request_validator import RequestValidator
 
-from presence.signature import SignatureValidator, compute_signature, signature_algorithm
+from presence.twilio.signing import SignatureValidator, compute_signature, signature_algorithm
 
 TOKEN = "12345678901234567890123456789012"
 SECOND = "abcdefabcdefabcdefabcdefabcdefab"

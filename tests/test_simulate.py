@@ -13,21 +13,15 @@ from typing import Any
 
 import pytest
 
+from harness.processes import RedisServer, Service, free_port, service_env
 from presence.events import EVENT_TYPES, ReachabilityEvent, parse_event
 from presence.simulate import SendOptions, Traffic, TrafficConfig, Webhook, simulate
 from presence.simulate.command import UsageError, options
 from presence.simulate.report import Progress, Tally
-from presence.simulate.send import twilio_signature
-from presence.simulate.traffic import IDEMPOTENCY_HEADER, derived_sid
-from tests.support import (
-    AUTH_TOKEN,
-    RedisServer,
-    RunningApp,
-    Service,
-    free_port,
-    service_env,
-    sign,
-)
+from presence.simulate.traffic import derived_sid
+from presence.twilio import IDEMPOTENCY_HEADER
+from presence.twilio.signing import sign_form
+from tests.support import AUTH_TOKEN, RunningApp, sign
 
 StartService = Callable[..., Awaitable[RunningApp]]
 
@@ -165,7 +159,7 @@ def test_the_signature_is_twilios() -> None:
     url = "https://presence.example.com:8443/webhooks/sync?x=1"
     for webhook in list(Traffic(TrafficConfig(identities=5, events=40, seed=1)))[:40]:
         params = webhook.params | {"ItemData": '{"text":"caf\u00e9 \u2615"}'}
-        assert twilio_signature(AUTH_TOKEN, url, params) == sign(url, params, AUTH_TOKEN)
+        assert sign_form(AUTH_TOKEN, url, params) == sign(url, params, AUTH_TOKEN)
 
 
 def test_progress_redraws_one_line_on_a_terminal_and_prints_lines_elsewhere() -> None:

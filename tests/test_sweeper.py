@@ -9,20 +9,14 @@ from collections.abc import AsyncIterator
 import pytest
 from redis.asyncio import Redis
 
+from harness.processes import RedisServer
 from presence.events import ReachabilityEvent, parse_event
 from presence.keys import BUCKETS
 from presence.store.base import SweepResult
 from presence.store.redis import RedisStore
 from presence.sweeper import Sweeper
-from tests.support import (
-    SERVICE_SID,
-    ChangeRecorder,
-    ManualClock,
-    RedisServer,
-    make_store,
-    reachability,
-    wait_until,
-)
+from presence.twilio.samples import SERVICE_SID, reachability
+from tests.support import ChangeRecorder, ManualClock, make_store, wait_until
 
 
 async def apply(store: RedisStore, identity: str, event_id: int, *, connected: bool) -> None:

@@ -15,22 +15,18 @@ from urllib.parse import urlencode
 import pytest
 from redis.asyncio import Redis
 
+from harness.processes import RedisServer
 from presence.events import EVENT_TYPES
-from tests.support import (
+from presence.twilio.samples import (
     ACCOUNT_SID,
-    AUTH_TOKEN,
     DOCUMENT_SID,
     LIST_SID,
     MAP_SID,
     SERVICE_SID,
-    ChangeRecorder,
-    RedisServer,
-    RunningApp,
     collection_event,
     reachability,
-    sign,
-    wait_until,
 )
+from tests.support import AUTH_TOKEN, ChangeRecorder, RunningApp, sign, wait_until
 
 Start = Callable[..., Awaitable[RunningApp]]
 COLLECTION_TYPES = sorted(EVENT_TYPES - {"endpoint_connected", "endpoint_disconnected"})

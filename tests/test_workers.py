@@ -15,16 +15,11 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from redis.asyncio import Redis
 
-from tests.support import (
-    AUTH_TOKEN,
-    SERVICE_SID,
-    RedisServer,
-    Service,
-    json_lines,
-    post_webhook,
-    reachability,
-    wait_until,
-)
+from harness.processes import RedisServer, Service
+from presence.twilio.samples import SERVICE_SID, reachability
+from tests.support import AUTH_TOKEN, json_lines, post_webhook, wait_until
+
+pytestmark = pytest.mark.slow  # `presence serve --workers` processes
 
 WEBHOOKS = 40
 

@@ -7,7 +7,7 @@ command line's side.
 """
 
 from presence.simulate.report import Summary, Tally
-from presence.simulate.send import SendOptions, simulate, twilio_signature
+from presence.simulate.send import SendOptions, simulate
 from presence.simulate.traffic import Expectation, Traffic, TrafficConfig, Webhook
 
 __all__ = [
@@ -19,5 +19,4 @@ __all__ = [
     "TrafficConfig",
     "Webhook",
     "simulate",
-    "twilio_signature",
 ]

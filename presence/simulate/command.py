@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import re
 import secrets
 import sys
 from collections.abc import Callable, Mapping
@@ -24,6 +23,7 @@ from presence.simulate.traffic import (
     Traffic,
     TrafficConfig,
 )
+from presence.twilio import is_sid, sid_problem
 
 TOKEN_VARIABLE = "PRESENCE_TWILIO_AUTH_TOKEN"
 ACCOUNT_VARIABLE = "PRESENCE_ACCOUNT_SID"
@@ -93,9 +93,9 @@ def _number(
 
 def _sid(args: Mapping[str, Any], name: str, prefix: str, fallback: str | None) -> str | None:
     text = args.get(name) or fallback
-    if text is not None and not re.fullmatch(rf"{prefix}[0-9a-fA-F]{{32}}", text):
+    if text is not None and not is_sid(text, prefix):
         flag = "--" + name.replace("_", "-")
-        raise UsageError(f"{flag} must be {prefix} followed by 32 hex digits, not {text!r}")
+        raise UsageError(f"{flag} {sid_problem(prefix)}, not {text!r}")
     return text
 
 

@@ -8,13 +8,10 @@ in flight at once.
 from __future__ import annotations
 
 import asyncio
-import base64
-import hashlib
-import hmac
 import json
 import time
 from collections import deque
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 from urllib.parse import urlencode
 
@@ -22,21 +19,12 @@ import aiohttp
 
 from presence.simulate.report import Progress, Summary, Tally
 from presence.simulate.traffic import Traffic, Webhook
+from presence.twilio import USER_AGENT, WEBHOOK_TIMEOUT_SECONDS
+from presence.twilio.signing import form_headers
 
 DEFAULT_URL = "http://127.0.0.1:8080/webhooks/sync"
 DEFAULT_CONCURRENCY = 32
-REQUEST_TIMEOUT_SECONDS = 15.0
-"""Twilio gives up on a webhook after 15 seconds."""
-USER_AGENT = "TwilioProxy/1.1"
-SIGNATURE_HEADER = "X-Twilio-Signature"
-FORM = "application/x-www-form-urlencoded"
-
-
-def twilio_signature(token: str, url: str, params: Mapping[str, str]) -> str:
-    """``X-Twilio-Signature``: base64(HMAC-SHA1(token, url + each name and value, sorted))."""
-    signed = url + "".join(name + params[name] for name in sorted(params))
-    mac = hmac.new(token.encode("utf-8"), signed.encode("utf-8"), hashlib.sha1)
-    return base64.b64encode(mac.digest()).decode("ascii")
+REQUEST_TIMEOUT_SECONDS = WEBHOOK_TIMEOUT_SECONDS
 
 
 @dataclass(frozen=True)
@@ -160,9 +148,11 @@ class Sender:
 
     async def _send(self, session: aiohttp.ClientSession, webhook: Webhook) -> None:
         url, token, tally = self.options.url, self.options.token, self.tally
-        headers = {"Content-Type": FORM, "User-Agent": USER_AGENT, **webhook.headers}
-        if token is not None:
-            headers[SIGNATURE_HEADER] = twilio_signature(token, url, webhook.params)
+        headers = {
+            **form_headers(token, url, webhook.params),
+            "User-Agent": USER_AGENT,
+            **webhook.headers,
+        }
         started = time.perf_counter()
         tally.sent += 1
         try:

@@ -10,9 +10,10 @@ collections (and REST-initiated ones by ``system``); and, on request, faults: du
 until after newer ones of its identity) and lost disconnects (never sent).
 
 It keeps two truths: what really happened (who is connected) and what a service that saw
-exactly these webhooks must hold (``ServiceView``), which also gives each webhook the outcome
-the service should answer. An identity's webhooks must be delivered in the order given; those
-of different identities may be delivered concurrently.
+exactly these webhooks must hold (by the presence rules themselves, ``presence.rules``, less
+the passage of time, which a simulation is far too short to reach), which also gives each
+webhook the outcome the service should answer. An identity's webhooks must be delivered in
+the order given; those of different identities may be delivered concurrently.
 """
 
 from __future__ import annotations
@@ -23,9 +24,10 @@ from collections import Counter, deque
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 
-from presence.events import SYSTEM_IDENTITY
+from presence import rules
 from presence.simulate.documents import Collection, collection_params
-from presence.simulate.expected import ServiceView
+from presence.twilio import IDEMPOTENCY_HEADER, REACHABILITY_EVENT_TYPES, SYSTEM_IDENTITY
+from presence.twilio.samples import reachability
 
 DEFAULT_IDENTITIES = 1000
 DEFAULT_MAX_ENDPOINTS = 3
@@ -34,8 +36,6 @@ DEFAULT_FLAP_SHARE = 0.1
 DEFAULT_COLLECTION_SHARE = 0.2
 SYSTEM_SHARE = 0.1
 """Of the collection events, the share initiated through the REST API (Identity ``system``)."""
-IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
-REACHABILITY = ("endpoint_connected", "endpoint_disconnected")
 
 
 def derived_sid(prefix: str, seed: int, what: str) -> str:
@@ -125,7 +125,8 @@ class _Identity:
     next_event_id: int
     endpoints: list[str] = field(default_factory=list)
     """The truth: endpoints connected now."""
-    view: ServiceView = field(default_factory=ServiceView)
+    view: rules.Identity = field(default_factory=lambda: rules.Identity(""))
+    """What the service holds of this identity."""
     held: list[_Held] = field(default_factory=list)
     collections: dict[str, Collection] = field(default_factory=dict)
     serial: int = 0
@@ -177,9 +178,9 @@ class Traffic:
 
     def expectation(self) -> Expectation:
         people = self._identities
-        ghosts = sum(1 for p in people if p.view.online and not p.endpoints)
+        ghosts = sum(1 for p in people if rules.live(p.view) and not p.endpoints)
         return Expectation(
-            online=sum(1 for p in people if p.view.online),
+            online=sum(1 for p in people if rules.live(p.view)),
             truly_online=sum(1 for p in people if p.endpoints),
             ghosts=ghosts,
             endpoints=sum(len(p.view.connected) for p in people),
@@ -189,7 +190,7 @@ class Traffic:
 
     def online_identities(self) -> list[str]:
         """The identities the service should count online, by name."""
-        return [p.name for p in self._identities if p.view.online]
+        return [p.name for p in self._identities if rules.live(p.view)]
 
     # Generation.
 
@@ -252,15 +253,15 @@ class Traffic:
     def _reachability(self, person: _Identity, endpoint: str, *, connected: bool) -> None:
         event_id = person.next_event_id
         person.next_event_id += 1
-        params = {
-            "AccountSid": self.config.account,
-            "ServiceSid": self.config.service,
-            "EventType": REACHABILITY[0] if connected else REACHABILITY[1],
-            "Identity": person.name,
-            "EndpointId": endpoint,
-            "EventId": str(event_id),
-            "IsIdentityOnline": "true" if person.endpoints else "false",
-        }
+        params = reachability(
+            person.name,
+            endpoint,
+            event_id,
+            bool(person.endpoints),
+            connected=connected,
+            service_sid=self.config.service,
+            account_sid=self.config.account,
+        )
         draft = _Draft(params, self._headers())
         rng = self._rng
         if not connected and rng.random() < self.config.lost_disconnects:
@@ -282,13 +283,17 @@ class Traffic:
         """Puts a webhook in the output, with the outcome it should get; after a fresh one,
         releases what its identity held back for it."""
         params = draft.params
-        if params["EventType"] in REACHABILITY:
-            outcome = person.view.receive(
+        if params["EventType"] in REACHABILITY_EVENT_TYPES:
+            event = rules.Event(
+                person.name,
                 params["EndpointId"],
                 int(params["EventId"]),
                 online=params["IsIdentityOnline"] == "true",
-                connected=params["EventType"] == REACHABILITY[0],
+                connected=params["EventType"] == REACHABILITY_EVENT_TYPES[0],
             )
+            outcome = rules.classify(person.view, event).value
+            if outcome == rules.Outcome.APPLIED:
+                rules.apply(person.view, event, now=0)
         else:
             # Every collection webhook has a token of its own; a copy has the same.
             outcome = "duplicate" if draft.fault == "duplicate" else "applied"

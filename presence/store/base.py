@@ -9,7 +9,6 @@ from enum import StrEnum
 from typing import Any, Protocol
 
 from presence.events import CollectionEvent, ReachabilityEvent
-from presence.timestamps import iso_from_ms
 
 
 class Outcome(StrEnum):
@@ -71,18 +70,6 @@ class IdentityPresence:
     last_event_id: int | None = None
     changed_at_ms: int | None = None
     version: int = 0
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "service_sid": self.service_sid,
-            "identity": self.identity,
-            "online": self.online,
-            "pending_offline": self.pending_offline,
-            "endpoints": list(self.endpoints),
-            "last_event_id": self.last_event_id,
-            "changed_at": None if self.changed_at_ms is None else iso_from_ms(self.changed_at_ms),
-            "version": self.version,
-        }
 
 
 @dataclass(frozen=True)

@@ -2,35 +2,23 @@
 
 from __future__ import annotations
 
-import asyncio
-import base64
-import binascii
 import json
 import logging
-import re
 import time
 from collections.abc import AsyncIterator, Callable, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 
-from redis import exceptions as redis_errors
 from redis.asyncio import RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 
-from presence.events import (
-    CollectionEvent,
-    ItemEvent,
-    ReachabilityEvent,
-    normalised,
-    utf8_encodable,
-)
+from presence.events import CollectionEvent, ItemEvent, ReachabilityEvent, normalised
 from presence.keys import BUCKETS, Keyspace, due_member, split_due_member
 from presence.store.base import (
     Change,
     EventResult,
     IdentityPresence,
-    InvalidCursor,
     OnlinePage,
     Outcome,
     Stats,
@@ -38,13 +26,11 @@ from presence.store.base import (
     SweepResult,
 )
 from presence.store.coalesce import Coalescer
-from presence.store.scripts import (
-    Client,
-    ScriptCall,
-    Scripts,
-    node_of,
-    run_scripts,
-)
+from presence.store.cursor import decode_cursor, encode_cursor
+from presence.store.errors import unavailable_as_store_error
+from presence.store.fields import presence_of
+from presence.store.nodes import by_node, on_each_node
+from presence.store.scripts import Client, ScriptCall, Scripts, run_scripts
 
 Clock = Callable[[], int]
 """Milliseconds since the epoch. Without one, the Redis server's clock is used, so replicas
@@ -61,112 +47,11 @@ SEEN_MEMORY_SECONDS = 7 * 86400
 
 LISTING_BUCKETS_PER_TRIP = 16
 
-_UNAVAILABLE = (
-    redis_errors.ConnectionError,
-    redis_errors.TimeoutError,
-    redis_errors.BusyLoadingError,
-    redis_errors.ReadOnlyError,
-    redis_errors.OutOfMemoryError,
-    redis_errors.ClusterDownError,
-    redis_errors.TryAgainError,
-    redis_errors.MasterDownError,
-    # A Redis Cluster with the slot's node away, or reconfiguring: no node covers the slot,
-    # redirections kept coming (TTL exhausted), or no node could be reached at all.
-    redis_errors.ClusterError,
-    redis_errors.SlotNotCoveredError,
-    redis_errors.AskError,
-    OSError,
-)
-
-_CLUSTER_UNREACHABLE = "Redis Cluster cannot be connected"
-"""The start of redis-py's RedisClusterException when no node answers."""
-
 log = logging.getLogger("presence.store")
-
-
-# Replies of a Redis that is up but cannot take the command now (a long script, loading,
-# failing to persist, no replicas, a cluster reconfiguring); in a pipeline they follow
-# redis-py's "caused error: ".
-_UNAVAILABLE_REPLY = re.compile(
-    r"(?:^|caused error: )(BUSY|LOADING|MISCONF|NOREPLICAS|MASTERDOWN|TRYAGAIN|CLUSTERDOWN"
-    r"|READONLY|OOM)\b"
-)
-
-
-@asynccontextmanager
-async def _unavailable_as_domain_error() -> AsyncIterator[None]:
-    try:
-        yield
-    except _UNAVAILABLE as error:
-        raise StoreUnavailable(str(error) or type(error).__name__) from error
-    except redis_errors.RedisClusterException as error:
-        if str(error).startswith(_CLUSTER_UNREACHABLE):
-            raise StoreUnavailable(str(error)) from error
-        raise
-    except redis_errors.ResponseError as error:
-        if _UNAVAILABLE_REPLY.search(str(error)):
-            raise StoreUnavailable(str(error)) from error
-        raise
-    except (AttributeError, TypeError) as error:
-        if _closed_under_its_feet(error):
-            raise StoreUnavailable(f"connection closed while in use ({error})") from error
-        raise
-
-
-def _closed_under_its_feet(error: BaseException) -> bool:
-    """True for the AttributeError or TypeError redis-py 8.1's asyncio connection lets out
-    when its connection is closed while a command is being written: by the peer, or by the
-    cluster client, which closes every connection of every node (those in use too) when it
-    rebuilds its view of the cluster after an error (redis/redis-py#3546, #4287)."""
-    tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
-        tb = tb.tb_next
-    if tb is None:
-        return False
-    path = tb.tb_frame.f_code.co_filename.replace("\\", "/")
-    return path.endswith(("/redis/asyncio/connection.py", "/asyncio/streams.py")) or (
-        "/asyncio/" in path and "selector_events" in path
-    )
 
 
 def _changes(messages: Sequence[str]) -> tuple[Change, ...]:
     return tuple(Change.from_message(message) for message in messages)
-
-
-def _presence(service_sid: str, identity: str, fields: dict[str, str]) -> IdentityPresence:
-    online = fields.get("on") == "1"
-    top, changed_at = fields.get("top"), fields.get("ca")
-    return IdentityPresence(
-        service_sid=service_sid,
-        identity=identity,
-        online=online,
-        pending_offline=online and "dl" in fields,
-        endpoints=tuple(sorted(name[2:] for name in fields if name.startswith("e:"))),
-        last_event_id=None if top is None else int(top),
-        changed_at_ms=None if changed_at is None else int(changed_at),
-        version=int(fields.get("v", 0)),
-    )
-
-
-def encode_cursor(bucket: int, after: str) -> str:
-    raw = json.dumps([bucket, after], separators=(",", ":")).encode("utf-8")
-    return base64.urlsafe_b64encode(raw).decode("ascii").rstrip("=")
-
-
-def decode_cursor(cursor: str) -> tuple[int, str]:
-    try:
-        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
-        bucket, after = json.loads(raw)
-    except (binascii.Error, ValueError, TypeError, RecursionError):
-        raise InvalidCursor("cursor is not one this service handed out") from None
-    if (
-        type(bucket) is not int
-        or not 0 <= bucket < BUCKETS
-        or not isinstance(after, str)
-        or not utf8_encodable(after)
-    ):
-        raise InvalidCursor("cursor is not one this service handed out")
-    return bucket, after
 
 
 PARTIAL_SWEEP_LOG_SECONDS = 30.0
@@ -208,7 +93,7 @@ class RedisStore:
         self._partial_sweep_logged = 0.0
 
     def _identity_call(self, service_sid: str, identity: str) -> tuple[list[str], list[str]]:
-        """KEYS and the first ARGV shared by reachability.lua and tick.lua (see prelude.lua)."""
+        """KEYS and the first ARGV shared by apply_event.lua and fire_due.lua (state.lua)."""
         keys = self.keys
         bucket = keys.bucket_of(service_sid + identity)
         head = '{"service_sid":' + json.dumps(service_sid) + ',"identity":' + json.dumps(identity)
@@ -234,10 +119,10 @@ class RedisStore:
     @asynccontextmanager
     async def _pipeline(self) -> AsyncIterator[Pipeline | ClusterPipeline]:
         # On a Redis Cluster, redis-py splits the pipeline by node and sends the parts at once.
-        async with _unavailable_as_domain_error(), self.redis.pipeline(transaction=False) as pipe:
+        async with unavailable_as_store_error(), self.redis.pipeline(transaction=False) as pipe:
             yield pipe
 
-    async def apply_reachability(self, event: ReachabilityEvent) -> EventResult:
+    def _event_call(self, event: ReachabilityEvent) -> ScriptCall:
         keys, args = self._identity_call(event.service_sid, event.identity)
         args += [
             event.endpoint_id,
@@ -245,14 +130,32 @@ class RedisStore:
             "1" if event.is_identity_online else "0",
             "1" if event.connected else "0",
         ]
-        async with _unavailable_as_domain_error():
-            reply: list[str] = await self._writes.call(self._scripts.reachability, keys, args)
+        return ScriptCall(self._scripts.apply_event, keys, args)
+
+    @staticmethod
+    def _event_result(reply: list[str]) -> EventResult:
         return EventResult(
             Outcome(reply[0]),
             _changes(reply[3:]),
             flap_suppressed=reply[1] == "1",
             endpoints_expired=int(reply[2]),
         )
+
+    async def apply_reachability(self, event: ReachabilityEvent) -> EventResult:
+        call = self._event_call(event)
+        async with unavailable_as_store_error():
+            reply: list[str] = await self._writes.call(call.script, call.keys, call.args)
+        return self._event_result(reply)
+
+    async def apply_many(self, events: Sequence[ReachabilityEvent]) -> list[EventResult]:
+        """Applies ``events`` in one pipeline (one per node), in order: to load many at once
+        (the benchmarks fill Redis so). Raises the first error any of them met."""
+        async with unavailable_as_store_error():
+            replies = await run_scripts(self.redis, [self._event_call(e) for e in events])
+            for reply in replies:
+                if isinstance(reply, Exception):
+                    raise reply
+        return [self._event_result(reply) for reply in replies]
 
     async def record(self, event: CollectionEvent, token: str | None) -> Outcome:
         bucket = self.keys.bucket_of(event.subject_sid)
@@ -274,18 +177,18 @@ class RedisStore:
             SEEN_EVENT_IDS,
             SEEN_MEMORY_SECONDS,
         ]
-        async with _unavailable_as_domain_error():
+        async with unavailable_as_store_error():
             reply: str = await self._writes.call(self._scripts.record, keys, args)
         return Outcome(reply)
 
     async def identity(self, service_sid: str, identity: str) -> IdentityPresence:
         # One command, not a pipeline of one: a pipeline costs a third more CPU per GET.
         bucket = self.keys.bucket_of(service_sid + identity)
-        async with _unavailable_as_domain_error():
+        async with unavailable_as_store_error():
             state: dict[str, str] = await self.redis.hgetall(  # type: ignore[assignment]
                 self.keys.identity(bucket, service_sid, identity)
             )
-        return _presence(service_sid, identity, state)
+        return presence_of(service_sid, identity, state)
 
     async def lookup(self, service_sid: str, identities: Sequence[str]) -> list[IdentityPresence]:
         async with self._pipeline() as pipe:
@@ -294,7 +197,7 @@ class RedisStore:
                 pipe.hgetall(self.keys.identity(bucket, service_sid, name))
             states: list[dict[str, str]] = await pipe.execute()
         return [
-            _presence(service_sid, name, state)
+            presence_of(service_sid, name, state)
             for name, state in zip(identities, states, strict=True)
         ]
 
@@ -361,10 +264,10 @@ class RedisStore:
         members = [member for found in per_bucket for member, _ in found]
         if not members:
             return _Swept()
-        # Another replica may visit the same members meanwhile: tick.lua reads the due
+        # Another replica may visit the same members meanwhile: fire_due.lua reads the due
         # time again inside its atomic step, so only the first visit fires anything.
         calls = [
-            ScriptCall(self._scripts.tick, *self._identity_call(*split_due_member(member)))
+            ScriptCall(self._scripts.fire_due, *self._identity_call(*split_due_member(member)))
             for member in members
         ]
         replies: list[list[str]] = []
@@ -381,29 +284,23 @@ class RedisStore:
             endpoints_expired=sum(int(reply[1]) for reply in done),
         )
 
-    async def _sweep_node(self, buckets: Sequence[int], share: int, node: ClusterNode) -> _Swept:
-        async with _unavailable_as_domain_error():
-            return await self._sweep_buckets(buckets, share, node)
-
     async def _sweep_cluster(self, cluster: RedisCluster, share: int) -> list[_Swept]:
         """Sweeps every node of the cluster at once, each its own buckets. A node that is
         down does not hold up the others: only when none could be swept is it an error."""
-        async with _unavailable_as_domain_error():
+        async with unavailable_as_store_error():
             await cluster.initialize()
-            by_node: dict[str, tuple[ClusterNode, list[int]]] = {}
-            for bucket in range(BUCKETS):
-                node = node_of(cluster, [self.keys.due(bucket)])
-                by_node.setdefault(node.name, (node, []))[1].append(bucket)
-        outcomes = await asyncio.gather(
-            *(self._sweep_node(buckets, share, node) for node, buckets in by_node.values()),
-            return_exceptions=True,
-        )
+            groups = by_node(cluster, [[self.keys.due(bucket)] for bucket in range(BUCKETS)])
+
+        async def sweep_node(node: ClusterNode, buckets: list[int]) -> _Swept:
+            async with unavailable_as_store_error():
+                return await self._sweep_buckets(buckets, share, node)
+
         swept: list[_Swept] = []
-        failed: list[tuple[str, StoreUnavailable]] = []
-        for name, outcome in zip(by_node, outcomes, strict=True):
+        failed: list[tuple[str, Exception]] = []
+        for (node, _), outcome in zip(groups, await on_each_node(groups, sweep_node), strict=True):
             if isinstance(outcome, StoreUnavailable):
-                failed.append((name, outcome))
-            elif isinstance(outcome, BaseException):
+                failed.append((node.name, outcome))
+            elif isinstance(outcome, Exception):
                 raise outcome
             else:
                 swept.append(outcome)
@@ -421,7 +318,7 @@ class RedisStore:
         if isinstance(self.redis, RedisCluster):
             swept = await self._sweep_cluster(self.redis, share)
         else:
-            async with _unavailable_as_domain_error():
+            async with unavailable_as_store_error():
                 swept = [await self._sweep_buckets(range(BUCKETS), share)]
         return SweepResult(
             [change for part in swept for change in part.changes],
@@ -431,7 +328,7 @@ class RedisStore:
         )
 
     async def ping(self) -> None:
-        async with _unavailable_as_domain_error():
+        async with unavailable_as_store_error():
             await self.redis.ping()
 
     async def close(self) -> None:

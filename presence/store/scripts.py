@@ -1,8 +1,11 @@
-"""The Lua scripts: one per atomic operation, each registered once per client.
+"""The Lua scripts: one per atomic operation, each registered once per client, and how they
+are run (pipelined, per node on a Redis Cluster).
 
-Every script receives all the keys it touches in KEYS, and those keys share one hash tag,
-so each runs on a single Redis Cluster slot. ``reachability.lua`` and ``tick.lua`` are sent
-with ``prelude.lua`` in front of them: the presence rules they share.
+An operation script is sent with the rules it needs in front of it: the ``FIELD`` table of
+``fields.py``, then the files of ``RULES`` in order (each defines functions only, and names
+each after its twin in ``presence/rules.py``), then the operation itself. Every script
+receives all the keys it touches in KEYS, and those keys share one hash tag, so each runs on
+a single Redis Cluster slot.
 
 On a Redis Cluster each node has a script cache of its own, emptied when the node restarts
 or a replica takes over: a script refused with NOSCRIPT is loaded on the node that refused
@@ -11,7 +14,6 @@ it (not on every node, some of which may be down) and its call made again.
 
 from __future__ import annotations
 
-import asyncio
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
@@ -21,10 +23,16 @@ from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, SlotNotCoveredError
+from redis.exceptions import NoScriptError
+
+from presence.store.fields import lua_header
+from presence.store.nodes import by_node, on_each_node
 
 Client: TypeAlias = Redis | RedisCluster
 """A client of one Redis (or the embedded one), or of a Redis Cluster."""
+
+RULES = ("clock", "state", "publish", "endpoints", "ordering", "expiry", "deadline", "flap")
+"""The files of ``lua/`` that state the presence rules, in the order they build on each other."""
 
 
 def source(name: str) -> str:
@@ -32,8 +40,9 @@ def source(name: str) -> str:
     return (files("presence.store") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
-def _with_prelude(name: str) -> str:
-    return source("prelude") + "\n" + source(name)
+def with_rules(operation: str) -> str:
+    """The script of an operation on an identity: the rules, then ``lua/<operation>.lua``."""
+    return "\n".join([lua_header(), *(source(name) for name in RULES), source(operation)])
 
 
 class Scripts:
@@ -41,8 +50,8 @@ class Scripts:
     after a Redis restart has flushed its script cache)."""
 
     def __init__(self, redis: Client) -> None:
-        self.reachability: AsyncScript = redis.register_script(_with_prelude("reachability"))
-        self.tick: AsyncScript = redis.register_script(_with_prelude("tick"))
+        self.apply_event: AsyncScript = redis.register_script(with_rules("apply_event"))
+        self.fire_due: AsyncScript = redis.register_script(with_rules("fire_due"))
         self.record: AsyncScript = redis.register_script(source("record"))
 
 
@@ -53,14 +62,6 @@ class ScriptCall:
     script: AsyncScript
     keys: Sequence[str]
     args: Sequence[str | int]
-
-
-def node_of(cluster: RedisCluster, keys: Sequence[str]) -> ClusterNode:
-    """The primary serving the slot of ``keys`` (any primary for a call without keys)."""
-    node = cluster.get_random_primary_node() if not keys else cluster.get_node_from_key(keys[0])
-    if node is None:
-        raise SlotNotCoveredError(f"no node of the Redis Cluster serves the slot of {keys[0]!r}")
-    return node
 
 
 async def load_script(client: Client, script: AsyncScript, node: ClusterNode | None) -> None:
@@ -131,21 +132,13 @@ async def run_scripts(client: Client, calls: Sequence[ScriptCall]) -> list[Any]:
     if not isinstance(client, RedisCluster):
         return await _run_on_node(client, None, calls)
     await client.initialize()
-    groups: dict[str, tuple[ClusterNode, list[int]]] = {}
-    for i, call in enumerate(calls):
-        node = node_of(client, call.keys)
-        groups.setdefault(node.name, (node, []))[1].append(i)
-    outcomes = await asyncio.gather(
-        *(
-            _run_on_cluster_node(client, node, [calls[i] for i in members])
-            for node, members in groups.values()
-        ),
-        return_exceptions=True,
-    )
+    groups = by_node(client, [call.keys for call in calls])
+
+    async def run(node: ClusterNode, members: list[int]) -> list[Any]:
+        return await _run_on_cluster_node(client, node, [calls[i] for i in members])
+
     results: list[Any] = [None] * len(calls)
-    for (_, members), outcome in zip(groups.values(), outcomes, strict=True):
-        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
-            raise outcome
+    for (_, members), outcome in zip(groups, await on_each_node(groups, run), strict=True):
         for position, i in enumerate(members):
             results[i] = outcome if isinstance(outcome, Exception) else outcome[position]
     return results

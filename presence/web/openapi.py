@@ -1,8 +1,10 @@
 """The OpenAPI 3.1 document of the HTTP API, served at ``/openapi.json``.
 
-Built once, from the same limits the handlers enforce (``presence.events``,
-``presence.web.queries``, ``presence.web.webhooks``), so a documented valid request is a
-valid one. ``tests/test_openapi.py`` checks it against the router and real replies.
+The schemas are generated from the types the service validates and answers with: the event
+models of ``presence.events`` (a JSON body as they are, a form body as text where a form
+carries text) and the reply types of ``replies.py``. Written here by hand is only what a
+type cannot say: the routes, their parameters, which reply comes when, and prose.
+``tests/test_openapi.py`` checks the document against the router and real replies.
 """
 
 from __future__ import annotations
@@ -14,13 +16,17 @@ from importlib.metadata import PackageNotFoundError, version
 from typing import Any
 
 from aiohttp import web
+from pydantic import TypeAdapter
+from pydantic.json_schema import models_json_schema
 
-from presence.events import MAX_NAME_LENGTH, MAX_SAFE_INTEGER
+from presence.events import MAX_NAME_LENGTH, MODELS, event_types, parse_event
 from presence.metrics import CONTENT_TYPE as METRICS_TYPE
-from presence.signature import SETTINGS_HEADER, SIGNATURE_HEADER
-from presence.store.base import Outcome
-from presence.web.queries import DEFAULT_PAGE, MAX_LOOKUP, MAX_LOOKUP_BYTES, MAX_PAGE
-from presence.web.webhooks import FORM, IDEMPOTENCY_HEADER, JSON, MAX_PARAMETERS
+from presence.twilio import FORM, IDEMPOTENCY_HEADER, JSON, SIGNATURE_HEADER
+from presence.twilio import SIGNATURE_SETTINGS_HEADER as SETTINGS_HEADER
+from presence.twilio.samples import sample
+from presence.web import replies
+from presence.web.queries import DEFAULT_PAGE, MAX_LOOKUP_BYTES, MAX_PAGE
+from presence.web.webhooks import MAX_PARAMETERS
 
 Schema = dict[str, Any]
 
@@ -33,35 +39,126 @@ listed for each operation, an unknown path is answered `404` (`not_found`) and a
 path does not serve `405` (`method_not_allowed`, with `Allow`). When `PRESENCE_API_TOKEN` is
 set, every `/v1/` request needs `Authorization: Bearer <token>` (else `401`)."""
 
+REF = "#/components/schemas/{model}"
+
+REPLY_TYPES: tuple[type, ...] = (
+    replies.Error,
+    replies.InvalidPayload,
+    replies.IdentityReply,
+    replies.Lookup,
+    replies.Lookups,
+    replies.OnlinePage,
+    replies.StatsReply,
+    replies.WebhookOutcome,
+    replies.Alive,
+    replies.Ready,
+)
+
 # ---------------------------------------------------------------------------------------------
-# Small schema builders
+# Schemas from types
 
 
-def _ref(name: str) -> Schema:
-    return {"$ref": f"#/components/schemas/{name}"}
-
-
-def _string(pattern: str | None = None, **keywords: Any) -> Schema:
-    schema: Schema = {"type": "string", **keywords}
-    if pattern is not None:
-        schema["pattern"] = pattern
+def _tidy(schema: Any) -> Any:
+    """Without pydantic's generated titles (the names already say it), and with every
+    ``$defs`` it nests lifted to the components."""
+    if isinstance(schema, dict):
+        return {k: _tidy(v) for k, v in schema.items() if k not in ("title", "$defs")}
+    if isinstance(schema, list):
+        return [_tidy(item) for item in schema]
     return schema
 
 
-def _object(required: dict[str, Schema], optional: dict[str, Schema] | None = None) -> Schema:
+def _as_form(schema: Schema) -> Schema:
+    """What a form body carries: where a JSON body may have a value typed or as text, the
+    first branch (see ``presence.events``); an optional parameter is absent, never null."""
+    if "anyOf" in schema:
+        first = {k: v for k, v in schema.items() if k not in ("anyOf", "default")}
+        return first | _as_form(schema["anyOf"][0])
+    return schema
+
+
+@cache
+def _event_schemas() -> dict[str, Schema]:
+    """Each event model's JSON schema (``<Model>``) and its form twin (``<Model>Form``)."""
+    _, generated = models_json_schema(
+        [(model, "validation") for model in MODELS], by_alias=True, ref_template=REF
+    )
+    schemas: dict[str, Schema] = {}
+    for name, schema in _tidy(generated["$defs"]).items():
+        schemas[name] = schema
+        form = dict(schema)
+        form["properties"] = {key: _as_form(value) for key, value in schema["properties"].items()}
+        schemas[name + "Form"] = form
+    return schemas
+
+
+def _reply_schemas() -> dict[str, Schema]:
+    schemas: dict[str, Schema] = {}
+    for reply in REPLY_TYPES:
+        generated = TypeAdapter(reply).json_schema(ref_template=REF)
+        for name, schema in generated.pop("$defs", {}).items():
+            schemas[name] = _tidy(schema)
+        schemas[reply.__name__] = _tidy(generated)
+    return schemas
+
+
+def _ref(name: str) -> Schema:
+    return {"$ref": REF.format(model=name)}
+
+
+def _webhook(suffix: str) -> Schema:
+    """Every listed event type (one model each, its EventTypes in an enum), or any other
+    EventType, accepted and ignored."""
+    other = {
+        "type": "object",
+        "required": ["EventType"],
+        "properties": {"EventType": {"type": "string", "minLength": 1, "not": _ref("EventType")}},
+        "description": "An EventType the reference does not list: answered `ignored`.",
+    }
     return {
         "type": "object",
-        "required": list(required),
-        "properties": {**required, **(optional or {})},
+        "maxProperties": MAX_PARAMETERS,
+        "description": (
+            "The parameters of one Sync event. Parameters the reference does not list are "
+            "ignored; a listed parameter given twice is refused."
+        ),
+        "oneOf": [*(_ref(model.__name__ + suffix) for model in MODELS), other],
     }
 
 
-def _count(description: str) -> Schema:
-    return {"type": "integer", "minimum": 0, "description": description}
+def _form_value(value: Any, schema: Schema) -> Any:
+    """A value as a form example carries it: JSON text where the form schema says text (the
+    ``*Data`` parameters), typed as its schema says otherwise."""
+    if schema.get("type") == "string" and not isinstance(value, str):
+        return json.dumps(value)
+    return value
+
+
+def _all_event_types() -> list[str]:
+    return [event_type for model in MODELS for event_type in event_types(model)]
+
+
+def _examples(*, form: bool) -> Schema:
+    """A valid event of each type, as Twilio would send it; in order, a sequence a receiver
+    applies in full (each item event has an EventId of its own)."""
+    examples: Schema = {}
+    for position, event_type in enumerate(_all_event_types()):
+        event = parse_event(sample(event_type, event_id=40 + position).items())
+        assert event is not None
+        value = event.model_dump(mode="json", by_alias=True, exclude_none=True)
+        if form:
+            properties = _event_schemas()[type(event).__name__ + "Form"]["properties"]
+            value = {key: _form_value(item, properties[key]) for key, item in value.items()}
+        examples[event_type] = {"summary": event_type, "value": value}
+    return examples
+
+
+# ---------------------------------------------------------------------------------------------
+# Replies
 
 
 def _json(schema: Schema) -> Schema:
-    return {"application/json": {"schema": schema}}
+    return {JSON: {"schema": schema}}
 
 
 def _reply(description: str, schema: Schema, headers: Schema | None = None) -> Schema:
@@ -77,183 +174,15 @@ def _error(description: str, *codes: str, headers: Schema | None = None) -> Sche
     return _reply(description, schema, headers)
 
 
-def _required_header(example: str | None = None) -> Schema:
-    schema = _string() if example is None else _string(example=example)
-    return {"required": True, "schema": schema}
+def _required_header(example: str) -> Schema:
+    return {"required": True, "schema": {"type": "string", "example": example}}
 
 
 def _response_ref(name: str) -> Schema:
     return {"$ref": f"#/components/responses/{name}"}
 
 
-# ---------------------------------------------------------------------------------------------
-# The webhook's parameters, per Twilio's reference (shared/reference/sync-webhooks.md)
-
-_SID_PREFIXES = {
-    "AccountSid": "AC",
-    "ServiceSid": "IS",
-    "DocumentSid": "ET",
-    "ListSid": "ES",
-    "MapSid": "MP",
-}
-_COUNTS = {
-    "EventId",
-    "DocumentRevision",
-    "ListRevision",
-    "MapRevision",
-    "ItemIndex",
-    "ItemRevision",
-}
-_NAMES = {"Identity", "EndpointId", "ItemKey"}
-_TEXTS = {"DocumentUniqueName", "ListUniqueName", "MapUniqueName"}
-_DATA = {"DocumentData", "ItemData"}
-_BOOLEANS = {"IsIdentityOnline"}
-
-_COMMON_REQUIRED = ("AccountSid", "ServiceSid", "Identity")
-
-
-def _family(subject: str, *extra: str) -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Required and optional parameters of a document, list or map event."""
-    return (f"{subject}Sid", f"{subject}Revision", *extra), ("EndpointId", f"{subject}UniqueName")
-
-
-_REACHABILITY = (("EndpointId", "EventId", "IsIdentityOnline"), ())
-_LIST_ITEM = ("EventId", "ItemIndex")
-_MAP_ITEM = ("EventId", "ItemKey")
-_ITEM_VALUE = ("ItemRevision", "ItemData")
-
-EVENT_PARAMETERS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
-    "endpoint_connected": _REACHABILITY,
-    "endpoint_disconnected": _REACHABILITY,
-    "document_created": _family("Document", "DocumentData"),
-    "document_updated": _family("Document", "DocumentData"),
-    "document_removed": _family("Document"),
-    "list_created": _family("List"),
-    "list_removed": _family("List"),
-    "list_item_added": _family("List", *_LIST_ITEM, *_ITEM_VALUE),
-    "list_item_updated": _family("List", *_LIST_ITEM, *_ITEM_VALUE),
-    "list_item_removed": _family("List", *_LIST_ITEM),
-    "map_created": _family("Map"),
-    "map_removed": _family("Map"),
-    "map_item_added": _family("Map", *_MAP_ITEM, *_ITEM_VALUE),
-    "map_item_updated": _family("Map", *_MAP_ITEM, *_ITEM_VALUE),
-    "map_item_removed": _family("Map", *_MAP_ITEM),
-}
-"""Per EventType, the parameters beyond the common ones: (required, optional)."""
-
-_DIGITS = f"^[0-9]{{1,{len(str(MAX_SAFE_INTEGER)) - 1}}}$"
-"""Digit strings that are certainly at most 2^53-1 (15 digits)."""
-_TRUE_OR_FALSE = "^([Tt][Rr][Uu][Ee]|[Ff][Aa][Ll][Ss][Ee])$"
-
-
-def _parameter(name: str, *, json_body: bool, optional: bool) -> Schema:
-    """The schema of one webhook parameter; a form carries every value as text, a JSON
-    object may carry numbers, booleans, JSON values and nulls (for optional parameters)."""
-    schema: Schema
-    if name in _SID_PREFIXES:
-        prefix = _SID_PREFIXES[name]
-        schema = _string(f"^{prefix}[0-9a-fA-F]{{32}}$", description=f"{prefix} + 32 hex digits")
-    elif name in _COUNTS:
-        number: Schema = {"type": "integer", "minimum": 0, "maximum": MAX_SAFE_INTEGER}
-        schema = {"anyOf": [number, _string(_DIGITS)]} if json_body else number
-    elif name in _BOOLEANS:
-        flag: Schema = {"type": "boolean"}
-        schema = {"anyOf": [flag, _string(_TRUE_OR_FALSE)]} if json_body else flag
-        schema["description"] = "true or false, in any case"
-    elif name in _NAMES:
-        schema = _string(minLength=1, maxLength=MAX_NAME_LENGTH)
-    elif name in _TEXTS:
-        schema = _string()
-    elif name in _DATA:
-        text = _string(contentMediaType="application/json", description="JSON text")
-        value: Schema = {"type": ["object", "array", "number", "boolean", "null"]}
-        schema = {"anyOf": [value, text]} if json_body else text
-    else:
-        raise ValueError(f"no schema for the webhook parameter {name}")
-    if json_body and optional:
-        schema = {"anyOf": [schema, {"type": "null"}]}
-    return schema
-
-
-def _event(event_type: str, *, json_body: bool) -> Schema:
-    required, optional = EVENT_PARAMETERS[event_type]
-    event = _object(
-        {"EventType": {"const": event_type}}
-        | {
-            name: _parameter(name, json_body=json_body, optional=False)
-            for name in (*_COMMON_REQUIRED, *required)
-        },
-        {name: _parameter(name, json_body=json_body, optional=True) for name in optional},
-    )
-    event["title"] = event_type
-    return event
-
-
-def _webhook(*, json_body: bool) -> Schema:
-    """Every listed event type, or any other EventType (accepted and ignored)."""
-    other = _object({"EventType": {"type": "string", "minLength": 1, "not": _ref("EventType")}})
-    other["title"] = "another EventType"
-    other["description"] = "An EventType the reference does not list: answered `ignored`."
-    return {
-        "type": "object",
-        "maxProperties": MAX_PARAMETERS,
-        "description": (
-            "The parameters of one Sync event. Parameters the reference does not list are "
-            "ignored; a listed parameter given twice is refused."
-        ),
-        "oneOf": [
-            *(_event(event_type, json_body=json_body) for event_type in EVENT_PARAMETERS),
-            other,
-        ],
-    }
-
-
-def _example(event_type: str, *, json_body: bool) -> Schema:
-    """A valid event of this type, as Twilio would send it. The examples, in order, are a
-    sequence a receiver applies in full: each item event has an EventId of its own."""
-    required, optional = EVENT_PARAMETERS[event_type]
-    values: Schema = {
-        "AccountSid": "AC" + "0123456789abcdef" * 2,
-        "ServiceSid": "IS" + "fedcba9876543210" * 2,
-        "Identity": "alice",
-        "EndpointId": "EP-alice-1",
-        "EventId": 40 + list(EVENT_PARAMETERS).index(event_type),
-        "IsIdentityOnline": event_type == "endpoint_connected",
-        "DocumentSid": "ET" + "1" * 32,
-        "ListSid": "ES" + "2" * 32,
-        "MapSid": "MP" + "3" * 32,
-        "DocumentRevision": 3,
-        "ListRevision": 7,
-        "MapRevision": 5,
-        "DocumentUniqueName": "settings",
-        "ListUniqueName": "todo",
-        "MapUniqueName": "scores",
-        "ItemIndex": 4,
-        "ItemKey": "k1",
-        "ItemRevision": 2,
-        "DocumentData": {"theme": "dark"},
-        "ItemData": {"text": "milk"},
-    }
-    if not json_body:  # in a form, *Data is JSON text
-        for name in _DATA:
-            values[name] = json.dumps(values[name])
-    names = (*_COMMON_REQUIRED, *required, *optional)
-    return {"EventType": event_type} | {name: values[name] for name in names}
-
-
-def _examples(*, json_body: bool) -> Schema:
-    return {
-        event_type: {"summary": event_type, "value": _example(event_type, json_body=json_body)}
-        for event_type in EVENT_PARAMETERS
-    }
-
-
-# ---------------------------------------------------------------------------------------------
-# Components
-
-
 def _components() -> Schema:
-    identity = _string(minLength=1, maxLength=MAX_NAME_LENGTH)
     return {
         "securitySchemes": {
             "bearerAuth": {
@@ -263,90 +192,12 @@ def _components() -> Schema:
             }
         },
         "schemas": {
-            "Error": {
-                **_object({"error": _string(description="a code"), "message": _string()}),
-                "description": "Every error reply; some carry more members.",
-            },
-            "ServiceSid": _string(r"^IS[0-9a-fA-F]{32}$", example="IS" + "0" * 32),
-            "Identity": identity,
-            "IdentityPresence": _object(
-                {
-                    "service_sid": _ref("ServiceSid"),
-                    "identity": identity,
-                    "online": {
-                        "type": "boolean",
-                        "description": "published online, including while pending offline",
-                    },
-                    "pending_offline": {
-                        "type": "boolean",
-                        "description": "gone offline, still published online for the grace period",
-                    },
-                    "endpoints": {
-                        "type": "array",
-                        "items": _string(),
-                        "description": "connected EndpointIds, sorted",
-                    },
-                    "last_event_id": {
-                        "type": ["integer", "null"],
-                        "minimum": 0,
-                        "description": "the identity's highest EventId; null if never seen",
-                    },
-                    "changed_at": {
-                        "type": ["string", "null"],
-                        "format": "date-time",
-                        "description": "when the last change was published; null before it",
-                    },
-                    "version": _count("published changes so far; 0 for an identity never seen"),
-                }
-            ),
-            "Lookup": _object(
-                {
-                    "identities": {
-                        "type": "array",
-                        "items": _ref("Identity"),
-                        "minItems": 1,
-                        "maxItems": MAX_LOOKUP,
-                    }
-                }
-            ),
-            "Lookups": _object(
-                {"identities": {"type": "array", "items": _ref("IdentityPresence")}}
-            ),
-            "OnlinePage": _object(
-                {
-                    "identities": {"type": "array", "items": _string()},
-                    "next_cursor": {
-                        "type": ["string", "null"],
-                        "description": "the cursor of the next page; null after the last",
-                    },
-                }
-            ),
-            "Stats": _object(
-                {
-                    "online": _count("identities online, pending offline included"),
-                    "pending_offline": _count("identities pending offline"),
-                    "endpoints": _count("connected endpoints"),
-                }
-            ),
-            "EventType": {"type": "string", "enum": list(EVENT_PARAMETERS)},
-            "SyncEventForm": _webhook(json_body=False),
-            "SyncEventJson": _webhook(json_body=True),
-            "WebhookOutcome": _object({"status": {"enum": [outcome.value for outcome in Outcome]}}),
-            "InvalidPayload": {
-                "allOf": [
-                    _ref("Error"),
-                    _object(
-                        {
-                            "error": {"const": "invalid_payload"},
-                            "detail": {
-                                "type": "array",
-                                "minItems": 1,
-                                "items": _object({"field": _string(), "message": _string()}),
-                            },
-                        }
-                    ),
-                ]
-            },
+            **_reply_schemas(),
+            "ServiceSid": TypeAdapter(replies.ServiceSid).json_schema(),
+            "EventType": {"type": "string", "enum": _all_event_types()},
+            **_event_schemas(),
+            "SyncEventForm": _webhook("Form"),
+            "SyncEventJson": _webhook(""),
         },
         "responses": {
             "Unauthorized": _error(
@@ -419,13 +270,13 @@ def _query_paths() -> Schema:
                     "required": True,
                     "description": "percent-encoded; any Unicode text of 1 to "
                     f"{MAX_NAME_LENGTH} characters (`.` and `..` only through a lookup)",
-                    "schema": _ref("Identity"),
+                    "schema": TypeAdapter(replies.Identity).json_schema(),
                 },
             ],
             "get": _query(
                 "getIdentity",
                 "Is this identity online? (never seen: offline, version 0)",
-                _reply("the identity's presence", _ref("IdentityPresence")),
+                _reply("the identity's presence", _ref("IdentityReply")),
                 "invalid_service_sid",
                 "invalid_identity",
             ),
@@ -434,7 +285,7 @@ def _query_paths() -> Schema:
             "parameters": [_SERVICE_SID],
             "post": _query(
                 "lookupIdentities",
-                f"Which of these (1 to {MAX_LOOKUP}) are online? Answered in request order",
+                f"Which of these (1 to {replies.MAX_LOOKUP}) are online? Answered in request order",
                 _reply("each identity's presence, in request order", _ref("Lookups")),
                 "invalid_service_sid",
                 "invalid_body",
@@ -478,7 +329,7 @@ def _query_paths() -> Schema:
                         "required": False,
                         "description": "`next_cursor` of the previous page (any other value: "
                         "`invalid_cursor`); empty or absent: the first page",
-                        "schema": _string(),
+                        "schema": {"type": "string"},
                     },
                 ],
             ),
@@ -488,7 +339,7 @@ def _query_paths() -> Schema:
             "get": _query(
                 "getStats",
                 "How many identities are online and pending offline, and endpoints connected",
-                _reply("the service's counts", _ref("Stats")),
+                _reply("the service's counts", _ref("StatsReply")),
                 "invalid_service_sid",
             ),
         },
@@ -501,7 +352,7 @@ def _header(name: str, description: str) -> Schema:
         "in": "header",
         "required": False,
         "description": description,
-        "schema": _string(),
+        "schema": {"type": "string"},
     }
 
 
@@ -538,20 +389,14 @@ def _webhook_path() -> Schema:
                     "in": "query",
                     "required": False,
                     "description": "hex SHA-256 of a JSON body, which the signature covers",
-                    "schema": _string(),
+                    "schema": {"type": "string"},
                 },
             ],
             "requestBody": {
                 "required": True,
                 "content": {
-                    FORM: {
-                        "schema": _ref("SyncEventForm"),
-                        "examples": _examples(json_body=False),
-                    },
-                    JSON: {
-                        "schema": _ref("SyncEventJson"),
-                        "examples": _examples(json_body=True),
-                    },
+                    FORM: {"schema": _ref("SyncEventForm"), "examples": _examples(form=True)},
+                    JSON: {"schema": _ref("SyncEventJson"), "examples": _examples(form=False)},
                 },
             },
             "responses": {
@@ -595,13 +440,13 @@ def _operations_paths() -> Schema:
         "/healthz": get(
             "healthz",
             "Liveness: 200 while the process runs",
-            {"200": _reply("alive", _object({"status": {"const": "ok"}}))},
+            {"200": _reply("alive", _ref("Alive"))},
         ),
         "/readyz": get(
             "readyz",
             "Readiness: 200 when Redis answers",
             {
-                "200": _reply("Redis answers", _object({"status": {"const": "ready"}})),
+                "200": _reply("Redis answers", _ref("Ready")),
                 "503": _response_ref("StoreUnavailable"),
             },
         ),
@@ -611,7 +456,7 @@ def _operations_paths() -> Schema:
             {
                 "200": {
                     "description": f"the Prometheus text exposition format, as `{METRICS_TYPE}`",
-                    "content": {"text/plain": {"schema": _string()}},
+                    "content": {"text/plain": {"schema": {"type": "string"}}},
                 }
             },
         ),
@@ -665,4 +510,4 @@ def openapi_document() -> dict[str, Any]:
 
 
 async def serve_openapi(request: web.Request) -> web.Response:
-    return web.Response(text=_document_json(), content_type="application/json")
+    return web.Response(text=_document_json(), content_type=JSON)

@@ -3,28 +3,26 @@
 from __future__ import annotations
 
 import json
-import re
 from typing import Any
 
 from aiohttp import web
 
 from presence.events import name_problem
 from presence.store.base import InvalidCursor, PresenceStore
+from presence.twilio import is_sid, sid_problem
 from presence.web.errors import BadRequest
+from presence.web.replies import MAX_LOOKUP, identity_reply, stats_reply
 
-MAX_LOOKUP = 1000
 MAX_LOOKUP_BYTES = 8 * 1024 * 1024
 """Room for 1000 names of the longest length, JSON-escaped."""
 MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 
-_SERVICE_SID = re.compile(r"IS[0-9a-fA-F]{32}")
-
 
 def _service_sid(request: web.Request) -> str:
     sid = request.match_info["service_sid"]
-    if not _SERVICE_SID.fullmatch(sid):
-        raise BadRequest("invalid_service_sid", "service_sid must be IS followed by 32 hex digits")
+    if not is_sid(sid, "IS"):
+        raise BadRequest("invalid_service_sid", f"service_sid {sid_problem('IS')}")
     return sid
 
 
@@ -76,12 +74,12 @@ class QueryApi:
         if problem:
             raise BadRequest("invalid_identity", f"identity {problem}")
         presence = await self.store.identity(sid, identity)
-        return web.json_response(presence.to_json())
+        return web.json_response(identity_reply(presence))
 
     async def lookup(self, request: web.Request) -> web.Response:
         sid = _service_sid(request)
         found = await self.store.lookup(sid, await _lookup_names(request))
-        return web.json_response({"identities": [presence.to_json() for presence in found]})
+        return web.json_response({"identities": [identity_reply(p) for p in found]})
 
     async def online(self, request: web.Request) -> web.Response:
         sid = _service_sid(request)
@@ -94,10 +92,4 @@ class QueryApi:
 
     async def stats(self, request: web.Request) -> web.Response:
         stats = await self.store.stats(_service_sid(request))
-        return web.json_response(
-            {
-                "online": stats.online,
-                "pending_offline": stats.pending_offline,
-                "endpoints": stats.endpoints,
-            }
-        )
+        return web.json_response(stats_reply(stats))

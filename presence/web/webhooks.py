@@ -18,7 +18,6 @@ from aiohttp import web
 
 from presence.events import (
     EVENT_TYPES,
-    SYSTEM_IDENTITY,
     FieldError,
     InvalidPayload,
     ReachabilityEvent,
@@ -28,15 +27,20 @@ from presence.events import (
 from presence.logs import WEBHOOK_OUTCOME, log_changes
 from presence.metrics import UNKNOWN, Metrics
 from presence.settings import Settings
-from presence.signature import SETTINGS_HEADER, SIGNATURE_HEADER, SignatureValidator
 from presence.store.base import EventResult, Outcome, PresenceStore, StoreUnavailable
+from presence.twilio import (
+    FORM,
+    IDEMPOTENCY_HEADER,
+    JSON,
+    SIGNATURE_HEADER,
+    SIGNATURE_SETTINGS_HEADER,
+    SYSTEM_IDENTITY,
+)
+from presence.twilio.signing import SignatureValidator
 from presence.web.errors import json_error, store_unavailable
 
 log = logging.getLogger("presence.webhooks")
 
-FORM = "application/x-www-form-urlencoded"
-JSON = "application/json"
-IDEMPOTENCY_HEADER = "I-Twilio-Idempotency-Token"
 MAX_PARAMETERS = 200
 MAX_TOKEN_LENGTH = 256
 
@@ -134,7 +138,7 @@ class WebhookReceiver:
             signature,
             params=None if form is None else _grouped(form),
             json_body=body if form is None else None,
-            settings_header=request.headers.get(SETTINGS_HEADER),
+            settings_header=request.headers.get(SIGNATURE_SETTINGS_HEADER),
         )
 
     async def handle(self, request: web.Request) -> web.Response:

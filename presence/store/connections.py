@@ -1,4 +1,5 @@
-"""Opens the store the settings ask for: a real Redis, a Redis Cluster, or the embedded one."""
+"""Connections to Redis as the settings ask for them (one Redis, a Redis Cluster, or the
+embedded emulation), and the store opened on them."""
 
 from __future__ import annotations
 

@@ -15,8 +15,7 @@ import hmac
 from collections.abc import Mapping, Sequence
 from urllib.parse import ParseResult, parse_qs, urlparse
 
-SIGNATURE_HEADER = "X-Twilio-Signature"
-SETTINGS_HEADER = "X-Twilio-Webhooks-Signature-Settings"
+from presence.twilio import FORM, SIGNATURE_HEADER
 
 _HASHES = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}
 
@@ -59,6 +58,21 @@ def compute_signature(key: bytes, url: str, params: Params, algorithm: str = "HM
 
 def body_sha256(body: bytes) -> str:
     return hashlib.sha256(body).hexdigest()
+
+
+def sign_form(token: str, url: str, params: Mapping[str, str]) -> str:
+    """``X-Twilio-Signature`` of a form webhook with one value per parameter, as Twilio sends
+    it to ``url`` signed with ``token``."""
+    return compute_signature(token.encode("utf-8"), url, {k: (v,) for k, v in params.items()})
+
+
+def form_headers(token: str | None, url: str, params: Mapping[str, str]) -> dict[str, str]:
+    """The headers of a form webhook to ``url``: its content type and, with a ``token``, the
+    signature Twilio would send (none without one: an unsigned webhook)."""
+    headers = {"Content-Type": FORM}
+    if token is not None:
+        headers[SIGNATURE_HEADER] = sign_form(token, url, params)
+    return headers
 
 
 class SignatureValidator:

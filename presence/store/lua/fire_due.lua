@@ -1,6 +1,6 @@
--- tick.lua: the sweeper's visit to one identity whose time in the due set has come: fires its
--- offline deadline, expires what no event has named for the TTL, and reschedules it.
--- KEYS and ARGV 1-8: see prelude.lua.
+-- fire_due.lua: the sweeper's visit to one identity whose time in the due set has come: fires
+-- its offline deadline, expires what no event has named for the TTL, and reschedules it.
+-- KEYS and ARGV 1-8: see state.lua.
 -- Returns {'done', expired, message...} (expired: how many endpoints expired), or {'not_due'}
 -- when another replica (or an event) got there first: the due set is read inside the script,
 -- so each deadline fires exactly once.
@@ -12,5 +12,5 @@ if not score or tonumber(score) > ctx.now then
 end
 local s = load(KEYS[1])
 advance(ctx, s)
-finish(ctx, s, KEYS)
+save(ctx, s, KEYS)
 return { 'done', ctx.expired, unpack(ctx.messages) }

@@ -1,0 +1,77 @@
+"""Redis' ways of saying "not now", translated into the store's one: ``StoreUnavailable``."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from redis import exceptions as redis_errors
+
+from presence.store.base import StoreUnavailable
+
+_UNAVAILABLE = (
+    redis_errors.ConnectionError,
+    redis_errors.TimeoutError,
+    redis_errors.BusyLoadingError,
+    redis_errors.ReadOnlyError,
+    redis_errors.OutOfMemoryError,
+    redis_errors.ClusterDownError,
+    redis_errors.TryAgainError,
+    redis_errors.MasterDownError,
+    # A Redis Cluster with the slot's node away, or reconfiguring: no node covers the slot,
+    # redirections kept coming (TTL exhausted), or no node could be reached at all.
+    redis_errors.ClusterError,
+    redis_errors.SlotNotCoveredError,
+    redis_errors.AskError,
+    OSError,
+)
+
+_CLUSTER_UNREACHABLE = "Redis Cluster cannot be connected"
+"""The start of redis-py's RedisClusterException when no node answers."""
+
+# Replies of a Redis that is up but cannot take the command now (a long script, loading,
+# failing to persist, no replicas, a cluster reconfiguring); in a pipeline they follow
+# redis-py's "caused error: ".
+_UNAVAILABLE_REPLY = re.compile(
+    r"(?:^|caused error: )(BUSY|LOADING|MISCONF|NOREPLICAS|MASTERDOWN|TRYAGAIN|CLUSTERDOWN"
+    r"|READONLY|OOM)\b"
+)
+
+
+@asynccontextmanager
+async def unavailable_as_store_error() -> AsyncIterator[None]:
+    """Raises ``StoreUnavailable`` for whatever Redis error means "retry later"; lets any
+    other error through."""
+    try:
+        yield
+    except _UNAVAILABLE as error:
+        raise StoreUnavailable(str(error) or type(error).__name__) from error
+    except redis_errors.RedisClusterException as error:
+        if str(error).startswith(_CLUSTER_UNREACHABLE):
+            raise StoreUnavailable(str(error)) from error
+        raise
+    except redis_errors.ResponseError as error:
+        if _UNAVAILABLE_REPLY.search(str(error)):
+            raise StoreUnavailable(str(error)) from error
+        raise
+    except (AttributeError, TypeError) as error:
+        if closed_under_its_feet(error):
+            raise StoreUnavailable(f"connection closed while in use ({error})") from error
+        raise
+
+
+def closed_under_its_feet(error: BaseException) -> bool:
+    """True for the AttributeError or TypeError redis-py 8.1's asyncio connection lets out
+    when its connection is closed while a command is being written: by the peer, or by the
+    cluster client, which closes every connection of every node (those in use too) when it
+    rebuilds its view of the cluster after an error (redis/redis-py#3546, #4287)."""
+    tb = error.__traceback__
+    while tb is not None and tb.tb_next is not None:
+        tb = tb.tb_next
+    if tb is None:
+        return False
+    path = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    return path.endswith(("/redis/asyncio/connection.py", "/asyncio/streams.py")) or (
+        "/asyncio/" in path and "selector_events" in path
+    )

@@ -1,0 +1,48 @@
+"""Work spread over the primaries of a Redis Cluster: each gets the part its slots serve, all
+at once, and a node that cannot be reached fails only its own part."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Awaitable, Callable, Sequence
+from typing import TypeVar
+
+from redis.asyncio import RedisCluster
+from redis.asyncio.cluster import ClusterNode
+from redis.exceptions import SlotNotCoveredError
+
+T = TypeVar("T")
+
+Group = tuple[ClusterNode, list[int]]
+"""A primary, and the positions of the items it serves."""
+
+
+def node_of(cluster: RedisCluster, keys: Sequence[str]) -> ClusterNode:
+    """The primary serving the slot of ``keys`` (any primary for an item without keys)."""
+    node = cluster.get_random_primary_node() if not keys else cluster.get_node_from_key(keys[0])
+    if node is None:
+        raise SlotNotCoveredError(f"no node of the Redis Cluster serves the slot of {keys[0]!r}")
+    return node
+
+
+def by_node(cluster: RedisCluster, keys: Sequence[Sequence[str]]) -> list[Group]:
+    """Items, given by their keys (all in one slot each), grouped by the primary serving them."""
+    groups: dict[str, Group] = {}
+    for position, item_keys in enumerate(keys):
+        node = node_of(cluster, item_keys)
+        groups.setdefault(node.name, (node, []))[1].append(position)
+    return list(groups.values())
+
+
+async def on_each_node(
+    groups: Sequence[Group], work: Callable[[ClusterNode, list[int]], Awaitable[T]]
+) -> list[T | Exception]:
+    """``work`` for every group at once; each group's result, or the error it met. A
+    cancellation (or another BaseException) is raised."""
+    outcomes = await asyncio.gather(
+        *(work(node, members) for node, members in groups), return_exceptions=True
+    )
+    for outcome in outcomes:
+        if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
+            raise outcome
+    return outcomes  # type: ignore[return-value]
