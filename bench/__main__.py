@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import deadlines, http_rows, loads, memory, support
+from bench import deadlines, feed, http_rows, loads, memory, support
 from bench.profile import Profiler
 from bench.support import ROOT, affinity, cores
 from harness.processes import stop_all
 
-ROWS = ("ingest", "get", "lookup", "memory", "deadlines")
+ROWS = ("ingest", "get", "lookup", "memory", "deadlines", "feed")
 
 TARGETS = {
     "ingest": 0.7,  # x the bare reference's req/s
@@ -27,6 +27,8 @@ TARGETS = {
     "half_rate_p99_ms": 20.0,
     "bytes_per_identity": 200.0,
     "deadlines_s": 5.0,
+    "feed_p99_ms": 100.0,
+    "feed_bytes_per_idle_stream": 50 * 1024,
 }
 
 
@@ -108,6 +110,9 @@ def main(argv: list[str] | None = None) -> None:
                     Profiler(cfg) if cfg.profile else None,
                     fill_cores=server_core,
                 )
+        if "feed" in cfg.rows:
+            with affinity(other):
+                results["feed"] = feed.run(cfg.workdir, cfg.duration)
     finally:
         stop_all()
         results["elapsed_s"] = round(time.time() - started, 1)

@@ -103,6 +103,25 @@ def _main_rows(results: Run) -> list[list[str]]:
             ours = f"{value:.2f} s (first {dl['first_after_deadline_s']:.2f} s)"
             rows.append(["5", measure, ours, "", f"{value / goal:.2f}x target", f"<= {goal:g} s",
                          _verdict(value <= goal)])  # fmt: skip
+    if fd := results.get("feed"):
+        lat, goal = fd["latency_ms"], targets["feed_p99_ms"]
+        measure = (
+            f"change feed: {fd['clients']:,} SSE clients of one process ({fd['following_all']} "
+            f"following all), {fd['rate']:g} changes/s: webhook-to-client p50 / p99"
+        )
+        missing = fd["deliveries_expected"] - fd["deliveries_received"]
+        ours = f"{lat['p50']:.1f} / {lat['p99']:.1f} ms" + (
+            f" ({missing:,} deliveries missing)" if missing else ""
+        )
+        rows.append(["6", measure, ours, "", "", f"p99 < {goal:g} ms",
+                     _verdict(lat["p99"] < goal and not missing)])  # fmt: skip
+        value, goal = fd["bytes_per_idle_stream"], targets["feed_bytes_per_idle_stream"]
+        rows.append(["6", "change feed: service memory per idle stream", f"{value / 1024:.1f} KB",
+                     "", "", f"< {goal / 1024:g} KB", _verdict(value < goal)])  # fmt: skip
+        rows.append(["6", "change feed: service CPU per change delivered to a client",
+                     f"{fd['service_cpu_us_per_delivery']:.1f} us "
+                     f"({fd['service_cpu_us_per_change']:.0f} us per change)", "", "", "report",
+                     ""])  # fmt: skip
     return rows
 
 

@@ -7,14 +7,13 @@ import asyncio
 import contextlib
 import sys
 from collections.abc import Sequence
-from typing import Any
 
 from presence.keys import Keyspace
 from presence.logs import configure_logging
 from presence.serve import StartupError, serve
 from presence.settings import Settings, SettingsError, check_serve, env_name, load_settings
 from presence.simulate import command as simulate_command
-from presence.watch import watch
+from presence.watch import WatchRefused, watch, watch_url
 from presence.workers import Supervisor, is_worker
 
 _WATCH_SETTINGS = ("redis_url", "redis_cluster", "key_prefix", "log_level")
@@ -43,7 +42,15 @@ def _parser() -> argparse.ArgumentParser:
     watch_parser = commands.add_parser("watch", help="print presence changes as JSON lines")
     _add_setting_flags(watch_parser, _WATCH_SETTINGS)
     watch_parser.add_argument("--service", help="only changes of this ServiceSid")
-    watch_parser.add_argument("--identity", help="only changes of this identity")
+    watch_parser.add_argument(
+        "--identity", action="append", help="only changes of this identity (repeatable)"
+    )
+    watch_parser.add_argument(
+        "--url",
+        help="follow a running service's change feed at this base URL (http://host:port) "
+        "instead of Redis pub/sub; needs --service; the token is $PRESENCE_API_TOKEN",
+    )
+    watch_parser.add_argument("--since", help="with --url: resume after this cursor")
     simulate_parser = commands.add_parser(
         "simulate", help="send realistic, signed Sync webhook traffic to a deployment"
     )
@@ -65,7 +72,12 @@ def main(argv: Sequence[str] | None = None) -> None:
         except simulate_command.UsageError as error:
             _fail(str(error))
         raise SystemExit(simulate_command.run(chosen))
-    filters: dict[str, Any] = {name: args.pop(name, None) for name in ("service", "identity")}
+    service, url, since = args.pop("service", None), args.pop("url", None), args.pop("since", None)
+    names = args.pop("identity", None)
+    identities = frozenset(names) if names else None
+    if command == "watch" and url is not None:
+        _watch_url(url, service, identities, since)
+        return
     try:
         settings = load_settings(**args)
         if command == "serve":
@@ -83,14 +95,45 @@ def main(argv: Sequence[str] | None = None) -> None:
                 _fail(str(error))
         else:
             if settings.redis_url is None:
-                _fail(f"watch needs a Redis to watch: set {env_name('redis_url')}")
+                _fail(
+                    f"watch needs a Redis to watch: set {env_name('redis_url')}, or follow "
+                    "a running service with --url"
+                )
             assert settings.redis_url is not None
             asyncio.run(
                 watch(
                     settings.redis_url,
                     Keyspace(settings.key_prefix),
                     sys.stdout,
+                    service=service,
+                    identities=identities,
                     cluster=settings.redis_cluster,
-                    **filters,
                 )
             )
+
+
+def _watch_url(
+    url: str, service: str | None, identities: frozenset[str] | None, since: str | None
+) -> None:
+    if service is None:
+        _fail("watch --url needs --service: the change feed is per ServiceSid")
+    assert service is not None
+    try:
+        settings = load_settings()
+    except SettingsError as error:
+        _fail(str(error))
+    configure_logging(settings.log_level, settings.log_format)
+    with contextlib.suppress(KeyboardInterrupt):
+        try:
+            asyncio.run(
+                watch_url(
+                    url,
+                    service,
+                    sys.stdout,
+                    identities=identities,
+                    since=since,
+                    token=settings.api_token,
+                )
+            )
+        except WatchRefused as error:
+            _fail(f"the service refused: {error}")

@@ -6,6 +6,8 @@ Layout (``p`` is ``PRESENCE_KEY_PREFIX``, ``b`` a bucket number, ``IS..`` a Serv
     p:{b}:on:IS..             zset    identities published online (score 0, ordered by name)
     p:{b}:n:IS..              hash    counters: online, pending, endpoints
     p:{b}:due                 zset    <ServiceSid><identity> -> next time (ms) it needs attention
+    p:{b}:f:IS..              stream  the change feed: this bucket's changes of the service
+    p:{b}:epoch               string  a random value that lives as long as the bucket's data
     p:{b}:tok:<token>         string  an I-Twilio-Idempotency-Token already recorded
     p:{b}:seen:<ListSid|MapSid> zset  EventIds of item events already recorded
 
@@ -57,6 +59,12 @@ class Keyspace:
 
     def due(self, bucket: int) -> str:
         return f"{self._tags[bucket]}:due"
+
+    def feed(self, bucket: int, service_sid: str) -> str:
+        return f"{self._tags[bucket]}:f:{service_sid}"
+
+    def epoch(self, bucket: int) -> str:
+        return f"{self._tags[bucket]}:epoch"
 
     def token(self, bucket: int, token: str) -> str:
         return f"{self._tags[bucket]}:tok:{token}"

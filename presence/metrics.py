@@ -97,7 +97,7 @@ class Metrics:
         self.redis_errors = Counter(
             "presence_redis_errors",
             "Times Redis could not be reached or refused a command, by what was being done "
-            "(webhook, query, readiness, sweep).",
+            "(webhook, query, readiness, sweep, feed).",
             ["operation"],
             registry=into,
         )
@@ -113,11 +113,36 @@ class Metrics:
             registry=into,
         )
 
+        self.feed_streams = Gauge(
+            "presence_feed_streams_open",
+            "Change-feed streams open (Server-Sent Events, and long-polls waiting).",
+            registry=into,
+            multiprocess_mode="livesum",
+        )
+        self.feed_changes_sent = Counter(
+            "presence_feed_changes_sent",
+            "Changes sent to change-feed clients (one per client a change reaches).",
+            registry=into,
+        )
+        self.feed_resets = Counter(
+            "presence_feed_resets",
+            "Cursors that could not be resumed from, by reason (retention, epoch, failover).",
+            ["reason"],
+            registry=into,
+        )
+        self.feed_clients_dropped = Counter(
+            "presence_feed_clients_dropped",
+            "Change-feed streams closed because the client read too slowly.",
+            registry=into,
+        )
+
         # Series that exist before their first event, so that rate() and alerts see a 0.
         for reason in ("connected", "disconnected", "expired"):
             self.changes.labels(reason)
-        for operation in ("webhook", "query", "readiness", "sweep"):
+        for operation in ("webhook", "query", "readiness", "sweep", "feed"):
             self.redis_errors.labels(operation)
+        for reason in ("retention", "epoch", "failover"):
+            self.feed_resets.labels(reason)
 
     def published(self, changes: Iterable[Change]) -> None:
         for change in changes:

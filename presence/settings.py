@@ -46,6 +46,10 @@ class Settings(BaseSettings):
     max_body_bytes: int = Field(default=1024 * 1024, ge=1024)
     workers: int = Field(default=1, ge=1, le=256)
     shutdown_timeout_seconds: float = Field(default=10.0, gt=0, le=3600, allow_inf_nan=False)
+    feed_retention_seconds: float = Field(
+        default=86400.0, ge=60, le=30 * 86400, allow_inf_nan=False
+    )
+    max_streams: int = Field(default=1000, ge=1, le=1_000_000)
 
     @field_validator("redis_url")
     @classmethod
@@ -137,6 +141,10 @@ class Settings(BaseSettings):
     @property
     def endpoint_ttl_ms(self) -> int:
         return round(self.endpoint_ttl_seconds * 1000)
+
+    @property
+    def feed_retention_ms(self) -> int:
+        return round(self.feed_retention_seconds * 1000)
 
 
 def env_name(field: str) -> str:

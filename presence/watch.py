@@ -1,13 +1,18 @@
-"""``presence watch``: prints presence changes as they are published, one JSON line each."""
+"""``presence watch``: prints presence changes as they are published, one JSON line each: from
+Redis pub/sub (``PRESENCE_REDIS_URL``), or from a running service's change feed over HTTP
+(``--url``), which resumes from a cursor and works with the embedded store too."""
 
 from __future__ import annotations
 
 import asyncio
 import json
 import logging
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
 from typing import TextIO
 from urllib.parse import urlsplit, urlunsplit
 
+import aiohttp
 from redis import exceptions as redis_errors
 
 from presence.keys import Keyspace
@@ -18,8 +23,8 @@ log = logging.getLogger("presence.watch")
 MAX_BACKOFF_SECONDS = 5.0
 
 
-def _wanted(message: str, service: str | None, identity: str | None) -> bool:
-    if service is None and identity is None:
+def _wanted(message: str, service: str | None, identities: frozenset[str] | None) -> bool:
+    if service is None and identities is None:
         return True
     try:
         change = json.loads(message)
@@ -28,7 +33,7 @@ def _wanted(message: str, service: str | None, identity: str | None) -> bool:
     if not isinstance(change, dict):
         return False
     return (service is None or change.get("service_sid") == service) and (
-        identity is None or change.get("identity") == identity
+        identities is None or change.get("identity") in identities
     )
 
 
@@ -83,7 +88,7 @@ async def watch(
     out: TextIO,
     *,
     service: str | None = None,
-    identity: str | None = None,
+    identities: frozenset[str] | None = None,
     cluster: bool = False,
 ) -> None:
     """Prints each change until cancelled, resubscribing by itself after a Redis outage.
@@ -91,8 +96,8 @@ async def watch(
     With ``cluster``, ``redis_url`` names any node of a Redis Cluster: the subscription is
     made on one of its primaries, and moves to another when that one goes away."""
     channel = (
-        keyspace.identity_channel(service, identity)
-        if service is not None and identity is not None
+        keyspace.identity_channel(service, next(iter(identities)))
+        if service is not None and identities is not None and len(identities) == 1
         else keyspace.changes_channel
     )
     nodes = ClusterNodes(redis_url) if cluster else None
@@ -113,7 +118,7 @@ async def watch(
                     if message is None:
                         continue
                     data = message["data"]
-                    if _wanted(data, service, identity):
+                    if _wanted(data, service, identities):
                         out.write(data + "\n")
                         out.flush()
         except (redis_errors.ConnectionError, redis_errors.TimeoutError, OSError) as error:
@@ -122,3 +127,94 @@ async def watch(
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
         finally:
             await redis.aclose()
+
+
+class WatchRefused(Exception):
+    """The service refused to stream (a bad token, ServiceSid or cursor): retrying is futile."""
+
+
+@dataclass
+class _Event:
+    """One Server-Sent Event as it is read."""
+
+    event: str = "message"
+    data: list[str] = field(default_factory=list)
+    id: str | None = None
+
+
+async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[_Event]:
+    """The events of a ``text/event-stream`` reply (comments skipped; an event with an ID and
+    no data is yielded too: it moves the cursor)."""
+    current = _Event()
+    async for raw in response.content:
+        line = raw.decode("utf-8").rstrip("\r\n")
+        if not line:
+            if current.data or current.id is not None:
+                yield current
+            current = _Event()
+            continue
+        if line.startswith(":"):
+            continue
+        name, _, value = line.partition(":")
+        value = value.removeprefix(" ")
+        if name == "data":
+            current.data.append(value)
+        elif name == "event":
+            current.event = value
+        elif name == "id":
+            current.id = value
+
+
+async def watch_url(
+    base_url: str,
+    service: str,
+    out: TextIO,
+    *,
+    identities: frozenset[str] | None = None,
+    since: str | None = None,
+    token: str | None = None,
+) -> None:
+    """Prints each change of ``service`` from a running service's change feed, with the cursor
+    that resumes after it, until cancelled; reconnects by itself from the last cursor. A reset
+    is printed as ``{"reset": true, "reason": ..., "cursor": ...}``. Raises ``WatchRefused``
+    when the service refuses the request."""
+    url = f"{base_url.rstrip('/')}/v1/services/{service}/changes"
+    params = [("identity", name) for name in sorted(identities or ())]
+    headers = {"Accept": "text/event-stream"}
+    if token:
+        headers["Authorization"] = f"Bearer {token}"
+    cursor = since
+    backoff = 0.1
+    timeout = aiohttp.ClientTimeout(total=None, sock_connect=10, sock_read=60)
+    async with aiohttp.ClientSession(timeout=timeout) as session:
+        while True:
+            sent = headers | ({"Last-Event-ID": cursor} if cursor else {})
+            try:
+                async with session.get(url, params=params, headers=sent) as response:
+                    if response.status in (400, 401, 404):
+                        raise WatchRefused(f"{response.status} {await response.text()}")
+                    if response.status != 200:
+                        raise aiohttp.ClientResponseError(
+                            response.request_info, (), status=response.status
+                        )
+                    log.info("watching %s", url)
+                    backoff = 0.1
+                    async for event in _events(response):
+                        cursor = event.id or cursor
+                        _print(out, event, cursor)
+            except (aiohttp.ClientError, TimeoutError, OSError) as error:
+                log.warning("lost %s (%s); again in %.1fs", url, error or type(error), backoff)
+            await asyncio.sleep(backoff)
+            backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
+
+
+def _print(out: TextIO, event: _Event, cursor: str | None) -> None:
+    if not event.data:
+        return
+    payload = json.loads("\n".join(event.data))
+    if event.event == "reset":
+        line = {"reset": True, "reason": payload.get("reason"), "cursor": cursor}
+    else:
+        line = {**payload, "cursor": cursor}
+    out.write(json.dumps(line) + "\n")
+    out.flush()

@@ -268,3 +268,89 @@ class Watcher:
             self.process.kill()
         await self.process.wait()
         await self._reader
+
+
+@dataclass
+class ServerSentEvent:
+    event: str
+    data: str
+    id: str | None
+
+
+class EventStream:
+    """A Server-Sent Events client of the change feed, reading events as they come (its own
+    parser of the wire format, independent of the service's)."""
+
+    def __init__(self, url: str, headers: Mapping[str, str] | None = None, **request: Any) -> None:
+        self.url = url
+        self.headers = {"Accept": "text/event-stream", **(headers or {})}
+        self.request = request
+        self.events: list[ServerSentEvent] = []
+        self.comments: list[str] = []
+        self.ids: list[str] = []
+        """Every ``id:`` received, with an event or alone."""
+        self.status = 0
+        self.response: aiohttp.ClientResponse | None = None
+        self.ended = asyncio.Event()
+        self._session: aiohttp.ClientSession | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    async def __aenter__(self) -> EventStream:
+        self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None))
+        response = await self._session.request(
+            self.request.pop("method", "GET"), self.url, headers=self.headers, **self.request
+        )
+        self.status = response.status
+        self.content_type = response.content_type
+        self.response = response
+        if response.status == 200:
+            self._task = asyncio.create_task(self._read(response))
+        else:
+            self.ended.set()
+        return self
+
+    async def _read(self, response: aiohttp.ClientResponse) -> None:
+        fields: dict[str, list[str]] = {}
+        try:
+            async for raw in response.content:
+                line = raw.decode("utf-8").rstrip("\r\n")
+                if line.startswith(":"):
+                    self.comments.append(line)
+                elif line:
+                    name, _, value = line.partition(":")
+                    fields.setdefault(name, []).append(value.removeprefix(" "))
+                else:
+                    if "id" in fields:
+                        self.ids.append(fields["id"][-1])
+                    if "data" in fields:
+                        self.events.append(
+                            ServerSentEvent(
+                                fields.get("event", ["message"])[-1],
+                                "\n".join(fields["data"]),
+                                fields.get("id", [None])[-1],
+                            )
+                        )
+                    fields = {}
+        except (aiohttp.ClientError, ConnectionResetError):
+            pass
+        finally:
+            self.ended.set()
+
+    def changes(self) -> list[dict[str, Any]]:
+        return [json.loads(e.data) for e in self.events if e.event == "change"]
+
+    async def wait_for(self, count: int, within: float = 10.0) -> list[ServerSentEvent]:
+        await wait_until(lambda: len(self.events) >= count, within, f"{count} events")
+        return self.events
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            await asyncio.gather(self._task, return_exceptions=True)
+        if self.response is not None:
+            self.response.close()
+        if self._session is not None:
+            await self._session.close()
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()

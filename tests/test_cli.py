@@ -173,6 +173,68 @@ async def test_watch_resubscribes_after_redis_comes_back(private_redis: RedisSer
     await redis.aclose()
 
 
+async def test_watch_url_follows_the_embedded_store_and_resumes_with_since(
+    tmp_path: Path,
+) -> None:
+    """Over HTTP, ``watch`` needs no Redis: each change printed with the cursor after it, and
+    ``--since`` that cursor prints only what came after."""
+    service = Service(tmp_path / "serve.log", offline_grace_seconds="0", api_token="t").start()
+    follow = ("--url", service.url, "--service", SERVICE_SID)
+    try:
+        async with Watcher(*follow, api_token="t") as first:
+            # A stream starts from now: from once it is open.
+            await wait_until(lambda: streams_open(service.url), 10, "watch to connect")
+            status, _ = await post_unsigned(service.url, "alice", 1)
+            assert status == 200
+            await wait_until(lambda: len(first.changes()) == 1, 10, "alice's change")
+        (alice,) = first.changes()
+        status, _ = await post_unsigned(service.url, "bob", 1)
+        assert status == 200
+        async with Watcher(*follow, "--since", alice["cursor"], api_token="t") as resumed:
+            await wait_until(lambda: len(resumed.changes()) == 1, 10, "bob's change")
+            await asyncio.sleep(0.3)
+    finally:
+        service.kill()
+
+    assert (alice["identity"], alice["online"], alice["version"]) == ("alice", True, 1)
+    assert [c["identity"] for c in resumed.changes()] == ["bob"]
+    assert resumed.changes()[0]["cursor"] != alice["cursor"]
+
+
+async def streams_open(url: str) -> bool:
+    async with aiohttp.ClientSession() as session, session.get(f"{url}/metrics") as response:
+        return "presence_feed_streams_open 1.0" in await response.text()
+
+
+async def post_unsigned(url: str, identity: str, event_id: int) -> tuple[int, str]:
+    params = reachability(identity, "E1", event_id, True, connected=True)
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(
+            f"{url}/webhooks/sync",
+            data=urlencode(params),
+            headers={"Content-Type": "application/x-www-form-urlencoded"},
+        ) as response,
+    ):
+        return response.status, await response.text()
+
+
+def test_watch_url_refused_or_without_a_service_exits_2(tmp_path: Path) -> None:
+    service = Service(tmp_path / "serve.log", api_token="right").start()
+    try:
+        no_service = run_cli("watch", "--url", service.url)
+        wrong_token = run_cli(
+            "watch", "--url", service.url, "--service", SERVICE_SID, api_token="wrong"
+        )
+    finally:
+        service.kill()
+
+    assert no_service.returncode == 2
+    assert "--service" in no_service.stderr
+    assert wrong_token.returncode == 2
+    assert "401" in wrong_token.stderr
+
+
 def test_a_taken_port_exits_2_naming_it(tmp_path: Path) -> None:
     service = Service(tmp_path / "serve.log").start()
     try:

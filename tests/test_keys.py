@@ -10,6 +10,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from presence.events import parse_event
+from presence.feed.cursor import FeedCursor, Lineage, Node, Position
 from presence.keys import BUCKETS, Keyspace
 from presence.store.base import InvalidCursor
 from presence.store.cursor import decode_cursor, encode_cursor
@@ -52,13 +53,25 @@ def test_a_prefix_that_would_break_hash_tags_is_refused(prefix: str) -> None:
         Keyspace(prefix)
 
 
+FEED = FeedCursor(Position(1_796_000_000_000, 3, 5), Lineage(b"8 bytes!", (Node("ab" * 20, 7),)))
+
+
 @pytest.mark.parametrize("after", ["", "alice", "a\u0000b", "é{}:/%"])
 def test_cursors_round_trip(after: str) -> None:
-    assert decode_cursor(encode_cursor(17, after)) == (17, after)
+    assert decode_cursor(encode_cursor(17, after, FEED)) == (17, after, FEED)
 
 
 @pytest.mark.parametrize(
-    "cursor", ["", "!!!", "bnVsbA", encode_cursor(BUCKETS, "a"), "WzEsMl0", "WyIxIiwiYSJd"]
+    "cursor",
+    [
+        "",
+        "!!!",
+        "bnVsbA",
+        encode_cursor(BUCKETS, "a", FEED),
+        "WzEsMl0",
+        "WyIxIiwiYSJd",
+        encode_cursor(1, "a", FEED)[:-3],
+    ],
 )
 def test_a_cursor_not_handed_out_is_refused(cursor: str) -> None:
     with pytest.raises(InvalidCursor):

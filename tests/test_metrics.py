@@ -8,9 +8,17 @@ from collections.abc import Awaitable, Callable
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.processes import RedisServer
+from presence.feed.cursor import FeedCursor, Position
 from presence.store.connections import redis_client
-from presence.twilio.samples import collection_event, reachability
-from tests.support import AUTH_TOKEN, ManualClock, RunningApp, make_store, wait_until
+from presence.twilio.samples import SERVICE_SID, collection_event, reachability
+from tests.support import (
+    AUTH_TOKEN,
+    EventStream,
+    ManualClock,
+    RunningApp,
+    make_store,
+    wait_until,
+)
 
 Start = Callable[..., Awaitable[RunningApp]]
 Samples = dict[tuple[str, frozenset[tuple[str, str]]], float]
@@ -144,6 +152,34 @@ async def test_redis_errors_are_counted_by_operation(
     assert value(samples, errors, operation="readiness") == 1
     assert value(samples, errors, operation="query") == 1
     assert value(samples, "presence_webhooks_rejected_total", reason="store_unavailable") == 1
+
+
+async def test_change_streams_changes_sent_and_resets_are_counted(start_service: Start) -> None:
+    service = await start_service(offline_grace_seconds=0)
+    feed = f"/v1/services/{SERVICE_SID}/changes"
+    url = str(service.client.make_url(feed))
+    async with EventStream(url) as one, EventStream(url) as two:
+        assert value(await scrape(service), "presence_feed_streams_open") == 2
+        assert await service.status_of(connect("alice", 1)) == "applied"
+        await one.wait_for(1)
+        await two.wait_for(1)
+        await wait_until(lambda: sent_at_least(service, 2), 5, "both changes counted")
+    now = FeedCursor.decode((await (await service.client.get(feed)).json())["cursor"])
+    old = FeedCursor(Position(now.position.ms - 2 * 86_400_000, 0, 0), now.lineage)
+    await service.client.get(feed, params={"since": old.encode()})
+
+    async def closed() -> bool:
+        return value(await scrape(service), "presence_feed_streams_open") == 0
+
+    await wait_until(closed, 5, "the streams to close")
+    samples = await scrape(service)
+    assert value(samples, "presence_feed_changes_sent_total") == 2
+    assert value(samples, "presence_feed_resets_total", reason="retention") == 1
+    assert value(samples, "presence_feed_clients_dropped_total") == 0
+
+
+async def sent_at_least(service: RunningApp, count: int) -> bool:
+    return value(await scrape(service), "presence_feed_changes_sent_total") >= count
 
 
 async def test_metric_names_follow_prometheus_conventions(start_service: Start) -> None:

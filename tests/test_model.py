@@ -115,6 +115,7 @@ class Harness:
         # redis-py's PubSub.aclose is not typed: held as Any, as tests/support.py does.
         self.pubsub: Any = self.client.pubsub(ignore_subscribe_messages=True)
         self.run(self._subscribe())
+        self.feed = self.run(self.store.read_feed(SERVICE_SID, None, limit=1)).cursor
         self.step_changes: list[Change] = []
         self.markers = 0
         self.closed = False
@@ -274,7 +275,24 @@ class Harness:
                 everything.append(change)
         assert everything == self.step_changes
         assert per_identity == self.step_changes
+        await self._check_feed()
         self.step_changes = []
+
+    async def _check_feed(self) -> None:
+        """The change feed holds exactly what was published, once, each identity's changes
+        in order (a change of this very millisecond is readable in the next: poll)."""
+        kept: list[Change] = []
+        deadline = time.monotonic() + 5.0
+        while True:
+            read = await self.store.read_feed(SERVICE_SID, self.feed, limit=1000)
+            assert read.reset is None
+            kept += [Change.from_message(entry.message) for entry in read.entries]
+            self.feed = read.cursor
+            if len(kept) >= len(self.step_changes) and not read.more:
+                break
+            assert time.monotonic() < deadline, "the feed never caught up"
+            await asyncio.sleep(0.001)
+        assert by_identity(kept) == by_identity(self.step_changes)
 
 
 class PresenceMachine(RuleBasedStateMachine):

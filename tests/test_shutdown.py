@@ -20,7 +20,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.processes import RedisServer, Service
 from presence.store.connections import redis_client
 from presence.twilio.samples import SERVICE_SID, reachability
-from tests.support import AUTH_TOKEN, make_store, post_webhook, wait_until
+from tests.support import AUTH_TOKEN, EventStream, make_store, post_webhook, wait_until
 
 pytestmark = pytest.mark.slow  # `presence serve` processes held in flight by a frozen Redis
 
@@ -123,3 +123,50 @@ async def test_sigterm_with_redis_gone_still_answers_and_exits_in_bounded_time(
         assert service.process.wait(timeout=15) == 0
         took = time.monotonic() - stopped_at
     assert took < 10, f"shutdown took {took:.1f}s"
+
+
+async def test_sigterm_ends_change_streams_at_once_and_they_resume_elsewhere(
+    service: Service, tmp_path: Path, private_redis: RedisServer
+) -> None:
+    """Open streams do not hold the shutdown for its whole timeout: they end at once, and a
+    client resumes from its last event ID on another replica, missing nothing."""
+    other = Service(
+        tmp_path / "other.log", redis_url=private_redis.url, twilio_auth_token=AUTH_TOKEN
+    ).start()
+    feed = f"/v1/services/{SERVICE_SID}/changes"
+    try:
+        streams = [EventStream(service.url + feed) for _ in range(3)]
+        for stream in streams:
+            await stream.__aenter__()
+        status, _ = await post_webhook(
+            service.url, reachability("alice", "E1", 1, True, connected=True)
+        )
+        assert status == 200
+        for stream in streams:
+            await stream.wait_for(1)
+
+        started = time.monotonic()
+        assert service.process is not None
+        service.process.send_signal(signal.SIGTERM)
+        for stream in streams:
+            await asyncio.wait_for(stream.ended.wait(), 5)
+        assert service.process.wait(timeout=10) == 0
+        stopped = time.monotonic() - started
+        for stream in streams:
+            await stream.close()
+
+        last_id = streams[0].events[-1].id
+        assert last_id is not None
+        status, _ = await post_webhook(
+            other.url, reachability("bob", "E1", 1, True, connected=True)
+        )
+        assert status == 200
+        async with EventStream(other.url + feed, {"Last-Event-ID": last_id}) as resumed:
+            await resumed.wait_for(1)
+            await asyncio.sleep(0.3)
+    finally:
+        other.kill()
+
+    # Well inside the 10 s shutdown timeout: the streams did not hold it.
+    assert stopped < 5
+    assert [c["identity"] for c in resumed.changes()] == ["bob"]

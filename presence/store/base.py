@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
 
 from presence.events import CollectionEvent, ReachabilityEvent
+from presence.feed.cursor import FeedCursor, Position
+from presence.twilio import SID_LENGTH
 
 
 class Outcome(StrEnum):
@@ -76,6 +78,63 @@ class IdentityPresence:
 class OnlinePage:
     identities: list[str]
     next_cursor: str | None
+    feed_cursor: FeedCursor
+    """Where the change feed stood before the listing's first page: the listing, plus every
+    change after it, is the current state."""
+
+
+_IDENTITY_AT = len('{"service_sid":"') + SID_LENGTH + len('","identity":')
+"""Where a change message's identity begins (``publish.lua`` writes the members in order)."""
+
+
+def identity_of(message: str) -> str:
+    """The identity of a change message, without parsing all of it."""
+    decoded: str = json.JSONDecoder().raw_decode(message, _IDENTITY_AT)[0]
+    return decoded
+
+
+class Reset:
+    """Why a cursor cannot be resumed from (the ``reason`` of a reset)."""
+
+    RETENTION = "retention"
+    """Older than the changes the feed keeps (PRESENCE_FEED_RETENTION_SECONDS)."""
+    EPOCH = "epoch"
+    """The data it counted in is gone: Redis lost its data, or another deployment's cursor."""
+    FAILOVER = "failover"
+    """A Redis failover lost changes it had already seen."""
+
+
+@dataclass(frozen=True)
+class FeedEntry:
+    """One change on the feed."""
+
+    position: Position
+    message: str
+    """The change, exactly as published on pub/sub (JSON)."""
+    identity: str
+
+    @classmethod
+    def of(cls, position: Position, message: str) -> FeedEntry:
+        return cls(position, message, identity_of(message))
+
+
+@dataclass(frozen=True)
+class FeedRead:
+    entries: list[FeedEntry]
+    cursor: FeedCursor
+    """Where the next read resumes: after the last entry, or at the watermark."""
+    reset: str | None = None
+    """Why the cursor read from could not be resumed (then ``entries`` is empty and
+    ``cursor`` is now)."""
+    more: bool = False
+    """More changes are stored already: held back by the limit, or stored so recently that
+    they are readable a millisecond later."""
+
+    def with_cursors(self) -> Iterator[tuple[FeedEntry, FeedCursor]]:
+        """Each change, and the cursor that resumes right after it."""
+        lineage = self.cursor.lineage
+        for entry in self.entries:
+            yield entry, FeedCursor(entry.position, lineage)
 
 
 @dataclass(frozen=True)
@@ -120,10 +179,28 @@ class PresenceStore(Protocol):
         """A page of identities published online; raises ``InvalidCursor``."""
         ...
 
+    async def read_feed(
+        self,
+        service_sid: str,
+        after: FeedCursor | None,
+        *,
+        limit: int,
+        identities: Collection[str] | None = None,
+        check: bool = True,
+    ) -> FeedRead:
+        """The service's changes after ``after`` (None: none, and the cursor of now), at most
+        ``limit``, only of ``identities`` when given. With ``check``, a cursor that cannot be
+        resumed from gives a reset."""
+        ...
+
     async def stats(self, service_sid: str) -> Stats: ...
 
     async def sweep(self, limit: int) -> SweepResult:
         """Visit about ``limit`` identities whose time has come (a deadline or an expiry)."""
+        ...
+
+    def published(self) -> AsyncIterator[str]:
+        """The ServiceSid of each change as it is published, while iterated (best effort)."""
         ...
 
     async def ping(self) -> None:

@@ -95,5 +95,6 @@ def open_store(settings: Settings, *, clock: Clock | None = None) -> RedisStore:
         Keyspace(settings.key_prefix),
         offline_grace_ms=settings.offline_grace_ms,
         endpoint_ttl_ms=settings.endpoint_ttl_ms,
+        feed_retention_ms=settings.feed_retention_ms,
         clock=clock,
     )

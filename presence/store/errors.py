@@ -10,7 +10,7 @@ from redis import exceptions as redis_errors
 
 from presence.store.base import StoreUnavailable
 
-_UNAVAILABLE = (
+UNAVAILABLE = (
     redis_errors.ConnectionError,
     redis_errors.TimeoutError,
     redis_errors.BusyLoadingError,
@@ -45,7 +45,7 @@ async def unavailable_as_store_error() -> AsyncIterator[None]:
     other error through."""
     try:
         yield
-    except _UNAVAILABLE as error:
+    except UNAVAILABLE as error:
         raise StoreUnavailable(str(error) or type(error).__name__) from error
     except redis_errors.RedisClusterException as error:
         if str(error).startswith(_CLUSTER_UNREACHABLE):

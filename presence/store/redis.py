@@ -2,22 +2,28 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Sequence
 from contextlib import asynccontextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from typing import Any
 
+from redis import exceptions as redis_errors
 from redis.asyncio import RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 
 from presence.events import CollectionEvent, ItemEvent, ReachabilityEvent, normalised
+from presence.feed.cursor import FeedCursor
 from presence.keys import BUCKETS, Keyspace, due_member, split_due_member
 from presence.store.base import (
     Change,
     EventResult,
+    FeedRead,
     IdentityPresence,
     OnlinePage,
     Outcome,
@@ -27,10 +33,12 @@ from presence.store.base import (
 )
 from presence.store.coalesce import Coalescer
 from presence.store.cursor import decode_cursor, encode_cursor
-from presence.store.errors import unavailable_as_store_error
+from presence.store.errors import UNAVAILABLE, unavailable_as_store_error
+from presence.store.feed import FeedReader
 from presence.store.fields import presence_of
 from presence.store.nodes import by_node, on_each_node
 from presence.store.scripts import Client, ScriptCall, Scripts, run_scripts
+from presence.twilio import SID_LENGTH
 
 Clock = Callable[[], int]
 """Milliseconds since the epoch. Without one, the Redis server's clock is used, so replicas
@@ -47,7 +55,13 @@ SEEN_MEMORY_SECONDS = 7 * 86400
 
 LISTING_BUCKETS_PER_TRIP = 16
 
+FEED_RETENTION_MS = 86_400_000
+"""How long the change feed keeps a change, unless the store is told otherwise."""
+
 log = logging.getLogger("presence.store")
+
+_SID_AT = len('{"service_sid":"')
+"""Where a change message's ServiceSid begins (``publish.lua`` writes it first)."""
 
 
 def _changes(messages: Sequence[str]) -> tuple[Change, ...]:
@@ -80,13 +94,16 @@ class RedisStore:
         *,
         offline_grace_ms: int,
         endpoint_ttl_ms: int,
+        feed_retention_ms: int = FEED_RETENTION_MS,
         clock: Clock | None = None,
     ) -> None:
         self.redis = redis
         self.keys = keyspace
         self._grace = str(offline_grace_ms)
         self._ttl = str(endpoint_ttl_ms)
+        self._retention = str(feed_retention_ms)
         self._clock = clock
+        self._feed = FeedReader(redis, keyspace, retention_ms=feed_retention_ms)
         self._scripts = Scripts(redis)
         # Webhooks arriving together share round trips (see coalesce.py).
         self._writes = Coalescer(redis)
@@ -103,6 +120,7 @@ class RedisStore:
                 keys.online(bucket, service_sid),
                 keys.counters(bucket, service_sid),
                 keys.due(bucket),
+                keys.feed(bucket, service_sid),
             ],
             [
                 identity,
@@ -113,6 +131,7 @@ class RedisStore:
                 keys.changes_channel,
                 keys.identity_channel(service_sid, identity),
                 head,
+                self._retention,
             ],
         )
 
@@ -202,7 +221,12 @@ class RedisStore:
         ]
 
     async def online(self, service_sid: str, limit: int, cursor: str | None) -> OnlinePage:
-        bucket, after = decode_cursor(cursor) if cursor else (0, "")
+        if cursor:
+            bucket, after, feed = decode_cursor(cursor)
+        else:
+            # The feed's position before anything is read: a change made while the pages are
+            # read is after it, so the listing plus the feed from it is the current state.
+            bucket, after, feed = 0, "", (await self.read_feed(service_sid, None, limit=1)).cursor
         names: list[str] = []
         while bucket < BUCKETS:
             batch = range(bucket, min(bucket + LISTING_BUCKETS_PER_TRIP, BUCKETS))
@@ -222,9 +246,25 @@ class RedisStore:
                 names.extend(members[: limit - len(names)])
                 if len(names) == limit:
                     # Names in a bucket are ordered, so the next page resumes after the last.
-                    return OnlinePage(names, encode_cursor(b, names[-1]))
+                    return OnlinePage(names, encode_cursor(b, names[-1], feed), feed)
             bucket, after = batch.stop, ""
-        return OnlinePage(names, None)
+        return OnlinePage(names, None, feed)
+
+    async def read_feed(
+        self,
+        service_sid: str,
+        after: FeedCursor | None,
+        *,
+        limit: int,
+        identities: Collection[str] | None = None,
+        check: bool = True,
+    ) -> FeedRead:
+        if identities is None:
+            return await self._feed.read(service_sid, after, limit=limit, check=check)
+        wanted = frozenset(identities)
+        buckets = {self.keys.bucket_of(service_sid + name) for name in wanted}
+        read = await self._feed.read(service_sid, after, limit=limit, buckets=buckets, check=check)
+        return replace(read, entries=[e for e in read.entries if e.identity in wanted])
 
     async def stats(self, service_sid: str) -> Stats:
         async with self._pipeline() as pipe:
@@ -326,6 +366,28 @@ class RedisStore:
             lag_ms=max(part.lag_ms for part in swept),
             endpoints_expired=sum(part.endpoints_expired for part in swept),
         )
+
+    async def published(self) -> AsyncIterator[str]:
+        """The ServiceSid of each change as it is published (to wake the feed's readers), for
+        as long as it is iterated; rides out Redis outages, missing what they hide."""
+        backoff = 0.1
+        while True:
+            # Held as Any: redis-py's PubSub.aclose is not typed.
+            pubsub: Any = self.redis.pubsub(ignore_subscribe_messages=True)
+            try:
+                await pubsub.subscribe(self.keys.changes_channel)
+                backoff = 0.1
+                while True:
+                    message = await pubsub.get_message(timeout=1.0)
+                    if message is not None and isinstance(message["data"], str):
+                        yield message["data"][_SID_AT : _SID_AT + SID_LENGTH]
+            except (*UNAVAILABLE, redis_errors.RedisError) as error:
+                log.warning("feed wake-ups: lost Redis (%s); again in %.1fs", error, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 5.0)
+            finally:
+                with contextlib.suppress(Exception):
+                    await pubsub.aclose()
 
     async def ping(self) -> None:
         async with unavailable_as_store_error():

@@ -9,11 +9,13 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from presence.feed.hub import FeedHub
 from presence.metrics import CONTENT_TYPE, Metrics
 from presence.settings import Settings
 from presence.store.base import PresenceStore, StoreUnavailable
 from presence.sweeper import Sweeper
 from presence.web.auth import require_api_token
+from presence.web.changes import ChangesApi
 from presence.web.errors import json_errors, store_unavailable
 from presence.web.openapi import serve_openapi
 from presence.web.queries import MAX_LOOKUP_BYTES, QueryApi
@@ -26,6 +28,7 @@ SWEEPER_STOP_SECONDS = 5.0
 STORE = web.AppKey("store", PresenceStore)
 SWEEPER = web.AppKey("sweeper", Sweeper)
 METRICS = web.AppKey("metrics", Metrics)
+HUB = web.AppKey("feed_hub", FeedHub)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -52,6 +55,12 @@ async def serve_metrics(request: web.Request) -> web.Response:
 async def _run_store(app: web.Application) -> AsyncIterator[None]:
     yield
     await app[STORE].close()
+
+
+async def _close_streams(app: web.Application) -> None:
+    # On shutdown, before the handlers in flight are waited for: a stream would otherwise
+    # keep its handler, and the shutdown, waiting. Each client resumes by cursor elsewhere.
+    await app[HUB].close()
 
 
 async def _run_sweeper(app: web.Application) -> AsyncIterator[None]:
@@ -86,12 +95,15 @@ def create_app(
     app = web.Application(middlewares=middlewares, client_max_size=MAX_LOOKUP_BYTES)
     app[STORE] = store
     app[METRICS] = metrics
+    app[HUB] = FeedHub(store, metrics, max_streams=settings.max_streams, wakeups=store.published)
     app.cleanup_ctx.append(_run_store)
+    app.on_shutdown.append(_close_streams)
     if sweeper is not None:
         app[SWEEPER] = sweeper
         app.cleanup_ctx.append(_run_sweeper)
     app.router.add_post("/webhooks/sync", WebhookReceiver(settings, store, metrics).handle)
     app.router.add_routes(QueryApi(store).routes())
+    app.router.add_routes(ChangesApi(store, app[HUB], metrics).routes())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", serve_openapi)

@@ -24,7 +24,7 @@ from presence.metrics import CONTENT_TYPE as METRICS_TYPE
 from presence.twilio import FORM, IDEMPOTENCY_HEADER, JSON, SIGNATURE_HEADER
 from presence.twilio import SIGNATURE_SETTINGS_HEADER as SETTINGS_HEADER
 from presence.twilio.samples import sample
-from presence.web import replies
+from presence.web import changes, replies
 from presence.web.queries import DEFAULT_PAGE, MAX_LOOKUP_BYTES, MAX_PAGE
 from presence.web.webhooks import MAX_PARAMETERS
 
@@ -48,6 +48,8 @@ REPLY_TYPES: tuple[type, ...] = (
     replies.Lookup,
     replies.Lookups,
     replies.OnlinePage,
+    replies.ChangesPage,
+    replies.FeedFilter,
     replies.StatsReply,
     replies.WebhookOutcome,
     replies.Alive,
@@ -194,6 +196,7 @@ def _components() -> Schema:
         "schemas": {
             **_reply_schemas(),
             "ServiceSid": TypeAdapter(replies.ServiceSid).json_schema(),
+            "Identity": TypeAdapter(replies.Identity).json_schema(),
             "EventType": {"type": "string", "enum": _all_event_types()},
             **_event_schemas(),
             "SyncEventForm": _webhook("Form"),
@@ -334,6 +337,7 @@ def _query_paths() -> Schema:
                 ],
             ),
         },
+        base + "/changes": _changes_path(),
         base + "/stats": {
             "parameters": [_SERVICE_SID],
             "get": _query(
@@ -343,6 +347,97 @@ def _query_paths() -> Schema:
                 "invalid_service_sid",
             ),
         },
+    }
+
+
+def _changes_path() -> Schema:
+    query = [
+        {
+            "name": "since",
+            "in": "query",
+            "required": False,
+            "description": "a cursor (a page's `cursor`, an event's `id`, a listing's "
+            "`feed_cursor`); absent: from now. A stream's `Last-Event-ID` overrides it",
+            "schema": {"type": "string"},
+        },
+        {
+            "name": "identity",
+            "in": "query",
+            "required": False,
+            "description": "only the changes of these identities (repeat it: "
+            f"`identity=a&identity=b`; at most {changes.MAX_FILTER})",
+            "style": "form",
+            "explode": True,
+            "schema": {"type": "array", "items": _ref("Identity"), "maxItems": changes.MAX_FILTER},
+        },
+        {
+            "name": "limit",
+            "in": "query",
+            "required": False,
+            "description": "JSON only: changes per page at most",
+            "schema": {
+                "type": "integer",
+                "minimum": 1,
+                "maximum": changes.MAX_LIMIT,
+                "default": changes.DEFAULT_LIMIT,
+            },
+        },
+        {
+            "name": "wait",
+            "in": "query",
+            "required": False,
+            "description": "JSON only: seconds to wait for a change when there is none yet "
+            "(long-poll)",
+            "schema": {
+                "type": "number",
+                "minimum": 0,
+                "maximum": changes.MAX_WAIT_SECONDS,
+                "default": 0,
+            },
+        },
+        _header(
+            "Last-Event-ID",
+            "a stream's last event `id`, sent by an EventSource client when it reconnects",
+        ),
+    ]
+    ok = {
+        "description": "`Accept: text/event-stream`: a stream of `event: change` (its `id:` a "
+        'cursor, its `data:` the change) and `event: reset` (`data: {"reason": ...}`, then '
+        "from now), with a comment line at least every 15 s; otherwise a JSON page",
+        "content": {
+            changes.EVENT_STREAM: {"schema": {"type": "string"}},
+            JSON: {"schema": _ref("ChangesPage")},
+        },
+    }
+    codes = ("invalid_service_sid", "invalid_cursor", "invalid_identity", "invalid_limit")
+    unavailable = _error(
+        "Redis cannot be reached (`store_unavailable`), or `PRESENCE_MAX_STREAMS` streams are "
+        "open in this process (`too_many_streams`, with `Retry-After`)",
+        "store_unavailable",
+        "too_many_streams",
+    )
+    description = (
+        "Every change of the service after `since`, each once, each identity's in version "
+        'order; `reset` when that is impossible (README, "Following changes").'
+    )
+
+    def operation(operation_id: str, summary: str, *more_codes: str, **fields: Any) -> Schema:
+        found = _query(operation_id, summary, ok, *codes, *more_codes, **fields)
+        found["description"] = description
+        found["parameters"] = query
+        found["responses"]["503"] = unavailable
+        return found
+
+    return {
+        "parameters": [_SERVICE_SID],
+        "get": operation("followChanges", "The change feed", "invalid_wait"),
+        "post": operation(
+            "followChangesOf",
+            "The change feed of up to 1000 identities",
+            "invalid_wait",
+            "invalid_body",
+            requestBody={"required": True, "content": _json(_ref("FeedFilter"))},
+        ),
     }
 
 

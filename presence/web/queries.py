@@ -11,7 +11,7 @@ from presence.events import name_problem
 from presence.store.base import InvalidCursor, PresenceStore
 from presence.twilio import is_sid, sid_problem
 from presence.web.errors import BadRequest
-from presence.web.replies import MAX_LOOKUP, identity_reply, stats_reply
+from presence.web.replies import MAX_LOOKUP, OnlinePage, identity_reply, stats_reply
 
 MAX_LOOKUP_BYTES = 8 * 1024 * 1024
 """Room for 1000 names of the longest length, JSON-escaped."""
@@ -19,7 +19,8 @@ MAX_PAGE = 1000
 DEFAULT_PAGE = 100
 
 
-def _service_sid(request: web.Request) -> str:
+def service_sid(request: web.Request) -> str:
+    """The ServiceSid of the request's path; raises ``BadRequest`` for anything else."""
     sid = request.match_info["service_sid"]
     if not is_sid(sid, "IS"):
         raise BadRequest("invalid_service_sid", f"service_sid {sid_problem('IS')}")
@@ -68,7 +69,7 @@ class QueryApi:
         ]
 
     async def identity(self, request: web.Request) -> web.Response:
-        sid = _service_sid(request)
+        sid = service_sid(request)
         identity = request.match_info["identity"]
         problem = name_problem(identity)
         if problem:
@@ -77,19 +78,24 @@ class QueryApi:
         return web.json_response(identity_reply(presence))
 
     async def lookup(self, request: web.Request) -> web.Response:
-        sid = _service_sid(request)
+        sid = service_sid(request)
         found = await self.store.lookup(sid, await _lookup_names(request))
         return web.json_response({"identities": [identity_reply(p) for p in found]})
 
     async def online(self, request: web.Request) -> web.Response:
-        sid = _service_sid(request)
+        sid = service_sid(request)
         limit = _limit(request)
         try:
             page = await self.store.online(sid, limit, request.query.get("cursor") or None)
         except InvalidCursor as error:
             raise BadRequest("invalid_cursor", str(error)) from None
-        return web.json_response({"identities": page.identities, "next_cursor": page.next_cursor})
+        reply: OnlinePage = {
+            "identities": page.identities,
+            "next_cursor": page.next_cursor,
+            "feed_cursor": page.feed_cursor.encode(),
+        }
+        return web.json_response(reply)
 
     async def stats(self, request: web.Request) -> web.Response:
-        stats = await self.store.stats(_service_sid(request))
+        stats = await self.store.stats(service_sid(request))
         return web.json_response(stats_reply(stats))

@@ -3,7 +3,7 @@ OpenAPI document (``openapi.py``) takes their schemas from them."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal
+from typing import Annotated, Literal, NotRequired
 
 from pydantic import Field
 from typing_extensions import TypedDict
@@ -79,6 +79,49 @@ class OnlinePage(TypedDict):
     next_cursor: Annotated[
         str | None, Field(description="the cursor of the next page; null after the last")
     ]
+    feed_cursor: Annotated[
+        str,
+        Field(
+            description="where the change feed stood before the listing's first page, the "
+            "same on every page: the listing plus the changes after it is the current state"
+        ),
+    ]
+
+
+class ChangeMessage(TypedDict):
+    """A presence change, as published on pub/sub and kept on the change feed."""
+
+    service_sid: ServiceSid
+    identity: Identity
+    online: bool
+    reason: Literal["connected", "disconnected", "expired"]
+    event_id: Annotated[int | None, Field(ge=0, description="null for `expired`")]
+    version: Annotated[int, Field(ge=1, description="the identity's changes so far")]
+    changed_at: Annotated[str, Field(json_schema_extra={"format": "date-time"})]
+
+
+class ChangesPage(TypedDict):
+    """A page of the change feed."""
+
+    changes: Annotated[
+        list[ChangeMessage],
+        Field(description="in the feed's order: each identity's in version order"),
+    ]
+    cursor: Annotated[str, Field(description="resume with since=<cursor>")]
+    reset: Annotated[
+        bool,
+        Field(
+            description="true: `since` cannot be resumed from (older than the retention, or "
+            "from data Redis lost); re-read the listing and follow on from its feed_cursor"
+        ),
+    ]
+    reason: NotRequired[Literal["retention", "epoch", "failover"]]
+
+
+class FeedFilter(TypedDict):
+    """The identities a change-feed request follows, when a query string is too short."""
+
+    identities: Annotated[list[Identity], Field(min_length=1, max_length=MAX_LOOKUP)]
 
 
 class StatsReply(TypedDict):

@@ -1,5 +1,11 @@
 -- clock.lua: the time every rule goes by, and how a change shows it.
 
+-- The Redis server's time in milliseconds: the clock of stream IDs, and so of the feed.
+local function server_ms()
+  local t = redis.call('TIME')
+  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+end
+
 -- Now in milliseconds: the caller's clock when it passes one (tests move time by hand),
 -- otherwise the Redis server's, so replicas whose clocks disagree still agree on every
 -- deadline.
@@ -7,8 +13,7 @@ local function clock(arg)
   if arg ~= '' then
     return tonumber(arg)
   end
-  local t = redis.call('TIME')
-  return tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+  return server_ms()
 end
 
 -- ISO 8601 in UTC with milliseconds (days to civil date: Howard Hinnant's algorithm), as

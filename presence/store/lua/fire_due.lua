@@ -1,6 +1,6 @@
 -- fire_due.lua: the sweeper's visit to one identity whose time in the due set has come: fires
 -- its offline deadline, expires what no event has named for the TTL, and reschedules it.
--- KEYS and ARGV 1-8: see state.lua.
+-- KEYS and ARGV 1-9: see state.lua.
 -- Returns {'done', expired, message...} (expired: how many endpoints expired), or {'not_due'}
 -- when another replica (or an event) got there first: the due set is read inside the script,
 -- so each deadline fires exactly once.

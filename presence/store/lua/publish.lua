@@ -1,7 +1,11 @@
 -- publish.lua: a presence change, announced (rules.py: publish).
 
--- Rule 5: every change gets the next version, ends any pending offline, and is published on
--- both channels from inside the script that stores it: once, and only if it is stored.
+-- Rule 5: every change gets the next version, ends any pending offline, and is announced
+-- from inside the script that stores it, so it is announced once, and only if it is stored:
+-- on both pub/sub channels, and appended to the service's change feed in this bucket (a
+-- stream whose IDs are the Redis server's time: what a feed cursor counts in). Changes older
+-- than the retention are trimmed as new ones come, and a feed no change has come to for that
+-- long expires.
 local function publish(ctx, s, online, reason, event_id)
   s.version = s.version + 1
   s.published_online = online
@@ -13,5 +17,8 @@ local function publish(ctx, s, online, reason, event_id)
     .. ',"version":' .. fmt(s.version) .. ',"changed_at":"' .. iso(ctx.now) .. '"}'
   redis.call('PUBLISH', ctx.all, message)
   redis.call('PUBLISH', ctx.one, message)
+  local kept = fmt(server_ms() - ctx.retention)
+  redis.call('XADD', ctx.feed, 'MINID', '~', kept, '*', 'c', message)
+  redis.call('PEXPIRE', ctx.feed, ctx.retention)
   ctx.messages[#ctx.messages + 1] = message
 end

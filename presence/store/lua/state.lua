@@ -5,10 +5,11 @@
 --
 -- The identity scripts (apply_event.lua, fire_due.lua) share their KEYS and first ARGV:
 --   KEYS 1 identity state (hash)   2 online index (zset)   3 counters (hash)   4 due set (zset)
+--        5 the service's change feed in this bucket (stream)
 --   ARGV 1 identity   2 its member in the due set   3 offline grace (ms)   4 endpoint TTL (ms,
 --        0: never)   5 now (ms; '' for the Redis server's clock)   6 channel of every change
 --        7 channel of this identity's changes   8 start of a change message:
---        '{"service_sid":..,"identity":..'
+--        '{"service_sid":..,"identity":..'   9 how long the feed keeps a change (ms)
 
 local CHUNK = 500
 
@@ -20,7 +21,7 @@ local function context(argv)
   return {
     identity = argv[1], member = argv[2], grace = tonumber(argv[3]), ttl = tonumber(argv[4]),
     now = clock(argv[5]), all = argv[6], one = argv[7], head = argv[8], messages = {},
-    expired = 0,
+    expired = 0, feed = KEYS[5], retention = tonumber(argv[9]),
   }
 end
 
