@@ -8,6 +8,7 @@ Layout (``p`` is ``PRESENCE_KEY_PREFIX``, ``b`` a bucket number, ``IS..`` a Serv
     p:{b}:due                 zset    <ServiceSid><identity> -> next time (ms) it needs attention
     p:{b}:f:IS..              stream  the change feed: this bucket's changes of the service
     p:{b}:epoch               string  a random value that lives as long as the bucket's data
+    p:act:IS..:<minute>       hash    webhook outcomes of the service in that minute
     p:{b}:tok:<token>         string  an I-Twilio-Idempotency-Token already recorded
     p:{b}:seen:<ListSid|MapSid> zset  EventIds of item events already recorded
 
@@ -71,6 +72,11 @@ class Keyspace:
 
     def seen(self, bucket: int, collection_sid: str) -> str:
         return f"{self._tags[bucket]}:seen:{collection_sid}"
+
+    def activity(self, service_sid: str, minute: int) -> str:
+        """Webhook outcomes of one minute (by the epoch second it starts at): one key a
+        minute, so the last hour is 60 reads and older minutes simply expire."""
+        return f"{self.prefix}:act:{service_sid}:{minute}"
 
     def identity_channel(self, service_sid: str, identity: str) -> str:
         return f"{self.changes_channel}:{service_sid}:{identity}"

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import AsyncIterator, Collection, Iterator, Sequence
+from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any, Protocol
@@ -197,6 +197,14 @@ class PresenceStore(Protocol):
 
     async def sweep(self, limit: int) -> SweepResult:
         """Visit about ``limit`` identities whose time has come (a deadline or an expiry)."""
+        ...
+
+    async def add_activity(self, counts: Mapping[tuple[str, int], Mapping[str, int]]) -> None:
+        """Adds webhook outcomes, per (ServiceSid, minute), to what every replica counted."""
+        ...
+
+    async def activity(self, service_sid: str, minutes: Sequence[int]) -> list[dict[str, int]]:
+        """The outcomes every replica counted for the service in each of ``minutes``."""
         ...
 
     def published(self) -> AsyncIterator[str]:

@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import time
-from collections.abc import AsyncIterator, Callable, Collection, Sequence
+from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
@@ -54,6 +54,9 @@ SEEN_MEMORY_SECONDS = 7 * 86400
 """A list or map without item events for this long forgets its EventIds."""
 
 LISTING_BUCKETS_PER_TRIP = 16
+
+ACTIVITY_MEMORY_SECONDS = 2 * 3600
+"""A minute of webhook outcomes is kept this long: the activity shows the last hour."""
 
 FEED_RETENTION_MS = 86_400_000
 """How long the change feed keeps a change, unless the store is told otherwise."""
@@ -366,6 +369,22 @@ class RedisStore:
             lag_ms=max(part.lag_ms for part in swept),
             endpoints_expired=sum(part.endpoints_expired for part in swept),
         )
+
+    async def add_activity(self, counts: Mapping[tuple[str, int], Mapping[str, int]]) -> None:
+        async with self._pipeline() as pipe:
+            for (service_sid, minute), outcomes in counts.items():
+                key = self.keys.activity(service_sid, minute)
+                for outcome, n in outcomes.items():
+                    pipe.hincrby(key, outcome, n)
+                pipe.expire(key, ACTIVITY_MEMORY_SECONDS)
+            await pipe.execute()
+
+    async def activity(self, service_sid: str, minutes: Sequence[int]) -> list[dict[str, int]]:
+        async with self._pipeline() as pipe:
+            for minute in minutes:
+                pipe.hgetall(self.keys.activity(service_sid, minute))
+            found: list[dict[str, str]] = await pipe.execute()
+        return [{k: int(v) for k, v in counts.items()} for counts in found]
 
     async def published(self) -> AsyncIterator[str]:
         """The ServiceSid of each change as it is published (to wake the feed's readers), for

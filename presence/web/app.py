@@ -9,6 +9,7 @@ from collections.abc import AsyncIterator
 from aiohttp import web
 from aiohttp.typedefs import Middleware
 
+from presence.activity import Activity
 from presence.feed.hub import FeedHub
 from presence.metrics import CONTENT_TYPE, Metrics
 from presence.settings import Settings
@@ -29,6 +30,7 @@ STORE = web.AppKey("store", PresenceStore)
 SWEEPER = web.AppKey("sweeper", Sweeper)
 METRICS = web.AppKey("metrics", Metrics)
 HUB = web.AppKey("feed_hub", FeedHub)
+ACTIVITY = web.AppKey("activity", Activity)
 
 
 async def healthz(request: web.Request) -> web.Response:
@@ -61,6 +63,17 @@ async def _close_streams(app: web.Application) -> None:
     # On shutdown, before the handlers in flight are waited for: a stream would otherwise
     # keep its handler, and the shutdown, waiting. Each client resumes by cursor elsewhere.
     await app[HUB].close()
+
+
+async def _run_activity(app: web.Application) -> AsyncIterator[None]:
+    activity = app[ACTIVITY]
+    task = asyncio.create_task(activity.run(), name="presence-activity")
+    yield
+    activity.stop()  # it flushes once more, then returns
+    try:
+        await asyncio.wait_for(task, SWEEPER_STOP_SECONDS)
+    except TimeoutError:
+        log.warning("the activity counts were not flushed within %ss", SWEEPER_STOP_SECONDS)
 
 
 async def _run_sweeper(app: web.Application) -> AsyncIterator[None]:
@@ -96,13 +109,16 @@ def create_app(
     app[STORE] = store
     app[METRICS] = metrics
     app[HUB] = FeedHub(store, metrics, max_streams=settings.max_streams, wakeups=store.published)
+    app[ACTIVITY] = Activity(store)
     app.cleanup_ctx.append(_run_store)
+    app.cleanup_ctx.append(_run_activity)
     app.on_shutdown.append(_close_streams)
     if sweeper is not None:
         app[SWEEPER] = sweeper
         app.cleanup_ctx.append(_run_sweeper)
-    app.router.add_post("/webhooks/sync", WebhookReceiver(settings, store, metrics).handle)
-    app.router.add_routes(QueryApi(store).routes())
+    receiver = WebhookReceiver(settings, store, metrics, app[ACTIVITY])
+    app.router.add_post("/webhooks/sync", receiver.handle)
+    app.router.add_routes(QueryApi(store, app[ACTIVITY]).routes())
     app.router.add_routes(ChangesApi(store, app[HUB], metrics).routes())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)

@@ -51,6 +51,7 @@ REPLY_TYPES: tuple[type, ...] = (
     replies.ChangesPage,
     replies.FeedFilter,
     replies.StatsReply,
+    replies.ActivityReply,
     replies.WebhookOutcome,
     replies.Alive,
     replies.Ready,
@@ -338,6 +339,20 @@ def _query_paths() -> Schema:
             ),
         },
         base + "/changes": _changes_path(),
+        base + "/activity": {
+            "parameters": [_SERVICE_SID],
+            "get": _query(
+                "getActivity",
+                "Webhook outcomes of the last hour, a minute at a time (every replica's)",
+                _reply("sixty minutes, oldest first", _ref("ActivityReply")),
+                "invalid_service_sid",
+                description=(
+                    "Counted once a webhook's signature holds (a webhook refused before, "
+                    "its ServiceSid unproven, is counted only in `/metrics`); each process "
+                    "adds its counts to Redis every 2 s."
+                ),
+            ),
+        },
         base + "/stats": {
             "parameters": [_SERVICE_SID],
             "get": _query(

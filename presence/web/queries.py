@@ -7,11 +7,18 @@ from typing import Any
 
 from aiohttp import web
 
+from presence.activity import Activity
 from presence.events import name_problem
 from presence.store.base import InvalidCursor, PresenceStore
 from presence.twilio import is_sid, sid_problem
 from presence.web.errors import BadRequest
-from presence.web.replies import MAX_LOOKUP, OnlinePage, identity_reply, stats_reply
+from presence.web.replies import (
+    MAX_LOOKUP,
+    ActivityReply,
+    OnlinePage,
+    identity_reply,
+    stats_reply,
+)
 
 MAX_LOOKUP_BYTES = 8 * 1024 * 1024
 """Room for 1000 names of the longest length, JSON-escaped."""
@@ -56,8 +63,9 @@ async def _lookup_names(request: web.Request) -> list[str]:
 class QueryApi:
     """Handlers of the query API, answering from the store."""
 
-    def __init__(self, store: PresenceStore) -> None:
+    def __init__(self, store: PresenceStore, activity: Activity) -> None:
         self.store = store
+        self.activity = activity
 
     def routes(self) -> list[web.RouteDef]:
         base = "/v1/services/{service_sid}"
@@ -66,6 +74,7 @@ class QueryApi:
             web.post(base + "/lookup", self.lookup),
             web.get(base + "/online", self.online),
             web.get(base + "/stats", self.stats),
+            web.get(base + "/activity", self.activity_of),
         ]
 
     async def identity(self, request: web.Request) -> web.Response:
@@ -99,3 +108,8 @@ class QueryApi:
     async def stats(self, request: web.Request) -> web.Response:
         stats = await self.store.stats(service_sid(request))
         return web.json_response(stats_reply(stats))
+
+    async def activity_of(self, request: web.Request) -> web.Response:
+        minutes = await self.activity.minutes(service_sid(request))
+        reply: ActivityReply = {"minutes": minutes}
+        return web.json_response(reply)

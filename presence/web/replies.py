@@ -8,6 +8,7 @@ from typing import Annotated, Literal, NotRequired
 from pydantic import Field
 from typing_extensions import TypedDict
 
+from presence.activity import ActivityMinute
 from presence.events import MAX_NAME_LENGTH
 from presence.store.base import IdentityPresence, Outcome, Stats
 from presence.timestamps import iso_from_ms
@@ -128,6 +129,12 @@ class StatsReply(TypedDict):
     online: Annotated[Count, Field(description="identities online, pending offline included")]
     pending_offline: Annotated[Count, Field(description="identities pending offline")]
     endpoints: Annotated[Count, Field(description="connected endpoints")]
+
+
+class ActivityReply(TypedDict):
+    minutes: Annotated[
+        list[ActivityMinute], Field(description="the last hour, a minute each, oldest first")
+    ]
 
 
 class WebhookOutcome(TypedDict):

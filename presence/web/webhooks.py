@@ -16,6 +16,7 @@ from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
 from aiohttp import web
 
+from presence.activity import Activity
 from presence.events import (
     EVENT_TYPES,
     FieldError,
@@ -35,6 +36,7 @@ from presence.twilio import (
     SIGNATURE_HEADER,
     SIGNATURE_SETTINGS_HEADER,
     SYSTEM_IDENTITY,
+    is_sid,
 )
 from presence.twilio.signing import SignatureValidator
 from presence.web.errors import json_error, store_unavailable
@@ -101,12 +103,23 @@ def _grouped(pairs: Iterable[tuple[str, str]]) -> dict[str, list[str]]:
     return grouped
 
 
+_SERVICE = web.RequestKey("webhook_service", str)
+"""The ServiceSid of a webhook whose signature holds: its outcome counts for that service."""
+
+
 class WebhookReceiver:
     """Verifies, validates and applies Sync webhooks."""
 
-    def __init__(self, settings: Settings, store: PresenceStore, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: PresenceStore,
+        metrics: Metrics,
+        activity: Activity | None = None,
+    ) -> None:
         self.store = store
         self.metrics = metrics
+        self.activity = activity
         self.max_body = settings.max_body_bytes
         self.account_sid = settings.account_sid
         self.public_url = urlsplit(settings.webhook_url) if settings.webhook_url else None
@@ -150,13 +163,14 @@ class WebhookReceiver:
         finally:
             metrics.webhooks_in_flight.dec()
             metrics.webhook_duration.observe(time.perf_counter() - started)
-        if verdict.rejection is None:
-            metrics.webhooks.labels(verdict.event_type, verdict.outcome).inc()
-            request[WEBHOOK_OUTCOME] = verdict.outcome
-        else:
-            metrics.webhooks.labels(verdict.event_type, "rejected").inc()
+        outcome = verdict.outcome if verdict.rejection is None else "rejected"
+        metrics.webhooks.labels(verdict.event_type, outcome).inc()
+        if verdict.rejection is not None:
             metrics.webhooks_rejected.labels(verdict.rejection).inc()
-            request[WEBHOOK_OUTCOME] = verdict.rejection
+        request[WEBHOOK_OUTCOME] = verdict.rejection or verdict.outcome
+        service = request.get(_SERVICE)
+        if self.activity is not None and service is not None:
+            self.activity.count(service, outcome)
         return verdict.response
 
     async def _handle(self, request: web.Request) -> _Verdict:
@@ -192,6 +206,11 @@ class WebhookReceiver:
         if len(pairs) > MAX_PARAMETERS:
             return _body_error(f"has more than {MAX_PARAMETERS} parameters")
         params = dict(pairs)
+        # Counted for its service only once signed: an unsigned ServiceSid could be anything.
+        service = params.get("ServiceSid")
+        if is_sid(service, "IS"):
+            assert isinstance(service, str)
+            request[_SERVICE] = service
         listed = params.get("EventType")
         event_type = listed if isinstance(listed, str) and listed in EVENT_TYPES else UNKNOWN
         if self.account_sid is not None:
@@ -212,7 +231,7 @@ class WebhookReceiver:
                 if event.identity == SYSTEM_IDENTITY:
                     return _done(Outcome.IGNORED, event_type)
                 result = await self.store.apply_reachability(event)
-                self._observe(result)
+                self._observe(result, event.service_sid)
                 return _done(result.outcome, event_type)
             return _done(await self.store.record(event, self._token(request)), event_type)
         except StoreUnavailable as error:
@@ -220,11 +239,13 @@ class WebhookReceiver:
             self.metrics.redis_error("webhook")
             return _Verdict(store_unavailable(), event_type, rejection="store_unavailable")
 
-    def _observe(self, result: EventResult) -> None:
+    def _observe(self, result: EventResult, service_sid: str) -> None:
         log_changes(result.changes)
         self.metrics.published(result.changes)
         if result.flap_suppressed:
             self.metrics.flaps_suppressed.inc()
+            if self.activity is not None:
+                self.activity.count(service_sid, "flaps_suppressed")
         if result.endpoints_expired:
             self.metrics.endpoints_expired.inc(result.endpoints_expired)
 
