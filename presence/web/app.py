@@ -17,6 +17,7 @@ from presence.store.base import PresenceStore, StoreUnavailable
 from presence.sweeper import Sweeper
 from presence.web.auth import require_api_token
 from presence.web.changes import ChangesApi
+from presence.web.dashboard import routes as dashboard_routes
 from presence.web.errors import json_errors, store_unavailable
 from presence.web.openapi import serve_openapi
 from presence.web.queries import MAX_LOOKUP_BYTES, QueryApi
@@ -124,4 +125,5 @@ def create_app(
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", serve_openapi)
     app.router.add_get("/metrics", serve_metrics)
+    app.router.add_routes(dashboard_routes())
     return app

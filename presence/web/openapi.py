@@ -24,7 +24,7 @@ from presence.metrics import CONTENT_TYPE as METRICS_TYPE
 from presence.twilio import FORM, IDEMPOTENCY_HEADER, JSON, SIGNATURE_HEADER
 from presence.twilio import SIGNATURE_SETTINGS_HEADER as SETTINGS_HEADER
 from presence.twilio.samples import sample
-from presence.web import changes, replies
+from presence.web import changes, dashboard, replies
 from presence.web.queries import DEFAULT_PAGE, MAX_LOOKUP_BYTES, MAX_PAGE
 from presence.web.webhooks import MAX_PARAMETERS
 
@@ -578,6 +578,67 @@ def _operations_paths() -> Schema:
     }
 
 
+def _dashboard_paths() -> Schema:
+    headers = {
+        name: _required_header(value)
+        for name, value in dashboard.HEADERS.items()
+        if name == "Content-Security-Policy"
+    }
+    not_modified = {"description": "unchanged since the `ETag` sent in `If-None-Match`"}
+    return {
+        "/dashboard": {
+            "get": {
+                "operationId": "dashboard",
+                "summary": "The live dashboard: an HTML page for operators",
+                "tags": ["dashboard"],
+                "description": (
+                    "Who is online in a service, pending offline, endpoints, recent changes "
+                    "and webhook outcomes, updating live. The page itself needs no token: it "
+                    "reads `/v1/` like any client, asking for the API token when `/v1/` "
+                    "answers `401`. Its `Content-Security-Policy` allows only this service's "
+                    'own origin (README, "Dashboard").'
+                ),
+                "responses": {
+                    "200": {
+                        "description": "the page",
+                        "headers": headers,
+                        "content": {"text/html": {"schema": {"type": "string"}}},
+                    },
+                    "304": not_modified,
+                },
+            }
+        },
+        "/dashboard/{asset}": {
+            "parameters": [
+                {
+                    "name": "asset",
+                    "in": "path",
+                    "required": True,
+                    "description": "a file of the page",
+                    "schema": {"type": "string", "enum": sorted(dashboard.ASSETS)},
+                }
+            ],
+            "get": {
+                "operationId": "dashboardAsset",
+                "summary": "The dashboard's style sheet, script and icon",
+                "tags": ["dashboard"],
+                "responses": {
+                    "200": {
+                        "description": "the file",
+                        "headers": headers,
+                        "content": {
+                            media: {"schema": {"type": "string"}}
+                            for media in sorted(set(dashboard.ASSETS.values()))
+                        },
+                    },
+                    "304": not_modified,
+                    "404": _response_ref("NotFound"),
+                },
+            },
+        },
+    }
+
+
 def _version() -> str:
     try:
         return version("presence")
@@ -599,11 +660,13 @@ def _document() -> Schema:
             {"name": "query", "description": "Who is online"},
             {"name": "webhooks", "description": "Twilio Sync's events in"},
             {"name": "operations", "description": "Health, readiness, metrics"},
+            {"name": "dashboard", "description": "The live page for operators"},
         ],
         "paths": {
             "/webhooks/sync": _webhook_path(),
             **_query_paths(),
             **_operations_paths(),
+            **_dashboard_paths(),
         },
         "components": _components(),
     }
@@ -615,7 +678,8 @@ def _document_json() -> str:
 
 
 def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document: the query API, the webhook receiver, health and metrics."""
+    """The OpenAPI 3.1 document: the query API, the webhook receiver, health, metrics and the
+    dashboard."""
     return copy.deepcopy(_document())
 
 
