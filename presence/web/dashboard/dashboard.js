@@ -207,7 +207,14 @@ let current = null;
 
 function begin(sid, { keepTimeline = false } = {}) {
   if (current) current.close();
-  if (!keepTimeline) clearTimeline();
+  if (!keepTimeline) {
+    // Another service: nothing of the previous one stays on screen.
+    clearTimeline();
+    for (const id of ['count-online', 'count-pending', 'count-endpoints']) $(id).textContent = '–';
+    $('chart').replaceChildren();
+    $('activity-totals').replaceChildren();
+    lastActivity = '';
+  }
   document.title = `presence · ${sid}`;
   $('main').hidden = false;
   current = new Session(sid);
@@ -773,16 +780,26 @@ function setStatus(state, text) {
   if (status.textContent !== text) status.textContent = text;
 }
 
-function sidFromFragment() {
-  const sid = decodeURIComponent(location.hash.slice(1));
-  return SID_PATTERN.test(sid) ? sid : null;
+function showService() {
+  const sid = location.hash.slice(1);
+  if (!sid) return;
+  $('service-sid').value = sid;
+  if (!SID_PATTERN.test(sid)) {
+    showSidError();
+    return;
+  }
+  $('service-error').hidden = true;
+  $('service-sid').removeAttribute('aria-invalid');
+  if (!current || current.sid !== sid) begin(sid);
 }
 
-function showService() {
-  const sid = sidFromFragment();
-  if (sid === null) return;
-  $('service-sid').value = sid;
-  if (!current || current.sid !== sid) begin(sid);
+function showSidError() {
+  const input = $('service-sid');
+  const error = $('service-error');
+  error.textContent = 'A ServiceSid is IS followed by 32 hexadecimal digits.';
+  error.hidden = false;
+  input.setAttribute('aria-invalid', 'true');
+  input.focus();
 }
 
 function wire() {
@@ -790,15 +807,11 @@ function wire() {
     event.preventDefault();
     const input = $('service-sid');
     const sid = input.value.trim();
-    const error = $('service-error');
     if (!SID_PATTERN.test(sid)) {
-      error.textContent = 'A ServiceSid is IS followed by 32 hexadecimal digits.';
-      error.hidden = false;
-      input.setAttribute('aria-invalid', 'true');
-      input.focus();
+      showSidError();
       return;
     }
-    error.hidden = true;
+    $('service-error').hidden = true;
     input.removeAttribute('aria-invalid');
     // Remembered in the fragment: a bookmark or a reload shows the same service, and the
     // fragment never reaches the server or its logs.
