@@ -507,6 +507,37 @@ def test_a_restarted_service_is_reconnected_to_and_caught_up(
         own.stop()
 
 
+def test_a_reset_of_the_feed_makes_the_page_read_who_is_online_again(
+    page: Dashboard, tmp_path: Path
+) -> None:
+    # A Redis of its own that keeps nothing: restarted, its data (and the feed's epoch) is gone.
+    redis = RedisServer(tmp_path / "redis", appendonly=False).start()
+    own = start_service(tmp_path / "service.log", redis)
+    try:
+        page.service = own
+        page.open(token=None)
+        page.send("alice", True)
+        page.wait_for_state("alice", "online")
+
+        redis.stop()
+        redis.start()  # empty: the page's cursor counts in data that is gone
+        until(
+            lambda: any("the feed was reset" in note for note in page.notes()),
+            15,
+            "the page to be told of the reset",
+        )
+        # The listing read again: alice's state went with Redis' data.
+        until(lambda: page.state_of("alice") is None, 5, "alice to leave the list")
+        until(lambda: page.status()[0] == "live", 10, "the page to follow the feed again")
+        page.send("bob", True, event_id=1)
+        page.wait_for_state("bob", "online")
+        assert page.timeline() == [("bob", "online", "connected"), ("alice", "online", "connected")]
+        page.screenshot("reloaded")
+    finally:
+        own.stop()
+        redis.stop()
+
+
 async def fill(redis_url: str, sid: str, count: int) -> list[str]:
     """``count`` identities online in ``sid``, straight into the store; their names."""
     client = Redis.from_url(redis_url, decode_responses=True)
@@ -608,6 +639,7 @@ def test_a_busy_service_at_a_glance(page: Dashboard) -> None:
             {"width": 1280, "height": 860, "deviceScaleFactor": 1, "mobile": False},
         )
         try:
+            page.driver.execute_script("document.activeElement.blur()")
             page.driver.execute_script(NEXT_FRAMES)  # laid out again at that size
             page.driver.save_screenshot(str(DOCS_SCREENSHOT))
         finally:
