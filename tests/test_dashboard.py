@@ -317,12 +317,28 @@ def post_webhook(service: Service, params: dict[str, str]) -> tuple[int, dict[st
         return error.code, json.loads(error.read())
 
 
+def log_of(driver: Chrome, kind: str) -> list[dict[str, Any]]:
+    """Chrome's ``performance`` (DevTools events) or ``browser`` (console) log since the
+    last call."""
+    # selenium leaves get_log without annotations.
+    entries: list[dict[str, Any]] = driver.get_log(kind)  # type: ignore[no-untyped-call]
+    return entries
+
+
 def network_log(driver: Chrome) -> list[dict[str, Any]]:
     """Chrome's DevTools network events since the last call."""
-    # selenium leaves get_log without annotations.
-    entries: list[dict[str, Any]] = driver.get_log("performance")  # type: ignore[no-untyped-call]
-    events = [json.loads(entry["message"])["message"] for entry in entries]
+    events = [json.loads(entry["message"])["message"] for entry in log_of(driver, "performance")]
     return [event for event in events if event["method"].startswith("Network.")]
+
+
+def script_errors(driver: Chrome) -> list[str]:
+    """Errors the page's script threw, uncaught, since the last call (a refused request is
+    logged too, as a network entry: expected while a test stops the service)."""
+    return [
+        entry["message"]
+        for entry in log_of(driver, "browser")
+        if entry["level"] == "SEVERE" and entry.get("source") == "javascript"
+    ]
 
 
 def requested_urls(events: list[dict[str, Any]]) -> list[str]:
@@ -345,7 +361,8 @@ def assert_same_origin(urls: list[str], origin: str) -> None:
 @pytest.fixture
 def page(browser: Chrome, service: Service, request: pytest.FixtureRequest) -> Iterator[Dashboard]:
     """The dashboard in a fresh tab (an empty sessionStorage); afterwards, every request it
-    made must have gone to the service's own origin."""
+    made must have gone to the service's own origin, and its script must have thrown no
+    error."""
     old = browser.current_window_handle
     browser.switch_to.new_window("tab")
     fresh = browser.current_window_handle
@@ -353,10 +370,12 @@ def page(browser: Chrome, service: Service, request: pytest.FixtureRequest) -> I
     browser.close()
     browser.switch_to.window(fresh)
     network_log(browser)  # what earlier tests left
+    script_errors(browser)
     dashboard = Dashboard(browser, service, request.node.name.removeprefix("test_"))
     yield dashboard
     urls = requested_urls(network_log(browser))
     assert_same_origin(urls, dashboard.origin)
+    assert script_errors(browser) == []
 
 
 # ---------------------------------------------------------------------------------------------
