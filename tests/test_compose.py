@@ -1,9 +1,10 @@
-"""The docker-compose production path, proven without a Docker engine.
+"""The docker-compose production path, checked without a Docker engine.
 
 ``docker-compose config`` (Debian's docker-compose 1.29, which scripts/test installs) resolves
 docker-compose.yml with a copy of .env.example; the presence service's own command and
 environment, read from that resolved file, then run as a process against a real redis-server,
-and the Dockerfile's HEALTHCHECK command is run against it.
+and the Dockerfile's HEALTHCHECK command is run against it. deploy/haproxy.cfg is read for
+what the stack relies on. tests/test_docker.py runs the whole stack on a Docker engine.
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ import aiohttp
 import pytest
 import yaml
 
+from harness.compose import env_file as write_env_file
 from harness.processes import RedisServer, free_port
 from presence.settings import Settings, env_name
 from presence.twilio.samples import ACCOUNT_SID, SERVICE_SID, reachability
@@ -37,6 +39,8 @@ COMPOSE_FILE = ROOT / "docker-compose.yml"
 DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
+HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
+README = ROOT / "README.md"
 
 # The secrets the tests put in their copy of .env.example: distinct from every other test's.
 TWILIO_TOKEN = "compose0123456789abcdef01234567"
@@ -50,19 +54,7 @@ SECRETS = {
 
 def env_file(directory: Path, values: Mapping[str, str], drop: tuple[str, ...] = ()) -> Path:
     """A copy of .env.example with these values set and the ``drop`` variables removed."""
-    values = dict(values)
-    lines = []
-    for line in ENV_EXAMPLE.read_text(encoding="utf-8").splitlines():
-        name = line.partition("=")[0].strip()
-        if name in drop:
-            continue
-        if name in values:
-            line = f"{name}={values.pop(name)}"
-        lines.append(line)
-    lines += [f"{name}={value}" for name, value in values.items()]
-    path = directory / "compose.env"
-    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    return path
+    return write_env_file(directory / "compose.env", ENV_EXAMPLE, values, drop)
 
 
 def compose_config(env: Path) -> subprocess.CompletedProcess[str]:
@@ -151,12 +143,9 @@ def test_compose_config_resolves_the_production_stack(
     assert presence["restart"] == "unless-stopped"
     assert presence["stop_grace_period"] == "30s"
     assert presence["healthcheck"]["test"][0] == "CMD"
-    [port] = presence["ports"]
-    if isinstance(port, str):  # with a host address: "127.0.0.1:8080-8083:8080/tcp"
-        published, _, target = port.removesuffix("/tcp").rpartition(":")
-        port = {"published": published.rpartition(":")[2], "target": target}
-    assert int(port["target"]) == 8080
-    assert re.fullmatch(r"\d+-\d+", str(port["published"])), "a host port range, for --scale"
+    # Reached through HAProxy only: a published port would move, or refuse a second replica.
+    assert "ports" not in presence
+    assert [str(port) for port in presence["expose"]] == ["8080"]
 
     env = environment_of(presence)
     assert {name: env[name] for name in SECRETS} == SECRETS
@@ -171,6 +160,167 @@ def test_compose_config_resolves_the_production_stack(
     for name, value in env.items():
         monkeypatch.setenv(name, value)
     assert Settings().log_format == "json"
+
+
+def published(service: Mapping[str, Any]) -> list[tuple[str, str, int]]:
+    """(host address, host port, container port) of each port a resolved service publishes."""
+    found = []
+    for port in service.get("ports", []):
+        if isinstance(port, str):  # "127.0.0.1:8080:8080/tcp" or "8080:8080/tcp"
+            host, _, target = port.removesuffix("/tcp").rpartition(":")
+            address, _, number = host.rpartition(":")
+            found.append((address, number, int(target)))
+        else:
+            found.append((port.get("host_ip", ""), str(port["published"]), int(port["target"])))
+    return found
+
+
+def test_haproxy_is_the_one_published_entry_with_the_config_of_the_repository(
+    compose: dict[str, Any],
+) -> None:
+    haproxy = compose["services"]["haproxy"]
+
+    assert re.fullmatch(r"haproxy:\d+\.\d+[\w.-]*", haproxy["image"]), haproxy["image"]
+    [config] = haproxy["volumes"]
+    if isinstance(config, str):  # "source:target:ro"
+        source, target, mode = config.split(":")
+        config = {"source": source, "target": target, "read_only": mode == "ro"}
+    assert config["target"] == "/usr/local/etc/haproxy/haproxy.cfg"  # the image's convention
+    assert Path(config["source"]) == HAPROXY_CFG
+    assert config["read_only"] is True
+    assert haproxy["depends_on"]["presence"]["condition"] == "service_started"
+    assert haproxy["restart"] == "unless-stopped"
+    # .env.example's PRESENCE_PUBLISHED_ADDRESS, the default: this host only.
+    assert published(haproxy) == [("127.0.0.1", "8080", 8080)]
+    assert [name for name, service in compose["services"].items() if "ports" in service] == [
+        "haproxy"
+    ]
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        (None, ("127.0.0.1", "8080", 8080)),
+        ("0.0.0.0:80", ("0.0.0.0", "80", 8080)),
+        ("9000", ("", "9000", 8080)),
+    ],
+    ids=["unset", "every-interface", "port-only"],
+)
+def test_the_published_address_is_one_setting(
+    tmp_path: Path, value: str | None, expected: tuple[str, str, int]
+) -> None:
+    name = "PRESENCE_PUBLISHED_ADDRESS"
+    env = env_file(tmp_path, SECRETS | ({name: value} if value else {}), () if value else (name,))
+    result = compose_config(env)
+    assert result.returncode == 0, result.stderr
+    resolved = yaml.safe_load(result.stdout)["services"]["haproxy"]
+    assert published(resolved) == [expected]
+
+
+def comment_block(lines: list[str], start: int) -> list[str]:
+    """The comment lines from ``start`` on, up to the first line that is not a comment."""
+    block = []
+    for line in lines[start:]:
+        if not line.lstrip().startswith("#"):
+            break
+        block.append(line)
+    return block
+
+
+def words(text: str) -> str:
+    """Text without comment marks, Markdown backticks and line breaks, for comparison."""
+    text = re.sub(r"^\s*#\s?", "", text, flags=re.MULTILINE).replace("`", "")
+    return " ".join(text.split())
+
+
+def test_the_published_address_is_documented_in_the_same_words_everywhere() -> None:
+    compose_lines = COMPOSE_FILE.read_text(encoding="utf-8").splitlines()
+    [start] = [
+        number
+        for number, line in enumerate(compose_lines)
+        if line.lstrip().startswith("# PRESENCE_PUBLISHED_ADDRESS:")
+    ]
+    documented = words("\n".join(comment_block(compose_lines, start)))
+    assert documented.startswith("PRESENCE_PUBLISHED_ADDRESS: the one address")
+
+    example = ENV_EXAMPLE.read_text(encoding="utf-8").splitlines()
+    [setting] = [n for n, line in enumerate(example) if line.startswith("PRESENCE_PUBLISHED_")]
+    above = list(reversed(example[:setting]))
+    block = list(reversed(comment_block(above, 0)))
+    assert words("\n".join(block)) == documented
+    assert documented in words(README.read_text(encoding="utf-8"))
+
+
+# -- deploy/haproxy.cfg ----------------------------------------------------------------------
+
+
+def haproxy_sections() -> dict[str, list[list[str]]]:
+    """deploy/haproxy.cfg as {"section name": [the words of each line]}, comments left out."""
+    sections: dict[str, list[list[str]]] = {}
+    current: list[list[str]] = []
+    for raw in HAPROXY_CFG.read_text(encoding="utf-8").splitlines():
+        line = raw.split("#", 1)[0].rstrip() if not raw.lstrip().startswith("#") else ""
+        if not line.strip():
+            continue
+        if not raw[0].isspace():
+            current = sections.setdefault(" ".join(line.split()), [])
+        else:
+            current.append(line.split())
+    return sections
+
+
+def setting(lines: list[list[str]], *keywords: str) -> list[str]:
+    """The arguments of the one line starting with ``keywords``."""
+    [found] = [line[len(keywords) :] for line in lines if tuple(line[: len(keywords)]) == keywords]
+    return found
+
+
+def seconds(value: str) -> float:
+    units = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
+    match = re.fullmatch(r"(\d+)(ms|s|m|h)?", value)
+    assert match, value
+    return int(match[1]) * units[match[2] or "ms"]
+
+
+def test_haproxy_finds_the_replicas_in_dockers_dns_and_checks_readyz() -> None:
+    sections = haproxy_sections()
+    backend = sections["backend presence"]
+
+    assert setting(sections["resolvers docker"], "nameserver")[1] == "127.0.0.11:53"
+    template = setting(backend, "server-template")
+    assert template[0:1] == ["presence-"]
+    assert int(template[1]) >= 10
+    assert template[2] == "presence:8080"
+    defaults = [word for line in backend if line[0] == "default-server" for word in line[1:]]
+    assert "check" in defaults
+    assert defaults[defaults.index("resolvers") + 1] == "docker"
+    assert defaults[defaults.index("init-addr") + 1] == "none"  # starts with no replica yet
+    assert setting(backend, "http-check", "send") == ["meth", "GET", "uri", "/readyz"]
+    assert setting(backend, "http-check", "expect") == ["status", "200"]
+    frontend = sections["frontend public"]
+    assert setting(frontend, "bind") == [":8080"]
+    assert setting(frontend, "default_backend") == ["presence"]
+
+
+def test_haproxy_hides_metrics_and_lets_change_feed_streams_and_long_polls_through(
+    compose: dict[str, Any],
+) -> None:
+    sections = haproxy_sections()
+    frontend, defaults = sections["frontend public"], sections["defaults"]
+
+    # Every spelling the replicas decode to /metrics is refused before it reaches one.
+    assert setting(frontend, "acl", "metrics") == ["path,url_dec", "-m", "str", "/metrics"]
+    [refusal] = [line for line in frontend if line[:2] == ["http-request", "return"]]
+    assert refusal[2:4] == ["status", "404"]
+    assert refusal[-2:] == ["if", "metrics"]
+    # A long-poll waits up to 30 s; a stream sends a comment at least every 15 s.
+    for side in ("client", "server"):
+        assert seconds(setting(defaults, "timeout", side)[0]) > 30 + 15, side
+    assert not [line for line in defaults + frontend if line[0] in ("compression", "filter")]
+    # A stopping HAProxy closes open streams before Docker would kill it.
+    hard_stop = seconds(setting(sections["global"], "hard-stop-after")[0])
+    grace = compose["services"]["haproxy"]["stop_grace_period"]
+    assert hard_stop < seconds(grace)
 
 
 @pytest.mark.parametrize(

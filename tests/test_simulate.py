@@ -194,6 +194,7 @@ def test_progress_redraws_one_line_on_a_terminal_and_prints_lines_elsewhere() ->
         ({"concurrency": "many"}, "--concurrency"),
         ({"service_sid": "IS123"}, "--service-sid"),
         ({"url": "ftp://example.com/"}, "--url"),
+        ({"sign_url": "presence.example.com/webhooks/sync"}, "--sign-url"),
         ({"identities": "0"}, "--identities"),
     ],
 )
@@ -213,6 +214,22 @@ def test_defaults_and_the_token_from_the_environment() -> None:
     assert chosen.traffic.events == 10_000
     assert options({}, environ={}).send.token is None
     assert options({"duration": "2"}, environ={}).traffic.events is None
+
+
+PUBLIC_URL = "https://presence.example.com/webhooks/sync"
+"""The public webhook URL of a service behind a proxy: what Twilio signs for."""
+
+
+def test_webhooks_are_signed_for_presence_webhook_url_or_sign_url_else_the_url() -> None:
+    local = "http://127.0.0.1:9000/webhooks/sync"
+    other = "https://other.example.com/hooks"
+
+    assert options({"url": local}, environ={}).send.sign_url == local
+    behind_proxy = {"PRESENCE_WEBHOOK_URL": PUBLIC_URL}
+    assert options({"url": local}, environ=behind_proxy).send.sign_url == PUBLIC_URL
+    assert options({"url": local, "sign_url": other}, environ=behind_proxy).send.sign_url == other
+    # Empty, as in an .env line without a value: unset.
+    assert options({"url": local}, environ={"PRESENCE_WEBHOOK_URL": ""}).send.sign_url == local
 
 
 # Runs against the service, on the suite's real Redis.
@@ -333,11 +350,12 @@ def test_the_command_sends_signed_traffic_and_prints_a_json_summary(service: Ser
     assert "UNSIGNED" not in result.stderr
     summary: dict[str, Any] = json.loads(result.stdout)
     assert set(summary) == {
-        "url", "signed", "seed", "service_sid", "account_sid", "sent", "statuses",
+        "url", "signed_for", "signed", "seed", "service_sid", "account_sid", "sent", "statuses",
         "http_errors", "transport_errors", "transport_error_kinds", "duration_seconds",
         "rate", "latency_ms", "expected", "unexpected_statuses", "exit_status",
     }  # fmt: skip
     assert (summary["url"], summary["signed"], summary["seed"]) == (url, True, 21)
+    assert summary["signed_for"] == url
     assert summary["service_sid"] == derived_sid("IS", 21, "service")
     assert summary["sent"] == 300 == sum(summary["statuses"].values())
     assert set(summary["statuses"]) == {"applied", "duplicate", "stale", "ignored"}
@@ -366,12 +384,66 @@ def test_a_wrong_token_or_none_gets_403s_and_exit_status_1(
         "--url", f"{service.url}/webhooks/sync", "--events", "50", "--seed", "3", *flags
     )
 
-    # A 403 is an HTTP reply, not a transport error; but a run the service refused fails.
+    # A 403 is an HTTP reply, not a transport error; but a run the service refused fails,
+    # and none of its webhooks got the reply expected.
     assert result.returncode == 1, result.stderr
     assert "http errors 403: 50" in result.stdout
     assert "transport   0 errors" in result.stdout
     assert "applied 0" in result.stdout
+    assert "unexpected  50 webhooks did not get the expected reply" in result.stdout
     assert ("UNSIGNED" in result.stderr) == (token is None)
+
+
+@pytest.fixture(scope="module")
+def service_behind_a_proxy(
+    redis_server: RedisServer, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Service]:
+    """A service that checks signatures against its public URL, as behind a load balancer."""
+    running = Service(
+        tmp_path_factory.mktemp("simulate-proxied") / "serve.log",
+        redis_url=redis_server.url,
+        twilio_auth_token=AUTH_TOKEN,
+        webhook_url=PUBLIC_URL,
+        offline_grace_seconds="0",
+        log_level="warning",
+    )
+    running.start()
+    yield running
+    running.kill()
+
+
+def test_behind_a_proxy_webhooks_signed_for_presence_webhook_url_are_applied(
+    service_behind_a_proxy: Service,
+) -> None:
+    local = f"{service_behind_a_proxy.url}/webhooks/sync"
+    result = run_simulate(
+        "--url", local, "--events", "200", "--seed", "5", "--json",
+        twilio_auth_token=AUTH_TOKEN, webhook_url=PUBLIC_URL,
+    )  # fmt: skip
+
+    assert result.returncode == 0, result.stdout + result.stderr
+    summary = json.loads(result.stdout)
+    assert (summary["url"], summary["signed_for"]) == (local, PUBLIC_URL)
+    assert summary["http_errors"] == {}
+    assert summary["statuses"]["applied"] == 200
+    assert summary["unexpected_statuses"] == 0
+
+
+def test_behind_a_proxy_webhooks_signed_for_the_local_url_are_403s_and_unexpected(
+    service_behind_a_proxy: Service,
+) -> None:
+    local = f"{service_behind_a_proxy.url}/webhooks/sync"
+    result = run_simulate(
+        "--url", local, "--sign-url", local, "--events", "40", "--seed", "6", "--json",
+        twilio_auth_token=AUTH_TOKEN, webhook_url=PUBLIC_URL,
+    )  # fmt: skip
+
+    assert result.returncode == 1
+    summary = json.loads(result.stdout)
+    assert summary["signed_for"] == local
+    assert summary["http_errors"] == {"403": 40}
+    assert summary["unexpected_statuses"] == 40
+    assert summary["exit_status"] == 1
 
 
 def test_nothing_listening_is_a_transport_error() -> None:
@@ -382,6 +454,7 @@ def test_nothing_listening_is_a_transport_error() -> None:
     summary = json.loads(result.stdout)
     assert summary["transport_errors"] == 5
     assert summary["transport_error_kinds"]
+    assert summary["unexpected_statuses"] == 5
 
 
 def test_a_bad_option_exits_2_with_one_line() -> None:

@@ -27,6 +27,7 @@ from presence.twilio import is_sid, sid_problem
 
 TOKEN_VARIABLE = "PRESENCE_TWILIO_AUTH_TOKEN"
 ACCOUNT_VARIABLE = "PRESENCE_ACCOUNT_SID"
+WEBHOOK_URL_VARIABLE = "PRESENCE_WEBHOOK_URL"
 
 _T = TypeVar("_T", int, float)
 
@@ -45,7 +46,12 @@ class SimulateOptions:
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """The options, as text: ``options`` checks them, so that a bad one is one line."""
     flags: list[tuple[str, str]] = [
-        ("--url", f"the webhook URL, exactly as signed (default: {DEFAULT_URL})"),
+        ("--url", f"where to send the webhooks (default: {DEFAULT_URL})"),
+        (
+            "--sign-url",
+            f"the public webhook URL to sign for, as Twilio does (default: ${WEBHOOK_URL_VARIABLE}"
+            ", else --url)",
+        ),
         ("--token", f"auth token to sign with (default: ${TOKEN_VARIABLE}; none: unsigned)"),
         ("--identities", f"number of identities (default: {DEFAULT_IDENTITIES})"),
         ("--max-endpoints", f"endpoints per identity, at most (default: {DEFAULT_MAX_ENDPOINTS})"),
@@ -99,13 +105,22 @@ def _sid(args: Mapping[str, Any], name: str, prefix: str, fallback: str | None) 
     return text
 
 
+def _url(args: Mapping[str, Any], name: str, fallback: str) -> str:
+    url = args.get(name) or fallback
+    parts = urlsplit(url)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        flag = "--" + name.replace("_", "-")
+        raise UsageError(f"{flag} must be an http:// or https:// URL, not {url!r}")
+    return url
+
+
 def options(args: Mapping[str, Any], environ: Mapping[str, str] | None = None) -> SimulateOptions:
     """Checks the parsed options; raises ``UsageError`` naming the first bad one."""
     env = os.environ if environ is None else environ
-    url = args.get("url") or DEFAULT_URL
-    parts = urlsplit(url)
-    if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise UsageError(f"--url must be an http:// or https:// URL, not {url!r}")
+    url = _url(args, "url", DEFAULT_URL)
+    # Signed as Twilio signs: for the public URL the service checks (PRESENCE_WEBHOOK_URL, read
+    # like the service reads it), which differs from --url behind a proxy or load balancer.
+    sign_url = _url(args, "sign_url", env.get(WEBHOOK_URL_VARIABLE) or url)
     events = _number(args, "events", int, 1)
     duration = _number(args, "duration", float, 0.001)
     if events is not None and duration is not None:
@@ -132,6 +147,7 @@ def options(args: Mapping[str, Any], environ: Mapping[str, str] | None = None) -
     send = SendOptions(
         url=url,
         token=token,
+        sign_url=sign_url,
         concurrency=_number(args, "concurrency", int, 1, 10_000) or DEFAULT_CONCURRENCY,
         rate=_number(args, "rate", float, 0.001),
         duration=duration,

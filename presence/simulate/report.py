@@ -28,7 +28,8 @@ class Tally:
     transport_errors: Counter[str] = field(default_factory=Counter)
     """Requests without an HTTP reply, by exception."""
     unexpected: int = 0
-    """200 replies whose status is not the one the generator expected."""
+    """Webhooks that did not get the reply the generator expected: a 200 with another status,
+    any other HTTP reply (a 403 included), or none at all."""
     latencies: list[float] = field(default_factory=list)
     """Seconds from sending to the reply, for every HTTP reply."""
 
@@ -48,6 +49,8 @@ def percentile(ordered: list[float], share: float) -> float:
 @dataclass(frozen=True)
 class Summary:
     url: str
+    signed_for: str
+    """The URL the signatures were made for (``url`` unless ``--sign-url`` said otherwise)."""
     signed: bool
     seed: int
     service_sid: str
@@ -67,6 +70,7 @@ class Summary:
         expected = self.expected
         return {
             "url": self.url,
+            "signed_for": self.signed_for,
             "signed": self.signed,
             "seed": self.seed,
             "service_sid": self.service_sid,
@@ -103,8 +107,14 @@ class Summary:
         latency = data["latency_ms"]
         expected = data["expected"]
         faults = expected["faults"]
+        if not self.signed:
+            signing = "UNSIGNED"
+        elif self.signed_for == self.url:
+            signing = "signed"
+        else:
+            signing = f"signed for {self.signed_for}"
         lines = [
-            f"target      {self.url} ({'signed' if self.signed else 'UNSIGNED'})",
+            f"target      {self.url} ({signing})",
             f"service     {self.service_sid} (seed {self.seed})",
             f"sent        {data['sent']} in {data['duration_seconds']:.2f} s"
             f" = {data['rate']:.0f} webhooks/s",
@@ -118,7 +128,7 @@ class Summary:
             f"expected    online {expected['online']} (truly {expected['truly_online']},"
             f" ghosts {expected['ghosts']}), endpoints {expected['endpoints']}:"
             f" compare with GET /v1/services/{self.service_sid}/stats after the offline grace",
-            f"unexpected  {data['unexpected_statuses']} replies differ from the expected status",
+            f"unexpected  {data['unexpected_statuses']} webhooks did not get the expected reply",
         ]
         return "\n".join(lines)
 

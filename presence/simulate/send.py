@@ -30,8 +30,12 @@ REQUEST_TIMEOUT_SECONDS = WEBHOOK_TIMEOUT_SECONDS
 @dataclass(frozen=True)
 class SendOptions:
     url: str = DEFAULT_URL
+    """Where the webhooks are sent."""
     token: str | None = None
     """None: unsigned."""
+    sign_url: str | None = None
+    """The URL the webhooks are signed for, as Twilio signs for the Sync service's webhook URL
+    (the service checks it as ``PRESENCE_WEBHOOK_URL``); None: ``url`` itself."""
     concurrency: int = DEFAULT_CONCURRENCY
     rate: float | None = None
     """Webhooks per second, evenly spaced; None: as fast as possible."""
@@ -149,7 +153,7 @@ class Sender:
     async def _send(self, session: aiohttp.ClientSession, webhook: Webhook) -> None:
         url, token, tally = self.options.url, self.options.token, self.tally
         headers = {
-            **form_headers(token, url, webhook.params),
+            **form_headers(token, self.options.sign_url or url, webhook.params),
             "User-Agent": USER_AGENT,
             **webhook.headers,
         }
@@ -162,10 +166,14 @@ class Sender:
                 body = await response.read()
         except Exception as error:  # no HTTP reply, for whatever reason: counted by kind
             tally.transport_errors[type(error).__name__] += 1
+            tally.unexpected += 1
             return
         tally.latencies.append(time.perf_counter() - started)
+        # Every webhook expects a 200: a 403 (wrong token or signing URL), a 503 or any other
+        # reply is unexpected, as is a 200 with another status than the rules predict.
         if response.status != 200:
             tally.http_errors[str(response.status)] += 1
+            tally.unexpected += 1
             return
         status = _status_of(body)
         tally.statuses[status] += 1
@@ -201,6 +209,7 @@ async def simulate(
     config = traffic.config
     return Summary(
         url=options.url,
+        signed_for=options.sign_url or options.url,
         signed=options.token is not None,
         seed=config.seed,
         service_sid=config.service,
