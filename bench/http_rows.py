@@ -11,6 +11,7 @@ from typing import Any
 from bench import loads
 from bench.profile import Profiler
 from bench.support import (
+    AUTH_TOKEN,
     http_json,
     identity_get_requests,
     lookup_requests,
@@ -128,6 +129,16 @@ def ingest(
     main = webhook_requests(workdir / "ingest.tsv", service.port, count, "user")
     log(f"ingest: reference {d}s")
     ref = loads.wrk(reference, main, d, c)
+    work = start_reference(
+        workdir, "reference_work.py", "--redis-url", redis.url, "--token", AUTH_TOKEN
+    )
+    try:
+        work_file = webhook_requests(workdir / "work.tsv", work.port, count, "work")
+        loads.wrk(work, work_file, cfg.warmup, c)
+        log(f"ingest: minimal real-work reference {d}s")
+        work_run = loads.wrk(work, work_file, d, c, redis)
+    finally:
+        work.stop()
     settle(service)
     log(f"ingest: presence {d}s")
     before = outcomes(service)
@@ -138,6 +149,8 @@ def ingest(
         "presence": svc,
         "reference": ref,
         "ratio": round(svc["rps"] / ref["rps"], 3),
+        "work_reference": work_run,
+        "work_ratio": round(work_run["rps"] / ref["rps"], 3),
     }
 
     # Latency at half the peak rate, open loop (the Python pacer: wrk has no fixed rate).

@@ -9,7 +9,6 @@ with the filling connections closed (so client buffers do not count). The breakd
 from __future__ import annotations
 
 import asyncio
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -23,7 +22,7 @@ from bench.fill import (
     make_store,
 )
 from bench.support import redis_server
-from presence.keys import BUCKETS, Keyspace, due_member
+from presence.keys import BUCKETS, PAGES, Keyspace
 from presence.twilio.samples import SERVICE_SID
 
 OTHER_SID = "IS" + "0" * 32
@@ -39,47 +38,47 @@ def used_memory(port: int) -> int:
         return value
 
 
-def breakdown(port: int, n: int, sample: int = 2000) -> dict[str, Any]:
+def breakdown(port: int, n: int) -> dict[str, Any]:
+    """Where the bytes are: every page, graveyard and feed of the service, by MEMORY USAGE."""
     keys = Keyspace("presence")
-    rng = random.Random(11)
-    names = [identity_name("user", rng.randrange(n)) for _ in range(sample)]
     with Redis(port=port, decode_responses=True) as client:
-        pipe = client.pipeline(transaction=False)
-        for name in names:
-            pipe.memory_usage(
-                keys.identity(keys.bucket_of(SERVICE_SID + name), SERVICE_SID, name), samples=0
-            )
-        hash_sizes = [size for size in pipe.execute() if size is not None]
 
-        def total(key_of: Any) -> int:
+        def total(names: list[str]) -> tuple[int, list[Any]]:
             p = client.pipeline(transaction=False)
-            for b in range(BUCKETS):
-                p.memory_usage(key_of(b), samples=0)
-            return sum(size or 0 for size in p.execute())
+            for name in names:
+                p.memory_usage(name, samples=0)
+                p.object("encoding", name)
+            replies = p.execute()
+            return sum(size or 0 for size in replies[0::2]), replies[1::2]
 
-        online = total(lambda b: keys.online(b, SERVICE_SID))
-        due = total(keys.due)
-        counters = total(lambda b: keys.counters(b, SERVICE_SID))
-        example = names[0]
-        example_key = keys.identity(keys.bucket_of(SERVICE_SID + example), SERVICE_SID, example)
-        bucket = keys.bucket_of(SERVICE_SID + example)
-        fields = client.hgetall(example_key)
+        pages = [keys.page(b, SERVICE_SID, g) for b in range(BUCKETS) for g in range(PAGES)]
+        pages_total, encodings = total(pages)
+        graveyards_total, _ = total(
+            [keys.graveyard(b, SERVICE_SID, g) for b in range(BUCKETS) for g in range(PAGES)]
+        )
+        feeds = [keys.feed(b, SERVICE_SID) for b in range(BUCKETS)]
+        feeds_total, _ = total(feeds)
+        p = client.pipeline(transaction=False)
+        for name in feeds:
+            p.xlen(name)
+        changes = sum(p.execute())
+        due_total, _ = total([keys.due_pages(b) for b in range(BUCKETS)])
+        counters_total, _ = total([keys.counters(b, SERVICE_SID) for b in range(BUCKETS)])
         info = {
             "dbsize": client.dbsize(),
-            "example_key": example_key,
-            "example_fields": fields,
-            "hash_encoding": client.object("encoding", example_key),
-            "online_zset_encoding": client.object("encoding", keys.online(bucket, SERVICE_SID)),
-            "due_zset_encoding": client.object("encoding", keys.due(bucket)),
-            "due_member_example": due_member(SERVICE_SID, example),
+            "page_encodings": {str(e): encodings.count(e) for e in set(encodings)},
+            "example_page": pages[0],
+            "example_page_fields": client.hlen(pages[0]),
         }
-    mean_hash = sum(hash_sizes) / len(hash_sizes)
     return {
-        "identity_hash_bytes_each": round(mean_hash, 1),
-        "identity_hashes_total": round(mean_hash * n),
-        "online_index_total": online,
-        "due_set_total": due,
-        "counters_total": counters,
+        "pages_total": pages_total,
+        "page_bytes_per_identity": round(pages_total / n, 1),
+        "graveyards_total": graveyards_total,
+        "feed_total": feeds_total,
+        "feed_changes": changes,
+        "feed_bytes_per_change": round(feeds_total / max(1, changes), 1),
+        "due_pages_total": due_total,
+        "counters_total": counters_total,
         **info,
     }
 
@@ -148,10 +147,14 @@ def run(workdir: Path, sizes: list[int]) -> dict[str, Any]:
             part = results["sizes"][str(n)]
             b = part["breakdown"]
             b["unaccounted_main_dict_etc"] = part["used_memory_delta"] - (
-                b["identity_hashes_total"]
-                + b["online_index_total"]
-                + b["due_set_total"]
+                b["pages_total"]
+                + b["graveyards_total"]
+                + b["feed_total"]
+                + b["due_pages_total"]
                 + b["counters_total"]
+            )
+            part["bytes_per_identity_without_feed"] = round(
+                (part["used_memory_delta"] - b["feed_total"]) / n, 1
             )
             log(
                 f"memory: {n} identities -> {part['bytes_per_identity']} bytes each "

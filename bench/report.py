@@ -49,6 +49,9 @@ def _ingest_rows(ingest: Run, targets: Run, cfg: Run) -> list[list[str]]:
          _verdict(ratio >= goal)],
         ["1", "webhook ingest latency at peak, p50 / p99", _ms(svc), _ms(ref), "", "", ""],
     ]  # fmt: skip
+    if work := ingest.get("work_reference"):
+        rows.append(["1", "minimal real-work reference (HMAC + coalesced Lua), req/s",
+                     _rps(work), _rps(ref), f"{ingest['work_ratio']:.2f}x", "", ""])  # fmt: skip
     half, ref_half = ingest["presence_half_rate"], ingest.get("reference_half_rate")
     p99, goal = half["p99_ms"], targets["half_rate_p99_ms"]
     reached = ""
@@ -128,7 +131,13 @@ def _main_rows(results: Run) -> list[list[str]]:
 def _cpu_rows(results: Run) -> list[list[str]]:
     rows = []
     runs = {
-        "ingest": ("presence", "reference", "presence_half_rate", "reference_half_rate"),
+        "ingest": (
+            "presence",
+            "reference",
+            "work_reference",
+            "presence_half_rate",
+            "reference_half_rate",
+        ),
         "get": ("presence", "reference"),
         "lookup": ("presence",),
     }

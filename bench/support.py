@@ -111,10 +111,10 @@ def start_service(workdir: Path, redis_url: str, **extra: str) -> Service:
     return service.start(within=30)
 
 
-def start_reference(workdir: Path, script: str = "reference.py") -> ServerProcess:
+def start_reference(workdir: Path, script: str = "reference.py", *args: str) -> ServerProcess:
     """A reference app of ``bench/`` alone on the server core."""
     port = free_port()
-    command = pinned("server", [PYTHON, str(ROOT / "bench" / script), "--port", str(port)])
+    command = pinned("server", [PYTHON, str(ROOT / "bench" / script), "--port", str(port), *args])
     reference = ServerProcess(command, workdir / f"{script}-{port}.log", port=port)
     reference.start(within=30)
     return reference

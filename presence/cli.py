@@ -1,22 +1,28 @@
-"""The ``presence`` command: ``serve``, ``watch`` and ``simulate``. It only parses, then calls."""
+"""The ``presence`` command: ``serve``, ``watch``, ``simulate`` and ``migrate``. It only
+parses, then calls."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
 import contextlib
+import dataclasses
+import json
 import sys
 from collections.abc import Sequence
 
 from presence.keys import Keyspace
 from presence.logs import configure_logging
-from presence.serve import StartupError, serve
+from presence.serve import StartupError, migrate_store, run, serve
 from presence.settings import Settings, SettingsError, check_serve, env_name, load_settings
 from presence.simulate import command as simulate_command
+from presence.store.base import StoreUnavailable
+from presence.store.migrate import FormatError
 from presence.watch import WatchRefused, watch, watch_url
 from presence.workers import Supervisor, is_worker
 
 _WATCH_SETTINGS = ("redis_url", "redis_cluster", "key_prefix", "log_level")
+_MIGRATE_SETTINGS = (*_WATCH_SETTINGS, "endpoint_ttl_seconds")
 
 
 def _add_setting_flags(parser: argparse.ArgumentParser, fields: Sequence[str]) -> None:
@@ -55,6 +61,12 @@ def _parser() -> argparse.ArgumentParser:
         "simulate", help="send realistic, signed Sync webhook traffic to a deployment"
     )
     simulate_command.add_arguments(simulate_parser)
+    migrate_parser = commands.add_parser(
+        "migrate",
+        help="move a Redis written by an older release into this storage format (serve does "
+        "it on start; this is for after stopping old replicas)",
+    )
+    _add_setting_flags(migrate_parser, _MIGRATE_SETTINGS)
     return parser
 
 
@@ -85,12 +97,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     except SettingsError as error:
         _fail(str(error))
     configure_logging(settings.log_level, settings.log_format)
+    if command == "migrate":
+        _migrate(settings)
+        return
     with contextlib.suppress(KeyboardInterrupt):
         if command == "serve":
             try:
                 if settings.workers > 1:
                     raise SystemExit(Supervisor(settings).run())
-                asyncio.run(serve(settings, reuse_port=is_worker()))
+                run(serve(settings, reuse_port=is_worker()))
             except StartupError as error:
                 _fail(str(error))
         else:
@@ -110,6 +125,16 @@ def main(argv: Sequence[str] | None = None) -> None:
                     cluster=settings.redis_cluster,
                 )
             )
+
+
+def _migrate(settings: Settings) -> None:
+    if settings.redis_url is None:
+        _fail(f"migrate needs a Redis: set {env_name('redis_url')}")
+    try:
+        migration = run(migrate_store(settings))
+    except (FormatError, StoreUnavailable) as error:
+        _fail(f"migration failed: {error}")
+    print(json.dumps(dataclasses.asdict(migration)))
 
 
 def _watch_url(

@@ -1,30 +1,45 @@
 """Every Redis key and channel name the service uses, in one place.
 
-Layout (``p`` is ``PRESENCE_KEY_PREFIX``, ``b`` a bucket number, ``IS..`` a ServiceSid)::
+Layout (``p`` is ``PRESENCE_KEY_PREFIX``, ``b`` a bucket, ``g`` a page, ``IS..`` a ServiceSid)::
 
-    p:{b}:i:IS..:<identity>   hash    one identity's presence state
-    p:{b}:on:IS..             zset    identities published online (score 0, ordered by name)
+    p:{b}:h:IS..:<g>          hash    a page: identity -> its state (codec.lua)
+    p:{b}:g:IS..:<g>          string  the page's graveyard: records of compacted identities
     p:{b}:n:IS..              hash    counters: online, pending, endpoints
-    p:{b}:due                 zset    <ServiceSid><identity> -> next time (ms) it needs attention
+    p:{b}:dq                  zset    IS..:<g> -> when something of that page is next due
     p:{b}:f:IS..              stream  the change feed: this bucket's changes of the service
     p:{b}:epoch               string  a random value that lives as long as the bucket's data
     p:act:IS..:<minute>       hash    webhook outcomes of the service in that minute
     p:{b}:tok:<token>         string  an I-Twilio-Idempotency-Token already recorded
     p:{b}:seen:<ListSid|MapSid> zset  EventIds of item events already recorded
+    p:format                  string  the storage format of this keyspace (migrate.py)
 
-The ``{b}`` hash tag puts an identity's state and every index it updates in one Redis Cluster
-hash slot, so each Lua script touches a single slot. Identities are spread over buckets by a
-hash of (ServiceSid, identity); a collection's keys are bucketed by its SID.
+Storage format 1 (releases before format 2; read only by ``presence migrate``)::
+
+    p:{b}:i:IS..:<identity>   hash    one identity (fields: presence/store/lua/migrate.lua)
+    p:{b}:on:IS..             zset    identities published online
+    p:{b}:due                 zset    IS..<identity> -> when it is next due
+
+The ``{b}`` hash tag puts an identity's page and every key it updates in one Redis Cluster
+hash slot, so each Lua script touches a single slot. An identity's bucket and page come from a
+hash of (ServiceSid, identity): a page holds the identities of one service, a bucket and a
+page, so that a service of a million has pages of about 120 (BUCKETS x PAGES of them), each
+small enough for Redis' compact encoding; a collection's keys are bucketed by its SID.
 """
 
 from __future__ import annotations
 
 import zlib
 
+from presence.twilio import SID_LENGTH
+
 BUCKETS = 128
 """Number of hash-tag buckets. Part of the storage format: every replica must agree on it."""
 
-SID_LENGTH = 34
+PAGES = 64
+"""Pages per bucket and service. Part of the storage format too."""
+
+FORMAT = "2"
+"""This storage format (1 was a hash per identity, with an online index and a due entry)."""
 
 
 def _validate_prefix(prefix: str) -> str:
@@ -42,24 +57,31 @@ class Keyspace:
         self.prefix = _validate_prefix(prefix)
         self.changes_channel = f"{prefix}:changes"
         self.sync_events_channel = f"{prefix}:sync-events"
+        self.format = f"{prefix}:format"
         self._tags = [f"{prefix}:{{{b}}}" for b in range(BUCKETS)]
 
     @staticmethod
     def bucket_of(name: str) -> int:
-        """The bucket of an identity key (name = ServiceSid + identity) or a collection SID."""
+        """The bucket of a collection SID."""
         return zlib.crc32(name.encode("utf-8")) % BUCKETS
 
-    def identity(self, bucket: int, service_sid: str, identity: str) -> str:
-        return f"{self._tags[bucket]}:i:{service_sid}:{identity}"
+    @staticmethod
+    def place_of(service_sid: str, identity: str) -> tuple[int, int]:
+        """The bucket and page of an identity."""
+        h = zlib.crc32((service_sid + identity).encode("utf-8"))
+        return h % BUCKETS, h // BUCKETS % PAGES
 
-    def online(self, bucket: int, service_sid: str) -> str:
-        return f"{self._tags[bucket]}:on:{service_sid}"
+    def page(self, bucket: int, service_sid: str, page: int) -> str:
+        return f"{self._tags[bucket]}:h:{service_sid}:{page}"
+
+    def graveyard(self, bucket: int, service_sid: str, page: int) -> str:
+        return f"{self._tags[bucket]}:g:{service_sid}:{page}"
 
     def counters(self, bucket: int, service_sid: str) -> str:
         return f"{self._tags[bucket]}:n:{service_sid}"
 
-    def due(self, bucket: int) -> str:
-        return f"{self._tags[bucket]}:due"
+    def due_pages(self, bucket: int) -> str:
+        return f"{self._tags[bucket]}:dq"
 
     def feed(self, bucket: int, service_sid: str) -> str:
         return f"{self._tags[bucket]}:f:{service_sid}"
@@ -81,11 +103,51 @@ class Keyspace:
     def identity_channel(self, service_sid: str, identity: str) -> str:
         return f"{self.changes_channel}:{service_sid}:{identity}"
 
+    # -- storage format 1, for the migration ------------------------------------------------
 
-def due_member(service_sid: str, identity: str) -> str:
-    """The member naming an identity in a bucket's ``due`` set (SIDs have a fixed length)."""
+    def v1_identities(self) -> str:
+        """A SCAN pattern matching every format-1 identity hash."""
+        return f"{self.prefix}:{{*}}:i:*"
+
+    def v1_onlines(self) -> str:
+        """A SCAN pattern matching every format-1 online index."""
+        return f"{self.prefix}:{{*}}:on:*"
+
+    def v1_identity(self, bucket: int, service_sid: str, identity: str) -> str:
+        return f"{self._tags[bucket]}:i:{service_sid}:{identity}"
+
+    def v1_online(self, bucket: int, service_sid: str) -> str:
+        return f"{self._tags[bucket]}:on:{service_sid}"
+
+    def v1_due(self, bucket: int) -> str:
+        return f"{self._tags[bucket]}:due"
+
+    def split_v1_identity(self, key: str) -> tuple[int, str, str] | None:
+        """The bucket, ServiceSid and identity of a format-1 identity hash's name (None
+        for any other name)."""
+        head = f"{self.prefix}:{{"
+        if not key.startswith(head):
+            return None
+        tag_end = key.find("}:i:", len(head))
+        bucket = key[len(head) : tag_end]
+        rest = key[tag_end + 4 :]
+        if tag_end < 0 or not bucket.isdigit() or len(rest) < SID_LENGTH + 1:
+            return None
+        if rest[SID_LENGTH] != ":" or int(bucket) >= BUCKETS:
+            return None
+        return int(bucket), rest[:SID_LENGTH], rest[SID_LENGTH + 1 :]
+
+
+def page_member(service_sid: str, page: int) -> str:
+    """The member naming a page in its bucket's due pages."""
+    return f"{service_sid}:{page}"
+
+
+def split_page_member(member: str) -> tuple[str, int]:
+    service_sid, _, page = member.rpartition(":")
+    return service_sid, int(page)
+
+
+def v1_due_member(service_sid: str, identity: str) -> str:
+    """The member naming an identity in a format-1 due set (SIDs have a fixed length)."""
     return service_sid + identity
-
-
-def split_due_member(member: str) -> tuple[str, str]:
-    return member[:SID_LENGTH], member[SID_LENGTH:]

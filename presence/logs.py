@@ -4,17 +4,25 @@ Fields other than the message travel in ``extra`` and become JSON members (or ``
 pairs in text), so a log pipeline can filter on them. Nothing secret is ever passed in:
 requests are logged by method, path, status and timing, never headers or bodies, so neither
 a token nor a signature can reach a log.
+
+The access log is on the hot path of every request, so it skips the logging machinery: its
+line is formatted directly, exactly as the formatters below would write it, and the lines of
+one event-loop iteration are written to standard error together, once.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
+import os
 import sys
-from collections.abc import Iterable
+import time
+from collections.abc import Callable, Iterable
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, TextIO
 
+import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
@@ -34,21 +42,34 @@ def _fields(record: logging.LogRecord) -> dict[str, Any]:
     return {k: v for k, v in record.__dict__.items() if k not in _STANDARD}
 
 
+def _json_line(
+    created: float, level: str, logger: str, message: str, fields: dict[str, Any]
+) -> str:
+    line: dict[str, Any] = {
+        "time": datetime.fromtimestamp(created, UTC).isoformat(timespec="milliseconds"),
+        "level": level,
+        "logger": logger,
+        "pid": os.getpid(),
+        "message": message,
+    }
+    line.update(fields)
+    return orjson.dumps(line, default=str).decode()
+
+
 class JsonFormatter(logging.Formatter):
     """One JSON object per line: time, level, logger, pid, message, then the extra fields."""
 
     def format(self, record: logging.LogRecord) -> str:
-        line: dict[str, Any] = {
-            "time": datetime.fromtimestamp(record.created, UTC).isoformat(timespec="milliseconds"),
-            "level": record.levelname.lower(),
-            "logger": record.name,
-            "pid": record.process,
-            "message": record.getMessage(),
-        }
-        line.update(_fields(record))
+        fields = _fields(record)
         if record.exc_info:
-            line["exception"] = self.formatException(record.exc_info)
-        return json.dumps(line, default=str, ensure_ascii=False)
+            fields["exception"] = self.formatException(record.exc_info)
+        return _json_line(
+            record.created, record.levelname.lower(), record.name, record.getMessage(), fields
+        )
+
+
+def _pairs(fields: dict[str, Any]) -> str:
+    return " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in fields.items())
 
 
 class TextFormatter(logging.Formatter):
@@ -59,35 +80,107 @@ class TextFormatter(logging.Formatter):
 
     def formatMessage(self, record: logging.LogRecord) -> str:
         text = super().formatMessage(record)
-        pairs = " ".join(f"{k}={json.dumps(v, default=str)}" for k, v in _fields(record).items())
+        pairs = _pairs(_fields(record))
         return f"{text} {pairs}" if pairs else text
+
+
+class _Lines:
+    """Lines for standard error, written together at the end of the event-loop iteration
+    (or at once, outside a running loop)."""
+
+    def __init__(self, stream: TextIO) -> None:
+        self.stream = stream
+        self.lines: list[str] = []
+
+    def add(self, line: str) -> None:
+        if not self.lines:
+            try:
+                asyncio.get_running_loop().call_soon(self.flush)
+            except RuntimeError:
+                self.lines.append(line)
+                self.flush()
+                return
+        self.lines.append(line)
+
+    def flush(self) -> None:
+        lines, self.lines = self.lines, []
+        if lines:
+            self.stream.write("\n".join(lines) + "\n")
+            self.stream.flush()
+
+
+_output = _Lines(sys.stderr)
+_json = False
 
 
 def configure_logging(level: str, log_format: str) -> None:
     """Sends every ``presence`` log line to standard error in the chosen format."""
+    global _output, _json
     handler = logging.StreamHandler(sys.stderr)
     handler.setFormatter(JsonFormatter() if log_format == "json" else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    _output, _json = _Lines(sys.stderr), log_format == "json"
 
 
 def log_changes(changes: Iterable[Change]) -> None:
-    """One line per presence change, whether a webhook or the sweeper caused it."""
-    log = logging.getLogger(CHANGES_LOGGER)
+    """One line per presence change, whether a webhook or the sweeper caused it (formatted
+    directly, as the access log is: there is one for about every other webhook)."""
+    if not _changes_log.isEnabledFor(logging.INFO):
+        return
     for change in changes:
-        log.info(
-            "presence change: %s",
-            change,
-            extra={
-                "service_sid": change.service_sid,
-                "identity": change.identity,
-                "online": change.online,
-                "reason": change.reason,
-                "event_id": change.event_id,
-                "version": change.version,
-            },
+        fields = {
+            "service_sid": change.service_sid,
+            "identity": change.identity,
+            "online": change.online,
+            "reason": change.reason,
+            "event_id": change.event_id,
+            "version": change.version,
+        }
+        _emit(
+            CHANGES_LOGGER,
+            f"presence change: {change}",
+            fields,
+            _ascii_pairs if change.identity.isascii() else _pairs,
         )
+
+
+_changes_log = logging.getLogger(CHANGES_LOGGER)
+
+
+def _ascii_pairs(fields: dict[str, Any]) -> str:
+    # ASCII values (a percent-encoded path, an address, codes, most identities): orjson
+    # writes them exactly as json.dumps does, faster.
+    return " ".join(f"{k}={orjson.dumps(v).decode()}" for k, v in fields.items())
+
+
+def _emit(
+    logger: str, message: str, fields: dict[str, Any], pairs: Callable[[dict[str, Any]], str]
+) -> None:
+    """An INFO line of ``logger``, as the configured formatter would write it."""
+    now = time.time()
+    if _json:
+        _output.add(_json_line(now, "info", logger, message, fields))
+    else:
+        _output.add(f"{_clock.asctime(now)} INFO {logger}: {message} {pairs(fields)}")
+
+
+class _Clock:
+    """``logging``'s asctime (local time, then milliseconds), its seconds made once each."""
+
+    second = -1
+    text = ""
+
+    def asctime(self, now: float) -> str:
+        second = int(now)
+        if second != self.second:
+            self.second = second
+            self.text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
+        return f"{self.text},{int((now - second) * 1000):03d}"
+
+
+_clock = _Clock()
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -95,11 +188,15 @@ class AccessLogger(AbstractAccessLogger):
     The path stays percent-encoded, so no request can write a line break into the log."""
 
     def log(self, request: web.BaseRequest, response: web.StreamResponse, time: float) -> None:
+        if not self.logger.isEnabledFor(logging.INFO):
+            return
         path = request.rel_url.raw_path
+        status = response.status
+        message = f"{request.method} {path} {status} {time * 1000:.1f}ms"
         fields: dict[str, Any] = {
             "method": request.method,
             "path": path,
-            "status": response.status,
+            "status": status,
             "duration_ms": round(time * 1000, 3),
             "remote": request.remote,
             "bytes": response.body_length,
@@ -107,7 +204,4 @@ class AccessLogger(AbstractAccessLogger):
         outcome = request.get(WEBHOOK_OUTCOME)
         if outcome is not None:
             fields["outcome"] = outcome
-        self.logger.info(
-            "%s %s %s %.1fms", request.method, path, response.status, time * 1000,
-            extra=fields,
-        )  # fmt: skip
+        _emit(ACCESS_LOGGER, message, fields, _ascii_pairs)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Iterable
+from typing import Any
 
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -32,6 +33,8 @@ CONTENT_TYPE = CONTENT_TYPE_LATEST
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 15.0)
 
 UNKNOWN = "unknown"
+
+CHANGE_REASONS = ("connected", "disconnected", "expired")
 
 # The *_created series double the output and tell a scraper nothing it needs here.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -137,16 +140,28 @@ class Metrics:
         )
 
         # Series that exist before their first event, so that rate() and alerts see a 0.
-        for reason in ("connected", "disconnected", "expired"):
+        for reason in CHANGE_REASONS:
             self.changes.labels(reason)
         for operation in ("webhook", "query", "readiness", "sweep", "feed"):
             self.redis_errors.labels(operation)
         for reason in ("retention", "epoch", "failover"):
             self.feed_resets.labels(reason)
 
+        # Children of the labelled series counted on every webhook and change, bound once:
+        # labels() is a dictionary lookup under a lock, each time.
+        self._webhooks: dict[tuple[str, str], Any] = {}
+        self._changes = {reason: self.changes.labels(reason) for reason in CHANGE_REASONS}
+
+    def webhook(self, event_type: str, outcome: str) -> None:
+        """One webhook of ``event_type`` (a listed EventType or ``unknown``) had ``outcome``."""
+        child = self._webhooks.get((event_type, outcome))
+        if child is None:
+            child = self._webhooks[event_type, outcome] = self.webhooks.labels(event_type, outcome)
+        child.inc()
+
     def published(self, changes: Iterable[Change]) -> None:
         for change in changes:
-            self.changes.labels(change.reason).inc()
+            self._changes[change.reason].inc()
 
     def redis_error(self, operation: str) -> None:
         self.redis_errors.labels(operation).inc()

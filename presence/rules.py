@@ -11,7 +11,8 @@ function                Lua file                     what it decides
 ``apply``, ``bury``     ``endpoints.lua``            endpoints, tombstones, IsIdentityOnline
 ``settle``              ``flap.lua``                 online at once; offline held for the grace,
                                                      and a flap suppressed
-``expire``              ``expiry.lua``               what no event has named for the TTL
+``expire``, ``compact`` ``expiry.lua``               what no event has named for the TTL, and
+                                                     what is left of a settled identity
 ``fire_deadline``       ``deadline.lua``             the offline published at the deadline
 ``advance``             ``deadline.lua``             both, as time passes
 ``publish``             ``publish.lua``              a change and its version
@@ -36,6 +37,10 @@ The readings of the points the rules leave open (README, "How presence is decide
   the deadline (reason ``disconnected``, event_id of the event that started the wait) unless
   the identity is back in time; expiry publishes offline at once (reason ``expired``, no
   event_id) unless a grace deadline is already running;
+* an identity left with nothing but its history (offline, nothing pending, no endpoint or
+  tombstone remembered, no online evidence) for the TTL after its last event is compacted: it
+  keeps its version, the time of its last change and its highest EventId, which becomes the
+  forgotten floor (so an exact repeat of its last event is now stale, not a duplicate);
 * time is applied lazily: what became due is applied before each event of the identity, and
   by the sweeper, which visits every identity with something due.
 """
@@ -126,6 +131,8 @@ class Identity:
     """Rule 3: the offline deadline while an offline is pending."""
     deadline_event: int | None = None
     """The EventId that started the pending offline (the event_id it is published with)."""
+    compacted: bool = False
+    """Only its history is kept (``compact``), until its next applied event."""
 
     @property
     def pending_offline(self) -> bool:
@@ -137,6 +144,18 @@ def live(s: Identity) -> bool:
     return bool(s.connected) or s.top_online
 
 
+def settled(s: Identity) -> bool:
+    """Nothing left but its history: offline, nothing pending, no endpoint or tombstone
+    remembered, no online evidence."""
+    return (
+        not s.published_online
+        and s.deadline is None
+        and not s.connected
+        and not s.tombstones
+        and not s.top_online
+    )
+
+
 def due_at(s: Identity, ttl: int) -> int | None:
     """When the sweeper next has something to do for this identity."""
     times = [] if s.deadline is None else [s.deadline]
@@ -144,6 +163,8 @@ def due_at(s: Identity, ttl: int) -> int | None:
         times += [mark.at_ms + ttl for mark in s.connected.values()]
         times += [mark.at_ms + ttl for mark in s.tombstones.values()]
         if s.top_online:
+            times.append(s.top_at + ttl)
+        if s.top is not None and not s.compacted and settled(s):
             times.append(s.top_at + ttl)
     return min(times, default=None)
 
@@ -206,6 +227,7 @@ def apply(s: Identity, event: Event, now: int) -> None:
         s.top = event.event_id
         s.top_online = event.online
         s.top_at = now
+    s.compacted = False
 
 
 # -- ordering.lua ------------------------------------------------------------------------
@@ -277,10 +299,25 @@ def fire_deadline(s: Identity, now: int, expired: bool, out: list[Change]) -> No
         publish(s, False, "expired", None, now, out)
 
 
+def compact(s: Identity, now: int, ttl: int) -> None:
+    """Rule 4, at the end: settled for the TTL since its last event, an identity keeps only
+    its version, the time of its last change and its highest EventId, which becomes the
+    forgotten floor: every event at or below it is stale, as it already was (but for an exact
+    repeat of its last event, once a duplicate). This is what an offline identity costs."""
+    if ttl <= 0 or s.top is None or s.compacted or not settled(s) or s.top_at + ttl > now:
+        return
+    s.off_floor = None
+    s.off_endpoint = None
+    s.forgotten_floor = s.top
+    s.top_at = 0
+    s.compacted = True
+
+
 def advance(s: Identity, now: int, ttl: int, out: list[Change]) -> int:
     """What the passage of time made due; returns how many connected endpoints expired."""
     endpoints, expired = expire(s, now, ttl)
     fire_deadline(s, now, expired, out)
+    compact(s, now, ttl)
     return endpoints
 
 

@@ -5,16 +5,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import signal
+from collections.abc import Coroutine
+from typing import Any, TypeVar
 
 from aiohttp import web
 
 from presence.logs import ACCESS_LOGGER, AccessLogger
 from presence.settings import Settings
 from presence.store.connections import open_store, without_password
+from presence.store.migrate import FormatError, Migration, StorageFormat
 from presence.sweeper import Sweeper
 from presence.web.app import create_app
 
 log = logging.getLogger("presence")
+
+T = TypeVar("T")
+
+
+def run(main: Coroutine[Any, Any, T]) -> T:
+    """Runs ``main`` on uvloop, the faster event loop, where it is installed (not on
+    Windows), else on asyncio's own."""
+    try:
+        import uvloop
+    except ImportError:
+        return asyncio.run(main)
+    return uvloop.run(main)
 
 
 class StartupError(Exception):
@@ -38,6 +53,15 @@ def _announce(settings: Settings) -> None:
         )
 
 
+async def migrate_store(settings: Settings) -> Migration:
+    """``presence migrate``: moves whatever format-1 keys Redis holds into this format."""
+    store = open_store(settings)
+    try:
+        return await StorageFormat(store).migrate()
+    finally:
+        await store.close()
+
+
 async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
     """Serves HTTP on ``settings.host``:``settings.port`` until SIGTERM or SIGINT, then shuts
     down gracefully: no new connections, requests in flight finished (within
@@ -55,7 +79,10 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
         access_log=logging.getLogger(ACCESS_LOGGER),
         shutdown_timeout=settings.shutdown_timeout_seconds,
     )
-    await runner.setup()
+    try:
+        await runner.setup()
+    except FormatError as error:
+        raise StartupError(str(error)) from None
     # The handler only sets an event: everything else happens in order, below.
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

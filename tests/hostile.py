@@ -77,6 +77,7 @@ def typed(params: dict[str, str]) -> dict[str, Any]:
 
 Snapshot = dict[bytes, tuple[bytes, Any]]
 """Every key: its DUMP (byte for byte) and its contents, read by type."""
+ACTIVITY_KEYS = b"presence:act:"
 
 
 class Observer:
@@ -98,7 +99,16 @@ class Observer:
         await self.redis.aclose()
 
     async def snapshot(self) -> Snapshot:
-        keys = sorted([key async for key in self.redis.scan_iter(count=1000)])
+        """Every key but the webhook outcomes each process adds up and writes every two
+        seconds (``presence.activity``), whatever the webhook under test did: that it counts
+        only signed webhooks is tests/test_activity.py's to prove."""
+        keys = sorted(
+            [
+                key
+                async for key in self.redis.scan_iter(count=1000)
+                if not key.startswith(ACTIVITY_KEYS)
+            ]
+        )
         async with self.redis.pipeline(transaction=False) as pipe:
             for key in keys:
                 pipe.dump(key)
@@ -107,12 +117,14 @@ class Observer:
         dumps, types = replies[0::2], replies[1::2]
         async with self.redis.pipeline(transaction=False) as pipe:
             for key, kind in zip(keys, types, strict=True):
-                read = {
+                readers: dict[bytes, Callable[[str], Any]] = {
                     b"hash": pipe.hgetall,
                     b"zset": lambda k: pipe.zrange(k, 0, -1, withscores=True),
                     b"string": pipe.get,
                     b"set": pipe.smembers,
-                }.get(kind, pipe.type)
+                    b"stream": pipe.xrange,
+                }
+                read = readers.get(kind, pipe.type)
                 read(key)
             contents = await pipe.execute()
         return {
@@ -141,6 +153,8 @@ class Observer:
 def _contents(kind: bytes, content: Any) -> Any:
     if kind == b"zset":
         return dict(content)
+    if kind == b"stream":
+        return [(entry_id, tuple(sorted(fields.items()))) for entry_id, fields in content]
     return content
 
 

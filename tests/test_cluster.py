@@ -47,8 +47,8 @@ IDENTITIES = [f"user-{n:02}" for n in range(24)]
 
 def node_port(cluster: RedisCluster, identity: str) -> int:
     """The port of the node holding ``identity``'s state."""
-    bucket = KEYSPACE.bucket_of(SERVICE_SID + identity)
-    node = cluster.get_node_from_key(KEYSPACE.identity(bucket, SERVICE_SID, identity))
+    bucket, page = KEYSPACE.place_of(SERVICE_SID, identity)
+    node = cluster.get_node_from_key(KEYSPACE.page(bucket, SERVICE_SID, page))
     assert node is not None
     return int(node.port)
 
@@ -92,14 +92,16 @@ async def test_every_script_call_stays_in_one_slot_and_calls_reach_every_node(
     swept = await store.sweep(1024)
     assert len(swept.changes) == len(IDENTITIES)
 
-    assert len(calls) == 2 * len(IDENTITIES) + 6 + len(IDENTITIES)
+    # The sweep visits each page whose identities' deadlines are due, once.
+    pages = {KEYSPACE.place_of(SERVICE_SID, name) for name in IDENTITIES}
+    assert len(calls) == 2 * len(IDENTITIES) + 6 + len(pages)
     for keys in calls:
         assert len({key_slot(key.encode()) for key in keys}) <= 1, keys
     nodes = {redis_cluster.get_node_from_key(keys[0]).port for keys in calls if keys}  # type: ignore[union-attr]
     assert len(nodes) == len(redis_cluster_nodes.ports)
     # Every bucket's keys are on one slot; the 128 buckets cover every node.
     assert {
-        redis_cluster.get_node_from_key(KEYSPACE.due(b)).port  # type: ignore[union-attr]
+        redis_cluster.get_node_from_key(KEYSPACE.due_pages(b)).port  # type: ignore[union-attr]
         for b in range(BUCKETS)
     } == set(redis_cluster_nodes.ports)
     await store.close()

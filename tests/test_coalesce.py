@@ -35,10 +35,9 @@ class CountingCoalescer(Coalescer):
         self.pipelines: list[int] = []
         self.sending = asyncio.Event()
 
-    async def _run(self, batch: Any) -> list[Any]:
+    def _dispatched(self, batch: Any) -> None:
         self.pipelines.append(len(batch))
         self.sending.set()
-        return await super()._run(batch)
 
 
 @pytest.fixture

@@ -47,6 +47,7 @@ from tests.hostile import world as world  # the alias keeps this fixture where p
 from tests.support import AUTH_TOKEN
 
 BUCKETS = 128
+PAGES = 64
 """Part of the documented key layout (README, "Redis keys"); recomputed here on purpose."""
 
 CI = bool(os.environ.get("CI"))
@@ -417,14 +418,30 @@ def bucket(name: str) -> int:
     return zlib.crc32(name.encode()) % BUCKETS
 
 
+def place(service_sid: str, identity: str) -> tuple[int, int]:
+    """An identity's bucket and page, as keys.py documents them (computed here again, so
+    that a change of layout shows up)."""
+    h = zlib.crc32((service_sid + identity).encode())
+    return h % BUCKETS, h // BUCKETS % PAGES
+
+
 def identity_keys(service_sid: str, identity: str) -> dict[str, bytes]:
-    tag = f"presence:{{{bucket(service_sid + identity)}}}"
+    b, g = place(service_sid, identity)
+    tag = f"presence:{{{b}}}"
     return {
-        "state": f"{tag}:i:{service_sid}:{identity}".encode(),
-        "online": f"{tag}:on:{service_sid}".encode(),
+        "page": f"{tag}:h:{service_sid}:{g}".encode(),
+        "graveyard": f"{tag}:g:{service_sid}:{g}".encode(),
         "counters": f"{tag}:n:{service_sid}".encode(),
-        "due": f"{tag}:due".encode(),
+        "due": f"{tag}:dq".encode(),
+        "feed": f"{tag}:f:{service_sid}".encode(),
     }
+
+
+def graveyard_records(blob: bytes | None) -> set[bytes]:
+    """The 23-byte records of a graveyard (codec.lua), each led by its 6-byte key."""
+    blob = blob or b""
+    assert len(blob) % 23 == 0
+    return {blob[at : at + 23] for at in range(0, len(blob), 23)}
 
 
 def collection_keys(subject_sid: str, token: str | None) -> set[bytes]:
@@ -435,24 +452,24 @@ def collection_keys(subject_sid: str, token: str | None) -> set[bytes]:
     return keys
 
 
-_same_bucket: dict[int, str] = {}
+_same_page: dict[tuple[int, int], str] = {}
 
 
-def same_bucket_name(identity: str) -> str:
-    """Another identity whose keys share the bucket (hash slot) of ``identity``'s."""
-    wanted = bucket(SERVICE_SID + identity)
-    if wanted not in _same_bucket:
+def same_page_name(identity: str) -> str:
+    """Another identity kept in the page (so the bucket and hash slot) of ``identity``."""
+    wanted = place(SERVICE_SID, identity)
+    if wanted not in _same_page:
         n = 0
-        while bucket(f"{SERVICE_SID}nb{n}") != wanted or f"nb{n}" == identity:
+        while place(SERVICE_SID, f"nb{n}") != wanted or f"nb{n}" == identity:
             n += 1
-        _same_bucket[wanted] = f"nb{n}"
-    return _same_bucket[wanted]
+        _same_page[wanted] = f"nb{n}"
+    return _same_page[wanted]
 
 
 def neighbours(identity: str) -> list[str]:
     """Identities that a sloppy key or channel layout would confuse with ``identity``."""
     candidates = [
-        same_bucket_name(identity),
+        same_page_name(identity),
         identity[:-1],
         identity + "x",
         identity + ":changes",
@@ -575,17 +592,30 @@ async def only_its_own(world: World, signed: Signed) -> tuple[int, Any]:
     if isinstance(event, ReachabilityEvent):
         own = identity_keys(event.service_sid, identity)
         assert changed <= set(own.values()), (identity, changed)
-        # The bucket's shared indexes may change, but only in this identity's members.
-        for name, member in (("online", identity), ("due", event.service_sid + identity)):
+        # The page and the bucket's due pages may change, but only in this identity's field
+        # and its page's member; the graveyard only in one record (of one key); the feed
+        # only by changes of this identity.
+        page = place(event.service_sid, identity)[1]
+        for name, member in (("page", identity), ("due", f"{event.service_sid}:{page}")):
             old = dict(before.get(own[name], (b"", {}))[1])
             new = dict(after.get(own[name], (b"", {}))[1])
             old.pop(member.encode(), None)
             new.pop(member.encode(), None)
             assert old == new, (identity, name)
+        old_records = graveyard_records(before.get(own["graveyard"], (b"", b""))[1])
+        new_records = graveyard_records(after.get(own["graveyard"], (b"", b""))[1])
+        gone, came = old_records - new_records, new_records - old_records
+        assert len(gone) <= 1, identity
+        assert len(came) <= 1, identity
+        assert len({record[:6] for record in gone | came}) <= 1, identity
+        old_feed = set(before.get(own["feed"], (b"", []))[1])
+        added = [entry for entry in after.get(own["feed"], (b"", []))[1] if entry not in old_feed]
+        fed = [dict(fields)[b"c"] for _, fields in added]
         channels = {"presence:changes", f"presence:changes:{event.service_sid}:{identity}"}
         assert {channel for channel, _ in published} <= channels, (identity, published)
         everywhere = [m for c, m in published if c == "presence:changes"]
         assert everywhere == [m for c, m in published if c != "presence:changes"]
+        assert fed == everywhere, identity
         versions = []
         for message in everywhere:
             change = json.loads(message, parse_constant=_no_constants)

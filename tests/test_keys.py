@@ -9,23 +9,39 @@ import pytest
 from redis.asyncio import Redis
 from redis.crc import key_slot
 
-from presence.events import parse_event
+from presence.events import ReachabilityEvent, parse_event
 from presence.feed.cursor import FeedCursor, Lineage, Node, Position
-from presence.keys import BUCKETS, Keyspace
+from presence.keys import BUCKETS, PAGES, Keyspace, page_member
 from presence.store.base import InvalidCursor
 from presence.store.cursor import decode_cursor, encode_cursor
 from presence.store.scripts import source
 from presence.timestamps import iso_from_ms
-from presence.twilio.samples import SERVICE_SID, collection_event
+from presence.twilio.samples import SERVICE_SID, collection_event, reachability
 from tests.support import make_store
 
 
 @pytest.mark.parametrize("identity", ["alice", "a{b}c", "{", "}", "x:{y}:z", "é" * 300])
 def test_every_key_of_an_identity_script_is_in_one_slot(identity: str) -> None:
     store = make_store(Redis(), None)
-    keys, _ = store._identity_call(SERVICE_SID, identity)
+    event = parse_event(reachability(identity, "EP1", 1, True, connected=True).items())
+    assert isinstance(event, ReachabilityEvent)
+    bucket, page = store.keys.place_of(SERVICE_SID, identity)
+    calls = [
+        store._event_call(event),
+        store._fire_call(page_member(SERVICE_SID, page), bucket),
+        store._read_call(SERVICE_SID, [identity]),
+    ]
 
-    assert len({key_slot(key.encode()) for key in keys}) == 1
+    for call in calls:
+        assert len({key_slot(key.encode()) for key in call.keys}) == 1
+    # A read groups identities by bucket: every page of the bucket shares its slot.
+    same_bucket = [
+        n
+        for n in (f"u{i}" for i in range(2000))
+        if store.keys.place_of(SERVICE_SID, n)[0] == bucket
+    ]
+    read = store._read_call(SERVICE_SID, same_bucket)
+    assert len({key_slot(key.encode()) for key in read.keys}) == 1
 
 
 def test_every_key_of_a_record_script_is_in_one_slot() -> None:
@@ -58,7 +74,7 @@ FEED = FeedCursor(Position(1_796_000_000_000, 3, 5), Lineage(b"8 bytes!", (Node(
 
 @pytest.mark.parametrize("after", ["", "alice", "a\u0000b", "é{}:/%"])
 def test_cursors_round_trip(after: str) -> None:
-    assert decode_cursor(encode_cursor(17, after, FEED)) == (17, after, FEED)
+    assert decode_cursor(encode_cursor(17, 63, after, FEED)) == (17, 63, after, FEED)
 
 
 @pytest.mark.parametrize(
@@ -67,10 +83,12 @@ def test_cursors_round_trip(after: str) -> None:
         "",
         "!!!",
         "bnVsbA",
-        encode_cursor(BUCKETS, "a", FEED),
+        encode_cursor(BUCKETS, 0, "a", FEED),
+        encode_cursor(0, PAGES, "a", FEED),
+        encode_cursor(0, -1, "a", FEED),
         "WzEsMl0",
         "WyIxIiwiYSJd",
-        encode_cursor(1, "a", FEED)[:-3],
+        encode_cursor(1, 2, "a", FEED)[:-3],
     ],
 )
 def test_a_cursor_not_handed_out_is_refused(cursor: str) -> None:

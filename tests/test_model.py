@@ -36,7 +36,7 @@ from redis.asyncio import Redis
 from harness.processes import RedisServer
 from presence import rules
 from presence.events import MAX_SAFE_INTEGER, ReachabilityEvent, parse_event
-from presence.keys import due_member
+from presence.keys import page_member
 from presence.rules import Event, Model
 from presence.store.base import Change
 from presence.timestamps import iso_from_ms
@@ -215,37 +215,44 @@ class Harness:
         await self._check_published()
 
     async def _check_indices(self, *, full: bool) -> None:
-        """The counters and the online index against the model.
+        """Every identity's stored state, the counters and the due pages against the model.
 
         ``stats()`` and ``online()`` read all 128 buckets (about 25 ms together), too slow for
-        every step of thousands: every step reads the counters and online index of the
-        buckets of the model's identities (the key prefix is fresh, so every other bucket is
-        empty), and the two real queries, which only add up those buckets, run at the end of
-        every example (``full``)."""
+        every step of thousands: every step reads the stored state of the model's identities
+        and the counters of their buckets (the key prefix is fresh, so every other bucket is
+        empty), and the two real queries run at the end of every example (``full``)."""
         wanted_stats, wanted_online = self.model.stats(), self.model.online_identities()
         keys = self.store.keys
-        buckets = sorted({keys.bucket_of(SERVICE_SID + name) for name in IDENTITIES})
+        names = sorted(set(IDENTITIES) | set(self.model.identities))
+        places = [keys.place_of(SERVICE_SID, name) for name in names]
+        buckets = sorted({bucket for bucket, _ in places})
         async with self.client.pipeline(transaction=False) as pipe:
             for bucket in buckets:
                 pipe.hmget(keys.counters(bucket, SERVICE_SID), "online", "pending", "endpoints")
-                pipe.zrange(keys.online(bucket, SERVICE_SID), 0, -1)
-            for name in IDENTITIES:
-                bucket = keys.bucket_of(SERVICE_SID + name)
-                pipe.zscore(keys.due(bucket), due_member(SERVICE_SID, name))
+            for bucket, page in places:
+                pipe.zscore(keys.due_pages(bucket), page_member(SERVICE_SID, page))
             replies: list[Any] = await pipe.execute()
-        rows, members = replies[0 : 2 * len(buckets) : 2], replies[1 : 2 * len(buckets) : 2]
-        # When the sweeper will visit each identity (the due set), as the model schedules it.
-        due = [None if score is None else int(score) for score in replies[2 * len(buckets) :]]
-        assert due == [rules.due_at(self.model.get(name), self.model.ttl) for name in IDENTITIES]
+        rows, scores = replies[: len(buckets)], replies[len(buckets) :]
         counted = tuple(sum(int(row[i] or 0) for row in rows) for i in range(3))
         assert counted == wanted_stats
-        assert sorted(name for found in members for name in found) == wanted_online
+        stored = [await self.store.inspect(SERVICE_SID, name) for name in names]
+        for name, found, score in zip(names, stored, scores, strict=True):
+            wanted = self.model.get(name)
+            assert found.state == wanted, name
+            # When the sweeper must visit it, as the model schedules it; its page is due no
+            # later (an event may have moved a deadline later: the sweeper's visit then only
+            # reschedules the page).
+            due = rules.due_at(wanted, self.model.ttl)
+            assert (found.due or None) == (None if wanted.compacted else due), name
+            if due is not None and not wanted.compacted:
+                assert score is not None, name
+                assert int(score) <= due, name
         if full:
             stats = await self.store.stats(SERVICE_SID)
             assert (stats.online, stats.pending_offline, stats.endpoints) == wanted_stats
-            page = await self.store.online(SERVICE_SID, 100, None)
-            assert sorted(page.identities) == wanted_online
-            assert page.next_cursor is None
+            listing = await self.store.online(SERVICE_SID, 100, None)
+            assert sorted(listing.identities) == wanted_online
+            assert listing.next_cursor is None
 
     def final_check(self) -> None:
         """At the end of an example: the real stats() and online() queries too."""
@@ -531,4 +538,43 @@ def test_pinned_older_events_do_not_refresh_twilios_word(harness: Harness) -> No
     harness.sweep()
     state = harness.model.get("alice")
     assert (state.published_online, state.version) == (False, 2)
+    harness.check()
+
+
+def test_pinned_a_settled_identity_is_compacted_and_comes_back(harness: Harness) -> None:
+    """Offline and silent for the TTL, an identity keeps only its version, last change and
+    highest EventId, in its page's graveyard; its next event brings the rest back."""
+    harness.deliver(ev(1, "E1", True, True))
+    harness.deliver(ev(2, "E1", False, False))
+    harness.later(GRACE)
+    harness.sweep()
+    harness.later(TTL)
+    harness.sweep()
+    stored = harness.run(harness.store.inspect(SERVICE_SID, "alice"))
+    assert (stored.where, stored.state.version, stored.state.forgotten_floor) == ("graveyard", 2, 2)
+    # Every event at or below the floor is stale now, even the repeat of the last one.
+    assert harness.deliver(ev(2, "E1", False, False)).outcome is rules.Outcome.STALE
+    assert harness.deliver(ev(1, "E1", True, True)).outcome is rules.Outcome.STALE
+    result = harness.deliver(ev(3, "E2", True, True))
+    assert [(c.online, c.version) for c in result.changes] == [(True, 3)]
+    stored = harness.run(harness.store.inspect(SERVICE_SID, "alice"))
+    assert (stored.where, stored.state.compacted) == ("page", False)
+    harness.check()
+
+
+def test_pinned_many_compacted_identities_share_a_graveyard(harness: Harness) -> None:
+    """Identities of one page in its graveyard, kept in order: each is found again."""
+    names = (f"user-{n}" for n in range(200_000))
+    place = harness.store.keys.place_of(SERVICE_SID, "user-0")
+    mates = [n for n in names if harness.store.keys.place_of(SERVICE_SID, n) == place][:5]
+    assert len(mates) == 5
+    for n, name in enumerate(mates, start=1):
+        harness.deliver(ev(n, "E1", False, False, identity=name))
+    harness.later(TTL)
+    harness.sweep()
+    for n, name in enumerate(mates, start=1):
+        stored = harness.run(harness.store.inspect(SERVICE_SID, name))
+        assert (stored.where, stored.state.forgotten_floor) == ("graveyard", n), name
+    for n, name in enumerate(reversed(mates), start=100):
+        assert harness.deliver(ev(n, "E1", True, True, identity=name)).changes
     harness.check()

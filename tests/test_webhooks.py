@@ -14,6 +14,7 @@ from urllib.parse import urlencode
 
 import pytest
 from redis.asyncio import Redis
+from redis.exceptions import ResponseError
 
 from harness.processes import RedisServer
 from presence.events import EVENT_TYPES
@@ -602,6 +603,16 @@ async def test_a_redis_busy_with_a_long_script_answers_503(
     blocker = Redis.from_url(private_redis.url)
     runaway = asyncio.ensure_future(blocker.eval("while true do end", 0))
     try:
+
+        async def running() -> bool:
+            # Only once the script runs: a webhook sent before it would simply be applied.
+            try:
+                await admin.ping()
+            except ResponseError as error:
+                return "BUSY" in str(error)
+            return False
+
+        await wait_until(running, 10, "the long script running")
 
         async def busy() -> bool:
             response = await service.post_signed(reachability("a", "E1", 1, True, connected=True))

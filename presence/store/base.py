@@ -6,11 +6,17 @@ import json
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
+
+import orjson
 
 from presence.events import CollectionEvent, ReachabilityEvent
 from presence.feed.cursor import FeedCursor, Position
+from presence.timestamps import iso_from_ms
 from presence.twilio import SID_LENGTH
+
+if TYPE_CHECKING:
+    from presence.store.migrate import Migration
 
 
 class Outcome(StrEnum):
@@ -40,7 +46,7 @@ class Change:
 
     @classmethod
     def from_message(cls, message: str) -> Change:
-        fields: dict[str, Any] = json.loads(message)
+        fields: dict[str, Any] = orjson.loads(message)
         return cls(**fields)
 
     def __str__(self) -> str:
@@ -114,8 +120,29 @@ class FeedEntry:
     identity: str
 
     @classmethod
-    def of(cls, position: Position, message: str) -> FeedEntry:
-        return cls(position, message, identity_of(message))
+    def of(cls, position: Position, service_sid: str, fields: Mapping[str, str]) -> FeedEntry:
+        """From a feed entry's fields: the change's (``publish.lua``), or, written before
+        storage format 2, its message (``c``)."""
+        if "c" in fields:
+            message = fields["c"]
+            return cls(position, message, identity_of(message))
+        identity, event_id = fields["i"], fields["e"]
+        message = (
+            '{"service_sid":"'
+            + service_sid
+            + '","identity":'
+            + orjson.dumps(identity).decode()
+            + (',"online":true,"reason":"' if fields["o"] == "1" else ',"online":false,"reason":"')
+            + fields["r"]
+            + '","event_id":'
+            + (event_id or "null")
+            + ',"version":'
+            + fields["v"]
+            + ',"changed_at":"'
+            + iso_from_ms(int(fields["t"]))
+            + '"}'
+        )
+        return cls(position, message, identity)
 
 
 @dataclass(frozen=True)
@@ -152,6 +179,8 @@ class SweepResult:
     lag_ms: int = 0
     """How long past its due time the most overdue identity visited was."""
     endpoints_expired: int = 0
+    next_due_in_ms: int | None = None
+    """When something not yet due will be (ms from now; None: nothing seen scheduled)."""
 
 
 class InvalidCursor(ValueError):
@@ -160,6 +189,11 @@ class InvalidCursor(ValueError):
 
 class PresenceStore(Protocol):
     """Presence state, its indices and its change announcements, applied atomically."""
+
+    async def prepare(self) -> Migration | None:
+        """Checks the storage format, migrating an older one; before serving (see
+        migrate.py)."""
+        ...
 
     async def apply_reachability(self, event: ReachabilityEvent) -> EventResult:
         """Apply a connect or disconnect and publish the presence changes it causes."""
@@ -196,7 +230,8 @@ class PresenceStore(Protocol):
     async def stats(self, service_sid: str) -> Stats: ...
 
     async def sweep(self, limit: int) -> SweepResult:
-        """Visit about ``limit`` identities whose time has come (a deadline or an expiry)."""
+        """Visit about ``limit`` pages of identities whose time has come (a deadline or an
+        expiry), firing what is due in each."""
         ...
 
     async def add_activity(self, counts: Mapping[tuple[str, int], Mapping[str, int]]) -> None:

@@ -1,62 +1,96 @@
 """Coalesced writes: script calls made together share one Redis round trip.
 
 Webhooks that arrive together each need one Lua script. Sent one by one, every script is a
-round trip, with the Python overhead of a command each; here the calls made while the
-previous batch is on its way are gathered and sent as one pipeline. A batch is flushed on
-the next event-loop tick after the first call, or as soon as the one before it returns.
+round trip, with the Python overhead of a command each; here the calls made together are
+gathered and sent as one batch: on the next event-loop tick after the first call, at most
+``max_batch`` at a time.
 
-Only one batch is in flight at a time, so calls run in Redis in the order they were made:
-two webhooks of one identity are applied in their order of arrival. On a Redis Cluster the
-batch is split by node, each node getting its part in order, and a node that is down fails
-only the calls it serves.
-Each caller is answered once its own script has run, with its own reply or error.
+Calls run in Redis in the order they were made, so two webhooks of one identity are applied
+in their order of arrival. On one Redis, batches are written one after the other on one
+connection as soon as they are gathered, up to ``max_in_flight`` of them awaiting their
+replies (pipe.py): Redis runs one while the service prepares the next, and one connection
+keeps their order. On a Redis Cluster (or the embedded store) one batch is in flight at a
+time, split by node, each node getting its part in order; a node that is down fails only the
+calls it serves. Each caller is answered once its own script has run, with its own reply or
+error.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
+from redis.asyncio import Redis
+from redis.asyncio.connection import AbstractConnection
 from redis.commands.core import AsyncScript
+from redis.exceptions import NoScriptError
 
+from presence.store import resp
+from presence.store.pipe import Pipe
 from presence.store.scripts import Client, ScriptCall, run_scripts
 
 MAX_BATCH = 512
-"""Calls per pipeline at most: beyond this, a batch would hold its first caller too long."""
+"""Calls per batch at most: beyond this, a batch would hold its first caller too long."""
+MAX_IN_FLIGHT = 8
+"""Batches awaiting their replies at once, on one Redis."""
+EAGER_BATCH = 16
+"""On one Redis, a batch this big goes at once, without waiting for the tick to end: Redis
+runs it while the service handles the requests that arrived with it (otherwise a burst of
+requests is all handled first, then all wait for Redis together)."""
 
 
-@dataclass
 class _Call:
     """A queued script call, and the future its caller awaits."""
 
-    script: ScriptCall
-    reply: asyncio.Future[Any] = field(
-        default_factory=lambda: asyncio.get_running_loop().create_future()
-    )
+    __slots__ = ("reply", "script")
+
+    def __init__(self, script: ScriptCall, reply: asyncio.Future[Any]) -> None:
+        self.script = script
+        self.reply = reply
+
+    def command(self) -> bytes:
+        call = self.script
+        return resp.pack(("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args))
 
 
 class Coalescer:
-    """Runs script calls on ``redis`` in pipelines of the calls made together."""
+    """Runs script calls on ``redis`` in batches of the calls made together."""
 
-    def __init__(self, redis: Client, *, max_batch: int = MAX_BATCH) -> None:
+    def __init__(
+        self, redis: Client, *, max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT
+    ) -> None:
         self.redis = redis
         self.max_batch = max_batch
         self._pending: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
+        self._pipe: Pipe | None = None
+        if isinstance(redis, Redis) and resp.supported(redis):
+            self._pipe = Pipe(redis, self._load_scripts)
+        self._scripts: dict[str, AsyncScript] = {}
+        """Every script called, by SHA: loaded on each new connection."""
+        self.max_in_flight = max_in_flight
+        self._in_flight = 0
+        self._room = asyncio.Event()
+        self._settling: set[asyncio.Task[None]] = set()
+        self._recovering = asyncio.Lock()
 
     async def call(
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]
     ) -> Any:
         """Runs ``script`` with ``keys`` and ``args``; returns its reply or raises its error."""
-        call = _Call(ScriptCall(script, keys, args))
+        call = _Call(ScriptCall(script, keys, args), asyncio.get_running_loop().create_future())
+        self._scripts.setdefault(script.sha, script)
         self._pending.append(call)
-        if self._sender is None:
+        if len(self._pending) >= EAGER_BATCH and self._can_write_now():
+            batch, self._pending = self._pending, []
+            self._write(batch)
+        elif self._sender is None:
             self._sender = asyncio.create_task(self._send_all(), name="presence-coalescer")
-        # Shielded: once queued, the script runs whatever happens to this caller, so the
-        # batch it shares with others is never torn.
-        return await asyncio.shield(call.reply)
+        # A caller cancelled meanwhile leaves its call in the batch: once queued, the script
+        # runs whatever happens to the caller, so the batch is never torn (its reply is
+        # dropped, see _deliver).
+        return await call.reply
 
     async def _send_all(self) -> None:
         try:
@@ -65,7 +99,11 @@ class Coalescer:
             while self._pending:
                 batch = self._pending[: self.max_batch]
                 del self._pending[: self.max_batch]
-                await self._send(batch)
+                if self._pipe is None:
+                    self._dispatched(batch)
+                    await self._send(batch)
+                else:
+                    await self._submit(self._pipe, batch)
         except BaseException:
             # Cancelled (the loop is closing): nothing will send what is left.
             for call in self._pending:
@@ -75,24 +113,125 @@ class Coalescer:
         finally:
             self._sender = None
 
+    def _dispatched(self, batch: Sequence[_Call]) -> None:
+        """A batch goes to Redis (a hook for the tests, which count round trips)."""
+
+    # -- one Redis: pipelined ------------------------------------------------------------------
+
+    async def _load_scripts(self, connection: AbstractConnection) -> None:
+        for script in list(self._scripts.values()):
+            await connection.send_command("SCRIPT", "LOAD", script.script)
+            await connection.read_response()
+
+    def _can_write_now(self) -> bool:
+        """True when a batch can be written without waiting: the connection is up, no
+        recovery is under way, and fewer than ``max_in_flight`` batches await replies (and
+        nothing is queued before it: the sender's batches go first)."""
+        return (
+            self._pipe is not None
+            and self._pipe.connected
+            and not self._recovering.locked()
+            and self._in_flight < self.max_in_flight
+            and self._sender is None
+        )
+
+    def _write(self, batch: list[_Call]) -> None:
+        assert self._pipe is not None
+        self._dispatched(batch)
+        self._in_flight += 1
+        replies = self._pipe.submit([call.command() for call in batch])
+        task = asyncio.create_task(self._settle(self._pipe, batch, replies))
+        self._settling.add(task)
+        task.add_done_callback(self._settling.discard)
+
+    async def _submit(self, pipe: Pipe, batch: list[_Call]) -> None:
+        while self._in_flight >= self.max_in_flight:
+            self._room.clear()
+            await self._room.wait()
+        # A recovery from NOSCRIPT resends what was refused before anything new is written.
+        async with self._recovering:
+            try:
+                await pipe.ready()
+            except Exception as error:
+                _fail(batch, error)
+                return
+            self._write(batch)
+
+    async def _settle(
+        self, pipe: Pipe, batch: list[_Call], pending: asyncio.Future[list[Any]]
+    ) -> None:
+        try:
+            try:
+                replies = await pending
+            except Exception as error:
+                _fail(batch, error)
+                return
+            refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            if refused:
+                # The scripts were flushed: the calls refused did not run. Loaded again and
+                # made again, in their order, before any later batch is written.
+                async with self._recovering:
+                    again = [batch[i] for i in refused]
+                    try:
+                        await self._load_scripts_on(pipe, again)
+                        retried = await pipe.submit([call.command() for call in again])
+                    except Exception as error:
+                        _fail(again, error)
+                        retried = []
+                    for i, reply in zip(refused, retried, strict=False):
+                        replies[i] = reply
+            _deliver(batch, replies)
+        finally:
+            self._in_flight -= 1
+            self._room.set()
+
+    async def _load_scripts_on(self, pipe: Pipe, calls: Sequence[_Call]) -> None:
+        scripts = {call.script.script.sha: call.script.script for call in calls}
+        loads = [resp.pack(("SCRIPT", "LOAD", _source(script))) for script in scripts.values()]
+        await pipe.ready()
+        await pipe.submit(loads)
+
+    # -- a Redis Cluster, or the embedded store: one batch at a time --------------------------
+
     async def _send(self, batch: list[_Call]) -> None:
         try:
             replies = await self._run(batch)
         except Exception as error:
-            for call in batch:
-                call.reply.set_exception(error)
+            _fail(batch, error)
             return
         except BaseException:
             for call in batch:
                 call.reply.cancel()
             raise
-        for call, reply in zip(batch, replies, strict=True):
-            if isinstance(reply, Exception):
-                call.reply.set_exception(reply)
-            else:
-                call.reply.set_result(reply)
+        _deliver(batch, replies)
 
     async def _run(self, batch: Sequence[_Call]) -> list[Any]:
         # One pipeline (one per node of a Redis Cluster); scripts a restarted Redis has
         # forgotten are loaded and their calls, which did not run, made again.
         return await run_scripts(self.redis, [call.script for call in batch])
+
+    async def close(self) -> None:
+        if self._pipe is not None:
+            await self._pipe.close()
+
+
+def _source(script: AsyncScript) -> bytes:
+    source = script.script
+    return source.encode() if isinstance(source, str) else bytes(source)
+
+
+def _fail(calls: Sequence[_Call], error: BaseException) -> None:
+    for call in calls:
+        if not call.reply.done():
+            call.reply.set_exception(error)
+
+
+def _deliver(batch: Sequence[_Call], replies: Sequence[Any]) -> None:
+    """Each call of ``batch`` still open gets its reply (a reply that is an error, raised)."""
+    for call, reply in zip(batch, replies, strict=True):
+        if call.reply.done():
+            continue
+        if isinstance(reply, Exception):
+            call.reply.set_exception(reply)
+        else:
+            call.reply.set_result(reply)

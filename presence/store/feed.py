@@ -185,7 +185,7 @@ class FeedReader:
                     more = True
                 for stream_id, fields in items:
                     ms, seq = _parse_id(stream_id)
-                    entries.append(FeedEntry.of(Position(ms, seq, bucket), fields["c"]))
+                    entries.append(FeedEntry.of(Position(ms, seq, bucket), service_sid, fields))
         held = [e for e in entries if e.position > watermark]
         entries = sorted(
             (e for e in entries if after.position < e.position <= watermark),

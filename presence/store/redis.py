@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import logging
 import time
 from collections.abc import AsyncIterator, Callable, Collection, Mapping, Sequence
@@ -12,14 +11,16 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass, field, replace
 from typing import Any
 
+import orjson
 from redis import exceptions as redis_errors
 from redis.asyncio import RedisCluster
 from redis.asyncio.client import Pipeline
 from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 
+from presence import rules
 from presence.events import CollectionEvent, ItemEvent, ReachabilityEvent, normalised
 from presence.feed.cursor import FeedCursor
-from presence.keys import BUCKETS, Keyspace, due_member, split_due_member
+from presence.keys import BUCKETS, PAGES, Keyspace, page_member, split_page_member
 from presence.store.base import (
     Change,
     EventResult,
@@ -35,7 +36,7 @@ from presence.store.coalesce import Coalescer
 from presence.store.cursor import decode_cursor, encode_cursor
 from presence.store.errors import UNAVAILABLE, unavailable_as_store_error
 from presence.store.feed import FeedReader
-from presence.store.fields import presence_of
+from presence.store.migrate import FormatError, Migration, StorageFormat
 from presence.store.nodes import by_node, on_each_node
 from presence.store.scripts import Client, ScriptCall, Scripts, run_scripts
 from presence.twilio import SID_LENGTH
@@ -71,6 +72,76 @@ def _changes(messages: Sequence[str]) -> tuple[Change, ...]:
     return tuple(Change.from_message(message) for message in messages)
 
 
+def presence_of(service_sid: str, identity: str, row: Sequence[str]) -> IdentityPresence:
+    """What a query answers, from a row of read.lua."""
+    online, pending, version, top, changed_at, *endpoints = row
+    return IdentityPresence(
+        service_sid=service_sid,
+        identity=identity,
+        online=online == "1",
+        pending_offline=pending == "1",
+        endpoints=tuple(endpoints),
+        last_event_id=int(top) if top else None,
+        changed_at_ms=int(changed_at) if changed_at else None,
+        version=int(version),
+    )
+
+
+@dataclass(frozen=True)
+class StoredIdentity:
+    """What inspect.lua reads of an identity: rules.Identity's fields, and where it is kept
+    (``page``, ``graveyard`` or ``none``) and when its page is next due for it (0: never)."""
+
+    where: str
+    due: int
+    state: rules.Identity
+
+    @classmethod
+    def from_reply(cls, name: str, reply: Sequence[Any]) -> StoredIdentity:
+        where, due, version, published, changed_at, top, top_online, top_at = reply[:8]
+        deadline, deadline_event, off_floor, off_endpoint, forgotten_floor = reply[8:13]
+        connected, tombstones = reply[13:]
+
+        def number(text: str) -> int | None:
+            return int(text) if text else None
+
+        def marks(flat: Sequence[str]) -> dict[str, rules.Mark]:
+            return {
+                flat[i]: rules.Mark(int(flat[i + 1]), int(flat[i + 2]))
+                for i in range(0, len(flat), 3)
+            }
+
+        state = rules.Identity(
+            name,
+            connected=marks(connected),
+            tombstones=marks(tombstones),
+            forgotten_floor=number(forgotten_floor),
+            off_floor=number(off_floor),
+            off_endpoint=off_endpoint or None,
+            top=number(top),
+            top_online=top_online == "1",
+            top_at=int(top_at or 0),
+            published_online=published == "1",
+            version=int(version),
+            changed_at=number(changed_at),
+            deadline=number(deadline),
+            deadline_event=number(deadline_event),
+            compacted=where == "graveyard",
+        )
+        return cls(where, int(due or 0), state)
+
+
+def _pages(reply: Sequence[Any]) -> list[tuple[int, list[str]]]:
+    """The pages of a reply of list.lua, 0-based, each with its names."""
+    pages: list[tuple[int, list[str]]] = []
+    position = 0
+    while position < len(reply):
+        page, count = int(reply[position]), int(reply[position + 1])
+        pages.append((page - 1, list(reply[position + 2 : position + 2 + count])))
+        position += 2 + count
+    return pages
+
+
 PARTIAL_SWEEP_LOG_SECONDS = 30.0
 """While a Redis Cluster node is down, sweeps skip it, saying so at most this often."""
 
@@ -83,6 +154,7 @@ class _Swept:
     more: bool = False
     lag_ms: int = 0
     endpoints_expired: int = 0
+    next_due_in_ms: int | None = None
 
 
 class RedisStore:
@@ -103,56 +175,93 @@ class RedisStore:
         self.redis = redis
         self.keys = keyspace
         self._grace = str(offline_grace_ms)
+        self.endpoint_ttl_ms = endpoint_ttl_ms
         self._ttl = str(endpoint_ttl_ms)
         self._retention = str(feed_retention_ms)
         self._clock = clock
         self._feed = FeedReader(redis, keyspace, retention_ms=feed_retention_ms)
-        self._scripts = Scripts(redis)
+        self.scripts = Scripts(redis)
         # Webhooks arriving together share round trips (see coalesce.py).
         self._writes = Coalescer(redis)
         self._partial_sweep_logged = 0.0
+        self._format = StorageFormat(self)
+        self._format_ready = False
+        self._format_lock = asyncio.Lock()
 
-    def _identity_call(self, service_sid: str, identity: str) -> tuple[list[str], list[str]]:
-        """KEYS and the first ARGV shared by apply_event.lua and fire_due.lua (state.lua)."""
+    async def prepare(self) -> Migration | None:
+        """Makes sure Redis holds this release's storage format, migrating format 1 (see
+        migrate.py); returns the migration made, if any. Raises ``FormatError`` when Redis
+        holds a format this release must not serve, ``StoreUnavailable`` when Redis cannot
+        be reached (the check is then made again on the next use)."""
+        async with self._format_lock:
+            if self._format_ready:
+                return None
+            migration = await self._format.ensure()
+            self._format_ready = True
+            return migration
+
+    async def _prepared(self) -> None:
+        """Before the first use of the identities (when ``prepare`` could not run at start)."""
+        try:
+            await self.prepare()
+        except FormatError as error:
+            log.error("%s", error)
+            raise StoreUnavailable(str(error)) from None
+
+    def page_keys(self, service_sid: str, bucket: int, page: int) -> list[str]:
+        """The KEYS of the identity scripts for a page (state.lua)."""
         keys = self.keys
-        bucket = keys.bucket_of(service_sid + identity)
-        head = '{"service_sid":' + json.dumps(service_sid) + ',"identity":' + json.dumps(identity)
-        return (
-            [
-                keys.identity(bucket, service_sid, identity),
-                keys.online(bucket, service_sid),
-                keys.counters(bucket, service_sid),
-                keys.due(bucket),
-                keys.feed(bucket, service_sid),
-            ],
-            [
-                identity,
-                due_member(service_sid, identity),
-                self._grace,
-                self._ttl,
-                "" if self._clock is None else str(self._clock()),
-                keys.changes_channel,
-                keys.identity_channel(service_sid, identity),
-                head,
-                self._retention,
-            ],
-        )
+        return [
+            keys.page(bucket, service_sid, page),
+            keys.graveyard(bucket, service_sid, page),
+            keys.counters(bucket, service_sid),
+            keys.due_pages(bucket),
+            keys.feed(bucket, service_sid),
+        ]
+
+    def _now_arg(self) -> str:
+        return "" if self._clock is None else str(self._clock())
+
+    def _event_call(self, event: ReachabilityEvent) -> ScriptCall:
+        service_sid, identity = event.service_sid, event.identity
+        bucket, page = self.keys.place_of(service_sid, identity)
+        head = '{"service_sid":"' + service_sid + '","identity":' + orjson.dumps(identity).decode()
+        args = [
+            identity,
+            page_member(service_sid, page),
+            self._grace,
+            self._ttl,
+            self._now_arg(),
+            self.keys.changes_channel,
+            self.keys.identity_channel(service_sid, identity),
+            head,
+            self._retention,
+            event.endpoint_id,
+            str(event.event_id),
+            "1" if event.is_identity_online else "0",
+            "1" if event.connected else "0",
+        ]
+        return ScriptCall(self.scripts.apply_event, self.page_keys(service_sid, bucket, page), args)
+
+    def _fire_call(self, member: str, bucket: int) -> ScriptCall:
+        service_sid, page = split_page_member(member)
+        args = [
+            member,
+            self._grace,
+            self._ttl,
+            self._now_arg(),
+            self.keys.changes_channel,
+            self.keys.identity_channel(service_sid, ""),
+            '{"service_sid":"' + service_sid + '","identity":',
+            self._retention,
+        ]
+        return ScriptCall(self.scripts.fire_due, self.page_keys(service_sid, bucket, page), args)
 
     @asynccontextmanager
     async def _pipeline(self) -> AsyncIterator[Pipeline | ClusterPipeline]:
         # On a Redis Cluster, redis-py splits the pipeline by node and sends the parts at once.
         async with unavailable_as_store_error(), self.redis.pipeline(transaction=False) as pipe:
             yield pipe
-
-    def _event_call(self, event: ReachabilityEvent) -> ScriptCall:
-        keys, args = self._identity_call(event.service_sid, event.identity)
-        args += [
-            event.endpoint_id,
-            str(event.event_id),
-            "1" if event.is_identity_online else "0",
-            "1" if event.connected else "0",
-        ]
-        return ScriptCall(self._scripts.apply_event, keys, args)
 
     @staticmethod
     def _event_result(reply: list[str]) -> EventResult:
@@ -164,6 +273,8 @@ class RedisStore:
         )
 
     async def apply_reachability(self, event: ReachabilityEvent) -> EventResult:
+        if not self._format_ready:
+            await self._prepared()
         call = self._event_call(event)
         async with unavailable_as_store_error():
             reply: list[str] = await self._writes.call(call.script, call.keys, call.args)
@@ -172,6 +283,8 @@ class RedisStore:
     async def apply_many(self, events: Sequence[ReachabilityEvent]) -> list[EventResult]:
         """Applies ``events`` in one pipeline (one per node), in order: to load many at once
         (the benchmarks fill Redis so). Raises the first error any of them met."""
+        if not self._format_ready:
+            await self._prepared()
         async with unavailable_as_store_error():
             replies = await run_scripts(self.redis, [self._event_call(e) for e in events])
             for reply in replies:
@@ -188,7 +301,7 @@ class RedisStore:
         removes = event.event_type in ("list_removed", "map_removed")
         if item_event_id or removes:
             keys.append(self.keys.seen(bucket, event.subject_sid))
-        message = json.dumps(normalised(event), separators=(",", ":"))
+        message = orjson.dumps(normalised(event)).decode()
         args: list[str | int] = [
             "1" if token is not None else "0",
             item_event_id,
@@ -200,57 +313,102 @@ class RedisStore:
             SEEN_MEMORY_SECONDS,
         ]
         async with unavailable_as_store_error():
-            reply: str = await self._writes.call(self._scripts.record, keys, args)
+            reply: str = await self._writes.call(self.scripts.record, keys, args)
         return Outcome(reply)
 
-    async def identity(self, service_sid: str, identity: str) -> IdentityPresence:
-        # One command, not a pipeline of one: a pipeline costs a third more CPU per GET.
-        bucket = self.keys.bucket_of(service_sid + identity)
+    def _read_call(self, service_sid: str, identities: Sequence[str]) -> ScriptCall:
+        keys: list[str] = []
+        for name in identities:
+            bucket, page = self.keys.place_of(service_sid, name)
+            keys += [
+                self.keys.page(bucket, service_sid, page),
+                self.keys.graveyard(bucket, service_sid, page),
+            ]
+        return ScriptCall(self.scripts.read, keys, list(identities))
+
+    async def inspect(self, service_sid: str, identity: str) -> StoredIdentity:
+        """An identity's whole stored state, by the rules' names: for the tests, and to check
+        a migration."""
+        if not self._format_ready:
+            await self._prepared()
+        bucket, page = self.keys.place_of(service_sid, identity)
+        keys = [
+            self.keys.page(bucket, service_sid, page),
+            self.keys.graveyard(bucket, service_sid, page),
+        ]
         async with unavailable_as_store_error():
-            state: dict[str, str] = await self.redis.hgetall(  # type: ignore[assignment]
-                self.keys.identity(bucket, service_sid, identity)
+            (reply,) = await run_scripts(
+                self.redis, [ScriptCall(self.scripts.inspect, keys, [identity])]
             )
-        return presence_of(service_sid, identity, state)
+        if isinstance(reply, Exception):
+            raise reply
+        return StoredIdentity.from_reply(identity, reply)
+
+    async def identity(self, service_sid: str, identity: str) -> IdentityPresence:
+        (found,) = await self.lookup(service_sid, [identity])
+        return found
 
     async def lookup(self, service_sid: str, identities: Sequence[str]) -> list[IdentityPresence]:
-        async with self._pipeline() as pipe:
-            for name in identities:
-                bucket = self.keys.bucket_of(service_sid + name)
-                pipe.hgetall(self.keys.identity(bucket, service_sid, name))
-            states: list[dict[str, str]] = await pipe.execute()
-        return [
-            presence_of(service_sid, name, state)
-            for name, state in zip(identities, states, strict=True)
-        ]
+        if not self._format_ready:
+            await self._prepared()
+        # One script call per bucket, each reading the identities of that bucket.
+        by_bucket: dict[int, list[int]] = {}
+        for position, name in enumerate(identities):
+            by_bucket.setdefault(self.keys.place_of(service_sid, name)[0], []).append(position)
+        groups = list(by_bucket.values())
+        calls = [self._read_call(service_sid, [identities[i] for i in group]) for group in groups]
+        async with unavailable_as_store_error():
+            replies = await run_scripts(self.redis, calls)
+        found: list[IdentityPresence | None] = [None] * len(identities)
+        for group, reply in zip(groups, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise reply
+            for position, row in zip(group, reply, strict=True):
+                found[position] = presence_of(service_sid, identities[position], row)
+        return [presence for presence in found if presence is not None]
 
     async def online(self, service_sid: str, limit: int, cursor: str | None) -> OnlinePage:
+        if not self._format_ready:
+            await self._prepared()
         if cursor:
-            bucket, after, feed = decode_cursor(cursor)
+            bucket, page, after, feed = decode_cursor(cursor)
         else:
             # The feed's position before anything is read: a change made while the pages are
             # read is after it, so the listing plus the feed from it is the current state.
-            bucket, after, feed = 0, "", (await self.read_feed(service_sid, None, limit=1)).cursor
+            bucket, page, after = 0, 0, ""
+            feed = (await self.read_feed(service_sid, None, limit=1)).cursor
         names: list[str] = []
         while bucket < BUCKETS:
             batch = range(bucket, min(bucket + LISTING_BUCKETS_PER_TRIP, BUCKETS))
-            async with self._pipeline() as pipe:
-                for b in batch:
-                    start = "(" + after if b == bucket and after else "-"
-                    pipe.zrange(
-                        self.keys.online(b, service_sid),
-                        start,
-                        "+",
-                        bylex=True,
-                        offset=0,
-                        num=limit - len(names),
-                    )
-                found: list[list[str]] = await pipe.execute()
-            for b, members in zip(batch, found, strict=True):
-                names.extend(members[: limit - len(names)])
-                if len(names) == limit:
-                    # Names in a bucket are ordered, so the next page resumes after the last.
-                    return OnlinePage(names, encode_cursor(b, names[-1], feed), feed)
-            bucket, after = batch.stop, ""
+            calls = [
+                ScriptCall(
+                    self.scripts.list,
+                    [self.keys.page(b, service_sid, g) for g in range(PAGES)],
+                    [page + 1 if b == bucket else 1, limit - len(names)],
+                )
+                for b in batch
+            ]
+            async with unavailable_as_store_error():
+                replies = await run_scripts(self.redis, calls)
+            resume: tuple[int, int] | None = None
+            for b, reply in zip(batch, replies, strict=True):
+                if isinstance(reply, Exception):
+                    raise reply
+                pages = _pages(reply)
+                for g, listed in pages:
+                    # A page's names in code-point order: its part of the listing resumes
+                    # after the last name given.
+                    skip = after if (b, g) == (bucket, page) else None
+                    ordered = sorted(n for n in listed if skip is None or n > skip)
+                    names.extend(ordered[: limit - len(names)])
+                    if len(names) == limit:
+                        return OnlinePage(names, encode_cursor(b, g, names[-1], feed), feed)
+                if pages and pages[-1][0] < PAGES - 1:
+                    # list.lua stopped once it had enough names, some of which were before
+                    # the cursor: the rest of this bucket comes next.
+                    resume = (b, pages[-1][0] + 1)
+                    break
+            bucket, page, after = (*resume, "") if resume else (batch.stop, 0, "")
         return OnlinePage(names, None, feed)
 
     async def read_feed(
@@ -265,7 +423,7 @@ class RedisStore:
         if identities is None:
             return await self._feed.read(service_sid, after, limit=limit, check=check)
         wanted = frozenset(identities)
-        buckets = {self.keys.bucket_of(service_sid + name) for name in wanted}
+        buckets = {self.keys.place_of(service_sid, name)[0] for name in wanted}
         read = await self._feed.read(service_sid, after, limit=limit, buckets=buckets, check=check)
         return replace(read, entries=[e for e in read.entries if e.identity in wanted])
 
@@ -294,24 +452,27 @@ class RedisStore:
         self, buckets: Sequence[int], share: int, node: ClusterNode | None = None
     ) -> _Swept:
         """Sweeps ``buckets`` (on a Redis Cluster: those whose slots ``node`` serves)."""
-        # Each node's own clock says what is due on it: tick.lua goes by the same clock to
+        # Each node's own clock says what is due on it: fire_due.lua goes by the same clock to
         # decide whether a deadline has come, so a node whose clock lags another's can
         # neither have its deadlines skipped nor be asked again and again about early ones.
         now = await self._now_ms(node)
+        # The first pages of each bucket by due time, one more than its share: those due are
+        # visited, and the first one not due says when to come back.
         async with self.redis.pipeline(transaction=False) as pipe:
             for bucket in buckets:
-                pipe.zrangebyscore(
-                    self.keys.due(bucket), "-inf", now, start=0, num=share, withscores=True
-                )
+                pipe.zrange(self.keys.due_pages(bucket), 0, share, withscores=True)
             per_bucket: list[list[tuple[str, float]]] = await pipe.execute()
-        members = [member for found in per_bucket for member, _ in found]
-        if not members:
-            return _Swept()
-        # Another replica may visit the same members meanwhile: fire_due.lua reads the due
+        due = [[(m, int(score)) for m, score in first if score <= now] for first in per_bucket]
+        later = [int(score) for first in per_bucket for _, score in first if score > now]
+        next_due_in = min(later) - now if later else None
+        if not any(due):
+            return _Swept(next_due_in_ms=next_due_in)
+        # Another replica may visit the same pages meanwhile: fire_due.lua reads the due
         # time again inside its atomic step, so only the first visit fires anything.
         calls = [
-            ScriptCall(self._scripts.fire_due, *self._identity_call(*split_due_member(member)))
-            for member in members
+            self._fire_call(member, bucket)
+            for bucket, found in zip(buckets, due, strict=True)
+            for member, _ in found[:share]
         ]
         replies: list[list[str]] = []
         for reply in await run_scripts(self.redis, calls):
@@ -319,12 +480,13 @@ class RedisStore:
                 raise reply
             replies.append(reply)
         done = [reply for reply in replies if reply[0] == "done"]
-        oldest = min(score for found in per_bucket for _, score in found)
+        oldest = min(score for found in due for _, score in found)
         return _Swept(
             [change for reply in done for change in _changes(reply[2:])],
-            more=any(len(found) == share for found in per_bucket),
-            lag_ms=max(0, now - int(oldest)),
+            more=any(len(found) > share for found in due),
+            lag_ms=max(0, now - oldest),
             endpoints_expired=sum(int(reply[1]) for reply in done),
+            next_due_in_ms=next_due_in,
         )
 
     async def _sweep_cluster(self, cluster: RedisCluster, share: int) -> list[_Swept]:
@@ -332,7 +494,7 @@ class RedisStore:
         down does not hold up the others: only when none could be swept is it an error."""
         async with unavailable_as_store_error():
             await cluster.initialize()
-            groups = by_node(cluster, [[self.keys.due(bucket)] for bucket in range(BUCKETS)])
+            groups = by_node(cluster, [[self.keys.due_pages(bucket)] for bucket in range(BUCKETS)])
 
         async def sweep_node(node: ClusterNode, buckets: list[int]) -> _Swept:
             async with unavailable_as_store_error():
@@ -356,18 +518,22 @@ class RedisStore:
         return swept
 
     async def sweep(self, limit: int) -> SweepResult:
-        # An even share per bucket: identities are spread evenly over the buckets.
+        if not self._format_ready:
+            await self._prepared()
+        # An even share per bucket: pages are spread evenly over the buckets.
         share = max(1, limit // BUCKETS)
         if isinstance(self.redis, RedisCluster):
             swept = await self._sweep_cluster(self.redis, share)
         else:
             async with unavailable_as_store_error():
                 swept = [await self._sweep_buckets(range(BUCKETS), share)]
+        soonest = [part.next_due_in_ms for part in swept if part.next_due_in_ms is not None]
         return SweepResult(
             [change for part in swept for change in part.changes],
             more=any(part.more for part in swept),
             lag_ms=max(part.lag_ms for part in swept),
             endpoints_expired=sum(part.endpoints_expired for part in swept),
+            next_due_in_ms=min(soonest, default=None),
         )
 
     async def add_activity(self, counts: Mapping[tuple[str, int], Mapping[str, int]]) -> None:
@@ -413,4 +579,5 @@ class RedisStore:
             await self.redis.ping()
 
     async def close(self) -> None:
+        await self._writes.close()
         await self.redis.aclose()

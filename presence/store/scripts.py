@@ -1,9 +1,9 @@
 """The Lua scripts: one per atomic operation, each registered once per client, and how they
 are run (pipelined, per node on a Redis Cluster).
 
-An operation script is sent with the rules it needs in front of it: the ``FIELD`` table of
-``fields.py``, then the files of ``RULES`` in order (each defines functions only, and names
-each after its twin in ``presence/rules.py``), then the operation itself. Every script
+An operation script is sent with the rules it needs in front of it: the files of ``RULES`` in
+order (each defines functions only, and names each after its twin in ``presence/rules.py``;
+``codec.lua`` says how an identity is stored), then the operation itself. Every script
 receives all the keys it touches in KEYS, and those keys share one hash tag, so each runs on
 a single Redis Cluster slot.
 
@@ -25,13 +25,23 @@ from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
-from presence.store.fields import lua_header
+from presence.store import resp
 from presence.store.nodes import by_node, on_each_node
 
 Client: TypeAlias = Redis | RedisCluster
 """A client of one Redis (or the embedded one), or of a Redis Cluster."""
 
-RULES = ("clock", "state", "publish", "endpoints", "ordering", "expiry", "deadline", "flap")
+RULES = (
+    "clock",
+    "codec",
+    "state",
+    "publish",
+    "endpoints",
+    "ordering",
+    "expiry",
+    "deadline",
+    "flap",
+)
 """The files of ``lua/`` that state the presence rules, in the order they build on each other."""
 
 
@@ -41,8 +51,8 @@ def source(name: str) -> str:
 
 
 def with_rules(operation: str) -> str:
-    """The script of an operation on an identity: the rules, then ``lua/<operation>.lua``."""
-    return "\n".join([lua_header(), *(source(name) for name in RULES), source(operation)])
+    """The script of an operation on identities: the rules, then ``lua/<operation>.lua``."""
+    return "\n".join([*(source(name) for name in RULES), source(operation)])
 
 
 class Scripts:
@@ -52,6 +62,10 @@ class Scripts:
     def __init__(self, redis: Client) -> None:
         self.apply_event: AsyncScript = redis.register_script(with_rules("apply_event"))
         self.fire_due: AsyncScript = redis.register_script(with_rules("fire_due"))
+        self.read: AsyncScript = redis.register_script(with_rules("read"))
+        self.list: AsyncScript = redis.register_script(with_rules("list"))
+        self.inspect: AsyncScript = redis.register_script(with_rules("inspect"))
+        self.migrate: AsyncScript = redis.register_script(with_rules("migrate"))
         self.record: AsyncScript = redis.register_script(source("record"))
 
 
@@ -75,6 +89,12 @@ async def load_script(client: Client, script: AsyncScript, node: ClusterNode | N
 async def _pipelined(
     client: Client, node: ClusterNode | None, calls: Sequence[ScriptCall]
 ) -> list[Any]:
+    if node is None and isinstance(client, Redis) and resp.supported(client):
+        commands = [
+            resp.pack(("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args))
+            for call in calls
+        ]
+        return await resp.execute(client, commands)
     # EVALSHA by name: a cluster pipeline refuses its evalsha() method, but routes the raw
     # command by its keys like any other; and redis-py's Script in a single-Redis pipeline
     # would ask SCRIPT EXISTS before every pipeline, a second round trip.

@@ -10,6 +10,7 @@ query, and the signature covers the URL alone.
 from __future__ import annotations
 
 import base64
+import functools
 import hashlib
 import hmac
 from collections.abc import Mapping, Sequence
@@ -45,14 +46,15 @@ def _with_port(uri: ParseResult) -> str:
     return uri._replace(netloc=f"{uri.netloc}:{port}").geturl()
 
 
+def _signed_params(params: Params) -> str:
+    """What of the parameters is signed: each name and value, sorted (Twilio signs each
+    distinct value once)."""
+    return "".join(name + value for name in sorted(params) for value in sorted(set(params[name])))
+
+
 def compute_signature(key: bytes, url: str, params: Params, algorithm: str = "HMAC_SHA1") -> str:
     """The value Twilio puts in ``X-Twilio-Signature`` for this URL and these parameters."""
-    signed = [url]
-    for name in sorted(params):
-        # Twilio signs each distinct value once, in sorted order.
-        for value in sorted(set(params[name])):
-            signed.append(name + value)
-    mac = hmac.new(key, "".join(signed).encode("utf-8"), _HASHES[algorithm])
+    mac = hmac.new(key, (url + _signed_params(params)).encode("utf-8"), _HASHES[algorithm])
     return base64.b64encode(mac.digest()).decode("ascii")
 
 
@@ -81,7 +83,11 @@ class SignatureValidator:
     def __init__(self, tokens: Sequence[str]) -> None:
         if not tokens:
             raise ValueError("at least one token is needed")
-        self._keys = [token.encode("utf-8") for token in tokens]
+        # Keyed once: a copy of a keyed HMAC skips the key schedule each webhook would pay.
+        self._macs = {
+            algorithm: [hmac.new(token.encode("utf-8"), digestmod=digest) for token in tokens]
+            for algorithm, digest in _HASHES.items()
+        }
 
     def validate(
         self,
@@ -101,24 +107,38 @@ class SignatureValidator:
         if algorithm not in _HASHES:
             return False
         try:
-            uri = urlparse(url)
-            candidates = (_without_port(uri), _with_port(uri))
+            candidates, declared = _url_variants(url)
         except ValueError:  # a Host header with a port that is not a number
             return False
         signed_params: Params = params or {}
         if json_body is not None:
-            declared = parse_qs(uri.query).get("bodySHA256")
-            if not declared or not _same(body_sha256(json_body), declared[0]):
+            if declared is None or not _same(body_sha256(json_body), declared):
                 return False
             signed_params = {}
         try:
-            return any(
-                _same(compute_signature(key, candidate, signed_params, algorithm), signature)
-                for key in self._keys
-                for candidate in candidates
-            )
+            signed = _signed_params(signed_params).encode("utf-8")
+            for candidate in candidates:
+                prefix = candidate.encode("utf-8")
+                for keyed in self._macs[algorithm]:
+                    mac = keyed.copy()
+                    mac.update(prefix)
+                    mac.update(signed)
+                    if _same(base64.b64encode(mac.digest()).decode("ascii"), signature):
+                        return True
         except UnicodeEncodeError:  # a Host header of bytes that are not UTF-8
             return False
+        return False
+
+
+@functools.lru_cache(maxsize=256)
+def _url_variants(url: str) -> tuple[tuple[str, str], str | None]:
+    """The URL as Twilio may have signed it (as it came first: the one that matches, most
+    often; then with or without its default port), and its ``bodySHA256``: parsed once per
+    URL, as webhooks mostly come to one."""
+    uri = urlparse(url)
+    declared = parse_qs(uri.query).get("bodySHA256")
+    other = _with_port(uri) if uri.port is None else _without_port(uri)
+    return (url, other), declared[0] if declared else None
 
 
 def _same(computed: str, given: str) -> bool:

@@ -21,6 +21,7 @@ from presence.web.dashboard import routes as dashboard_routes
 from presence.web.errors import json_errors, store_unavailable
 from presence.web.openapi import serve_openapi
 from presence.web.queries import MAX_LOOKUP_BYTES, QueryApi
+from presence.web.replies import json_reply
 from presence.web.webhooks import WebhookReceiver
 
 log = logging.getLogger("presence.web")
@@ -35,7 +36,7 @@ ACTIVITY = web.AppKey("activity", Activity)
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    return json_reply({"status": "ok"})
 
 
 async def readyz(request: web.Request) -> web.Response:
@@ -44,7 +45,7 @@ async def readyz(request: web.Request) -> web.Response:
     except StoreUnavailable:
         request.app[METRICS].redis_error("readiness")
         return store_unavailable()
-    return web.json_response({"status": "ready"})
+    return json_reply({"status": "ready"})
 
 
 async def serve_metrics(request: web.Request) -> web.Response:
@@ -56,6 +57,12 @@ async def serve_metrics(request: web.Request) -> web.Response:
 
 
 async def _run_store(app: web.Application) -> AsyncIterator[None]:
+    # The storage format is made this release's before the first request (a format this
+    # release must not serve stops the start); without Redis yet, on its first use instead.
+    try:
+        await app[STORE].prepare()
+    except StoreUnavailable as error:
+        log.warning("storage format not checked yet (%s): it is, once Redis answers", error)
     yield
     await app[STORE].close()
 

@@ -9,6 +9,7 @@ from aiohttp.typedefs import Handler, Middleware
 
 from presence.metrics import Metrics
 from presence.store.base import StoreUnavailable
+from presence.web.replies import json_reply
 
 log = logging.getLogger("presence.web")
 
@@ -34,7 +35,7 @@ class BadRequest(Exception):
 
 def json_error(status: int, error: str, message: str) -> web.Response:
     """``{"error": code, "message": text}`` with the given status."""
-    return web.json_response({"error": error, "message": message}, status=status)
+    return json_reply({"error": error, "message": message}, status)
 
 
 def store_unavailable() -> web.Response:

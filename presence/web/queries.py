@@ -17,6 +17,7 @@ from presence.web.replies import (
     ActivityReply,
     OnlinePage,
     identity_reply,
+    json_reply,
     stats_reply,
 )
 
@@ -84,12 +85,12 @@ class QueryApi:
         if problem:
             raise BadRequest("invalid_identity", f"identity {problem}")
         presence = await self.store.identity(sid, identity)
-        return web.json_response(identity_reply(presence))
+        return json_reply(identity_reply(presence))
 
     async def lookup(self, request: web.Request) -> web.Response:
         sid = service_sid(request)
         found = await self.store.lookup(sid, await _lookup_names(request))
-        return web.json_response({"identities": [identity_reply(p) for p in found]})
+        return json_reply({"identities": [identity_reply(p) for p in found]})
 
     async def online(self, request: web.Request) -> web.Response:
         sid = service_sid(request)
@@ -103,13 +104,13 @@ class QueryApi:
             "next_cursor": page.next_cursor,
             "feed_cursor": page.feed_cursor.encode(),
         }
-        return web.json_response(reply)
+        return json_reply(reply)
 
     async def stats(self, request: web.Request) -> web.Response:
         stats = await self.store.stats(service_sid(request))
-        return web.json_response(stats_reply(stats))
+        return json_reply(stats_reply(stats))
 
     async def activity_of(self, request: web.Request) -> web.Response:
         minutes = await self.activity.minutes(service_sid(request))
         reply: ActivityReply = {"minutes": minutes}
-        return web.json_response(reply)
+        return json_reply(reply)

@@ -3,8 +3,10 @@ OpenAPI document (``openapi.py``) takes their schemas from them."""
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, NotRequired
+from typing import Annotated, Any, Literal, NotRequired
 
+import orjson
+from aiohttp import web
 from pydantic import Field
 from typing_extensions import TypedDict
 
@@ -147,6 +149,11 @@ class Alive(TypedDict):
 
 class Ready(TypedDict):
     status: Literal["ready"]
+
+
+def json_reply(body: Any, status: int = 200) -> web.Response:
+    """``body`` as a JSON reply (orjson: the encoding is on the path of every request)."""
+    return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")
 
 
 def identity_reply(presence: IdentityPresence) -> IdentityReply:

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit, urlunsplit
 
+import orjson
 from aiohttp import web
 
 from presence.activity import Activity
@@ -40,6 +41,7 @@ from presence.twilio import (
 )
 from presence.twilio.signing import SignatureValidator
 from presence.web.errors import json_error, store_unavailable
+from presence.web.replies import json_reply
 
 log = logging.getLogger("presence.webhooks")
 
@@ -67,8 +69,13 @@ class _Verdict:
     """The error code when the webhook is refused."""
 
 
+_STATUS_BODIES = {outcome: orjson.dumps({"status": outcome.value}) for outcome in Outcome}
+"""The body of each 200, made once: one is sent for every webhook."""
+
+
 def _done(outcome: Outcome, event_type: str) -> _Verdict:
-    return _Verdict(web.json_response({"status": outcome.value}), event_type, outcome.value)
+    response = web.Response(body=_STATUS_BODIES[outcome], content_type=JSON)
+    return _Verdict(response, event_type, outcome.value)
 
 
 def _reject(status: int, error: str, message: str, event_type: str = UNKNOWN) -> _Verdict:
@@ -76,13 +83,13 @@ def _reject(status: int, error: str, message: str, event_type: str = UNKNOWN) ->
 
 
 def _invalid(errors: list[FieldError], event_type: str = UNKNOWN) -> _Verdict:
-    response = web.json_response(
+    response = json_reply(
         {
             "error": "invalid_payload",
             "message": "; ".join(f"{e.field}: {e.message}" for e in errors),
             "detail": [{"field": e.field, "message": e.message} for e in errors],
         },
-        status=400,
+        400,
     )
     return _Verdict(response, event_type, rejection="invalid_payload")
 
@@ -164,7 +171,7 @@ class WebhookReceiver:
             metrics.webhooks_in_flight.dec()
             metrics.webhook_duration.observe(time.perf_counter() - started)
         outcome = verdict.outcome if verdict.rejection is None else "rejected"
-        metrics.webhooks.labels(verdict.event_type, outcome).inc()
+        metrics.webhook(verdict.event_type, outcome)
         if verdict.rejection is not None:
             metrics.webhooks_rejected.labels(verdict.rejection).inc()
         request[WEBHOOK_OUTCOME] = verdict.rejection or verdict.outcome
@@ -259,8 +266,10 @@ class WebhookReceiver:
 
     async def _read_body(self, request: web.Request) -> bytes | None:
         """The body, or None as soon as it is known to be over the limit."""
-        if request.content_length is not None and request.content_length > self.max_body:
-            return None
+        if request.content_length is not None:
+            if request.content_length > self.max_body:
+                return None
+            return await request.read()  # it stops at the length declared
         body = bytearray()
         async for chunk in request.content.iter_any():
             body += chunk

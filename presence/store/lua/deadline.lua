@@ -16,4 +16,5 @@ end
 -- never depends on when the sweeper last came by.
 local function advance(ctx, s)
   fire_deadline(ctx, s, expire(ctx, s))
+  compact(ctx, s)
 end

@@ -62,4 +62,5 @@ local function apply(ctx, s, ep, event_id, online, connected)
     s.top_online = online
     s.top_at = ctx.now
   end
+  s.compacted = false
 end

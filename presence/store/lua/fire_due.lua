@@ -1,16 +1,39 @@
--- fire_due.lua: the sweeper's visit to one identity whose time in the due set has come: fires
--- its offline deadline, expires what no event has named for the TTL, and reschedules it.
--- KEYS and ARGV 1-9: see state.lua.
+-- fire_due.lua: the sweeper's visit to a page whose time has come: for every identity of it
+-- that is due, fires its offline deadline, expires what no event has named for the TTL,
+-- compacts what is left of it, publishing what that changes; then reschedules the page.
+-- KEYS: see state.lua.
+-- ARGV: 1 the page's member in the due pages   2 offline grace (ms)   3 endpoint TTL (ms)
+--   4 now (ms; '' for the Redis server's clock)   5 channel of every change   6 channel of an
+--   identity's changes, less the identity   7 '{"service_sid":..,"identity":'   8 how long the
+--   feed keeps a change (ms)
 -- Returns {'done', expired, message...} (expired: how many endpoints expired), or {'not_due'}
--- when another replica (or an event) got there first: the due set is read inside the script,
--- so each deadline fires exactly once.
+-- when another replica (or an event) got there first: the due pages are read inside the
+-- script, so each deadline fires exactly once.
 
-local ctx = context(ARGV)
-local score = redis.call('ZSCORE', KEYS[4], ARGV[2])
+local ctx = context({ '', ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], '', '', ARGV[8] })
+local score = redis.call('ZSCORE', KEYS[4], ctx.member)
 if not score or tonumber(score) > ctx.now then
   return { 'not_due' }
 end
-local s = load(KEYS[1])
-advance(ctx, s)
-save(ctx, s, KEYS)
+local flat = redis.call('HGETALL', KEYS[1])
+local next_due
+for i = 1, #flat, 2 do
+  local due = due_of(flat[i + 1])
+  if due ~= 0 and due <= ctx.now then
+    local name = flat[i]
+    ctx.identity, ctx.one = name, ARGV[6] .. name
+    ctx.head = ARGV[7] .. json_string(name)
+    local s = remember(decode(flat[i + 1]), true)
+    advance(ctx, s)
+    due = store(ctx, s, KEYS) or 0
+  end
+  if due ~= 0 and (not next_due or due < next_due) then
+    next_due = due
+  end
+end
+if next_due then
+  redis.call('ZADD', KEYS[4], next_due, ctx.member)
+else
+  redis.call('ZREM', KEYS[4], ctx.member)
+end
 return { 'done', ctx.expired, unpack(ctx.messages) }

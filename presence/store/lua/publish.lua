@@ -1,5 +1,17 @@
 -- publish.lua: a presence change, announced (rules.py: publish).
 
+local ESCAPED = { ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
+  ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
+
+-- A name as a JSON string, escaped exactly as Python's orjson escapes it (the messages of the
+-- webhooks' changes and of the feed are written by it): '"', backslash and the characters
+-- below 32, nothing else (cjson would also escape '/' and 127).
+local function json_string(name)
+  return '"' .. string.gsub(name, '[%z\1-\31"\\]', function(c)
+    return ESCAPED[c] or string.format('\\u%04x', string.byte(c))
+  end) .. '"'
+end
+
 -- Rule 5: every change gets the next version, ends any pending offline, and is announced
 -- from inside the script that stores it, so it is announced once, and only if it is stored:
 -- on both pub/sub channels, and appended to the service's change feed in this bucket (a
@@ -7,6 +19,7 @@
 -- than the retention are trimmed as new ones come, and a feed no change has come to for that
 -- long expires.
 local function publish(ctx, s, online, reason, event_id)
+  s.touched = true
   s.version = s.version + 1
   s.published_online = online
   s.changed_at = ctx.now
@@ -17,8 +30,12 @@ local function publish(ctx, s, online, reason, event_id)
     .. ',"version":' .. fmt(s.version) .. ',"changed_at":"' .. iso(ctx.now) .. '"}'
   redis.call('PUBLISH', ctx.all, message)
   redis.call('PUBLISH', ctx.one, message)
+  -- On the feed, the change's fields alone (the reader writes the message again, see
+  -- presence/store/base.py FeedEntry): a quarter of the message's bytes, kept for the
+  -- retention. The same fields in every entry let Redis store their names once per node.
   local kept = fmt(server_ms() - ctx.retention)
-  redis.call('XADD', ctx.feed, 'MINID', '~', kept, '*', 'c', message)
+  redis.call('XADD', ctx.feed, 'MINID', '~', kept, '*', 'i', ctx.identity,
+    'o', online and 1 or 0, 'r', reason, 'e', event_id or '', 'v', s.version, 't', ctx.now)
   redis.call('PEXPIRE', ctx.feed, ctx.retention)
   ctx.messages[#ctx.messages + 1] = message
 end
