@@ -101,6 +101,7 @@ class Keyspace:
         return f"{self.prefix}:act:{service_sid}:{minute}"
 
     def identity_channel(self, service_sid: str, identity: str) -> str:
+        """The channel of one identity's changes (state.lua's ``about`` names it alike)."""
         return f"{self.changes_channel}:{service_sid}:{identity}"
 
     # -- storage format 1, for the migration ------------------------------------------------
@@ -139,7 +140,8 @@ class Keyspace:
 
 
 def page_member(service_sid: str, page: int) -> str:
-    """The member naming a page in its bucket's due pages."""
+    """The member naming a page in its bucket's due pages (state.lua's ``context`` names it
+    alike)."""
     return f"{service_sid}:{page}"
 
 

@@ -13,20 +13,37 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import math
 from collections import deque
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import hiredis
+from redis._parsers.base import BaseParser
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import ResponseError
+from redis.exceptions import InvalidResponse
 from redis.exceptions import TimeoutError as RedisTimeoutError
+
+READ_SIZE = 1 << 16
 
 Prepare = Callable[[AbstractConnection], Awaitable[None]]
 """Run on each new connection before anything is sent on it (loading the scripts)."""
+
+
+def _parser(connection: AbstractConnection) -> hiredis.Reader:
+    """A reader of replies as redis-py's own reader of this connection makes them: decoded
+    as the client decodes, each error reply as the exception redis-py raises for it."""
+    encoder = connection.encoder
+    if encoder.decode_responses:
+        return hiredis.Reader(
+            protocolError=InvalidResponse,
+            replyError=BaseParser.parse_error,
+            encoding=encoder.encoding,
+            errors=encoder.encoding_errors,
+        )
+    return hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
 
 
 @dataclass(eq=False)
@@ -94,24 +111,37 @@ class Pipe:
         self._written.set()
 
     async def _read(self, connection: AbstractConnection) -> None:
+        # The replies are read straight from the socket, as much as has come at once, and
+        # parsed by one hiredis reader: redis-py's read_response per reply costs a coroutine
+        # and a buffer check each. The connection is this pipe's alone from here on.
+        stream: asyncio.StreamReader = connection._reader  # type: ignore[assignment]
+        parser = _parser(connection)
         timeout = connection.socket_timeout
+        replies: list[Any] = []
         try:
             while True:
                 if not self._in_flight:
                     self._written.clear()
                     await self._written.wait()
                     continue
-                batch = self._in_flight[0]
-                replies: list[Any] = []
                 async with asyncio.timeout(timeout):
-                    for _ in batch.commands:
-                        try:
-                            replies.append(await connection.read_response(timeout=math.inf))
-                        except ResponseError as error:
-                            replies.append(error)
-                self._in_flight.popleft()
-                if not batch.replies.done():
-                    batch.replies.set_result(replies)
+                    data = await stream.read(READ_SIZE)
+                if not data:
+                    raise RedisConnectionError("Connection closed by Redis")
+                parser.feed(data)
+                while self._in_flight:
+                    batch = self._in_flight[0]
+                    while len(replies) < len(batch.commands):
+                        reply = parser.gets()
+                        if reply is False:
+                            break
+                        replies.append(reply)
+                    if len(replies) < len(batch.commands):
+                        break
+                    self._in_flight.popleft()
+                    if not batch.replies.done():
+                        batch.replies.set_result(replies)
+                    replies = []
         except asyncio.CancelledError:
             raise
         except TimeoutError:

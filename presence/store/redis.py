@@ -20,7 +20,7 @@ from redis.asyncio.cluster import ClusterNode, ClusterPipeline
 from presence import rules
 from presence.events import CollectionEvent, ItemEvent, ReachabilityEvent, normalised
 from presence.feed.cursor import FeedCursor
-from presence.keys import BUCKETS, PAGES, Keyspace, page_member, split_page_member
+from presence.keys import BUCKETS, PAGES, Keyspace, split_page_member
 from presence.store.base import (
     Change,
     EventResult,
@@ -222,20 +222,24 @@ class RedisStore:
     def _now_arg(self) -> str:
         return "" if self._clock is None else str(self._clock())
 
-    def _event_call(self, event: ReachabilityEvent) -> ScriptCall:
-        service_sid, identity = event.service_sid, event.identity
-        bucket, page = self.keys.place_of(service_sid, identity)
-        head = '{"service_sid":"' + service_sid + '","identity":' + orjson.dumps(identity).decode()
-        args = [
-            identity,
-            page_member(service_sid, page),
+    def _page_args(self, service_sid: str, page: int) -> list[str]:
+        """The ARGV of a page's scripts (state.lua)."""
+        return [
+            service_sid,
+            str(page),
             self._grace,
             self._ttl,
             self._now_arg(),
             self.keys.changes_channel,
-            self.keys.identity_channel(service_sid, identity),
-            head,
             self._retention,
+        ]
+
+    def _event_call(self, event: ReachabilityEvent) -> ScriptCall:
+        service_sid, identity = event.service_sid, event.identity
+        bucket, page = self.keys.place_of(service_sid, identity)
+        args = [
+            identity,
+            *self._page_args(service_sid, page),
             event.endpoint_id,
             str(event.event_id),
             "1" if event.is_identity_online else "0",
@@ -245,17 +249,11 @@ class RedisStore:
 
     def _fire_call(self, member: str, bucket: int) -> ScriptCall:
         service_sid, page = split_page_member(member)
-        args = [
-            member,
-            self._grace,
-            self._ttl,
-            self._now_arg(),
-            self.keys.changes_channel,
-            self.keys.identity_channel(service_sid, ""),
-            '{"service_sid":"' + service_sid + '","identity":',
-            self._retention,
-        ]
-        return ScriptCall(self.scripts.fire_due, self.page_keys(service_sid, bucket, page), args)
+        return ScriptCall(
+            self.scripts.fire_due,
+            self.page_keys(service_sid, bucket, page),
+            self._page_args(service_sid, page),
+        )
 
     @asynccontextmanager
     async def _pipeline(self) -> AsyncIterator[Pipeline | ClusterPipeline]:

@@ -2,15 +2,12 @@
 -- that is due, fires its offline deadline, expires what no event has named for the TTL,
 -- compacts what is left of it, publishing what that changes; then reschedules the page.
 -- KEYS: see state.lua.
--- ARGV: 1 the page's member in the due pages   2 offline grace (ms)   3 endpoint TTL (ms)
---   4 now (ms; '' for the Redis server's clock)   5 channel of every change   6 channel of an
---   identity's changes, less the identity   7 '{"service_sid":..,"identity":'   8 how long the
---   feed keeps a change (ms)
+-- ARGV: the page's (state.lua).
 -- Returns {'done', expired, message...} (expired: how many endpoints expired), or {'not_due'}
 -- when another replica (or an event) got there first: the due pages are read inside the
 -- script, so each deadline fires exactly once.
 
-local ctx = context({ '', ARGV[1], ARGV[2], ARGV[3], ARGV[4], ARGV[5], '', '', ARGV[8] })
+local ctx = context(ARGV, 1)
 local score = redis.call('ZSCORE', KEYS[4], ctx.member)
 if not score or tonumber(score) > ctx.now then
   return { 'not_due' }
@@ -21,8 +18,7 @@ for i = 1, #flat, 2 do
   local due = due_of(flat[i + 1])
   if due ~= 0 and due <= ctx.now then
     local name = flat[i]
-    ctx.identity, ctx.one = name, ARGV[6] .. name
-    ctx.head = ARGV[7] .. json_string(name)
+    about(ctx, name)
     local s = remember(decode(flat[i + 1]), true)
     advance(ctx, s)
     due = store(ctx, s, KEYS) or 0

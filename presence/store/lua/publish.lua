@@ -1,17 +1,5 @@
 -- publish.lua: a presence change, announced (rules.py: publish).
 
-local ESCAPED = { ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
-  ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
-
--- A name as a JSON string, escaped exactly as Python's orjson escapes it (the messages of the
--- webhooks' changes and of the feed are written by it): '"', backslash and the characters
--- below 32, nothing else (cjson would also escape '/' and 127).
-local function json_string(name)
-  return '"' .. string.gsub(name, '[%z\1-\31"\\]', function(c)
-    return ESCAPED[c] or string.format('\\u%04x', string.byte(c))
-  end) .. '"'
-end
-
 -- Rule 5: every change gets the next version, ends any pending offline, and is announced
 -- from inside the script that stores it, so it is announced once, and only if it is stored:
 -- on both pub/sub channels, and appended to the service's change feed in this bucket (a

@@ -5,22 +5,41 @@
 -- The identity scripts share their KEYS:
 --   1 the page (hash: identity -> state)   2 the page's graveyard (string)   3 counters (hash)
 --   4 due pages (zset: page -> when it is next due)   5 the service's change feed (stream)
--- and apply_event.lua its first ARGV:
---   1 identity   2 its page's member in the due pages   3 offline grace (ms)   4 endpoint TTL
---   (ms, 0: never)   5 now (ms; '' for the Redis server's clock)   6 channel of every change
---   7 channel of this identity's changes   8 start of a change message:
---   '{"service_sid":..,"identity":..'   9 how long the feed keeps a change (ms)
+-- and the ARGV of the page (fire_due.lua's first, apply_event.lua's after the identity):
+--   1 ServiceSid   2 page   3 offline grace (ms)   4 endpoint TTL (ms, 0: never)   5 now (ms;
+--   '' for the Redis server's clock)   6 channel of every change (an identity's channel is
+--   it, ':ServiceSid:identity')   7 how long the feed keeps a change (ms)
 
 local function fmt(n)
   return string.format('%d', n)
 end
 
-local function context(argv)
+local ESCAPED = { ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
+  ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
+
+-- A name as a JSON string, escaped exactly as Python's orjson escapes it (the messages of the
+-- webhooks' changes and of the feed are written by it): '"', backslash and the characters
+-- below 32, nothing else (cjson would also escape '/' and 127).
+local function json_string(name)
+  return '"' .. string.gsub(name, '[%z\1-\31"\\]', function(c)
+    return ESCAPED[c] or string.format('\\u%04x', string.byte(c))
+  end) .. '"'
+end
+
+local function context(argv, first)
+  local sid = argv[first]
   return {
-    identity = argv[1], member = argv[2], grace = tonumber(argv[3]), ttl = tonumber(argv[4]),
-    now = clock(argv[5]), all = argv[6], one = argv[7], head = argv[8], messages = {},
-    expired = 0, feed = KEYS[5], retention = tonumber(argv[9]),
+    sid = sid, member = sid .. ':' .. argv[first + 1], grace = tonumber(argv[first + 2]),
+    ttl = tonumber(argv[first + 3]), now = clock(argv[first + 4]), all = argv[first + 5],
+    retention = tonumber(argv[first + 6]), messages = {}, expired = 0, feed = KEYS[5],
   }
+end
+
+-- The identity the next changes are of: its channel, and the start of its messages.
+local function about(ctx, identity)
+  ctx.identity = identity
+  ctx.one = ctx.all .. ':' .. ctx.sid .. ':' .. identity
+  ctx.head = '{"service_sid":"' .. ctx.sid .. '","identity":' .. json_string(identity)
 end
 
 local function remember(s, stored)
