@@ -134,7 +134,7 @@ class WatchRefused(Exception):
 
 
 @dataclass
-class _Event:
+class ServerSentEvent:
     """One Server-Sent Event as it is read."""
 
     event: str = "message"
@@ -142,16 +142,16 @@ class _Event:
     id: str | None = None
 
 
-async def _events(response: aiohttp.ClientResponse) -> AsyncIterator[_Event]:
+async def server_sent_events(response: aiohttp.ClientResponse) -> AsyncIterator[ServerSentEvent]:
     """The events of a ``text/event-stream`` reply (comments skipped; an event with an ID and
     no data is yielded too: it moves the cursor)."""
-    current = _Event()
+    current = ServerSentEvent()
     async for raw in response.content:
         line = raw.decode("utf-8").rstrip("\r\n")
         if not line:
             if current.data or current.id is not None:
                 yield current
-            current = _Event()
+            current = ServerSentEvent()
             continue
         if line.startswith(":"):
             continue
@@ -199,7 +199,7 @@ async def watch_url(
                         )
                     log.info("watching %s", url)
                     backoff = 0.1
-                    async for event in _events(response):
+                    async for event in server_sent_events(response):
                         cursor = event.id or cursor
                         _print(out, event, cursor)
             except (aiohttp.ClientError, TimeoutError, OSError) as error:
@@ -208,7 +208,7 @@ async def watch_url(
             backoff = min(backoff * 2, MAX_BACKOFF_SECONDS)
 
 
-def _print(out: TextIO, event: _Event, cursor: str | None) -> None:
+def _print(out: TextIO, event: ServerSentEvent, cursor: str | None) -> None:
     if not event.data:
         return
     payload = json.loads("\n".join(event.data))

@@ -16,7 +16,7 @@ import pytest
 from harness.processes import RedisServer, Service, free_port, service_env
 from presence.events import EVENT_TYPES, ReachabilityEvent, parse_event
 from presence.simulate import SendOptions, Traffic, TrafficConfig, Webhook, simulate
-from presence.simulate.command import UsageError, options
+from presence.simulate.command import SimulateOptions, UsageError, options
 from presence.simulate.report import Progress, Tally
 from presence.simulate.traffic import derived_sid
 from presence.twilio import IDEMPOTENCY_HEADER
@@ -205,7 +205,10 @@ def test_bad_options_are_named(given: dict[str, str], named: str) -> None:
 
 def test_defaults_and_the_token_from_the_environment() -> None:
     chosen = options({}, environ={"PRESENCE_TWILIO_AUTH_TOKEN": "primary,secondary"})
+    timed = options({"duration": "2"}, environ={})
 
+    assert isinstance(chosen, SimulateOptions)
+    assert isinstance(timed, SimulateOptions)
     assert chosen.send.token == "primary"
     assert chosen.send.url == "http://127.0.0.1:8080/webhooks/sync"
     assert chosen.send.rate is None
@@ -213,7 +216,7 @@ def test_defaults_and_the_token_from_the_environment() -> None:
     assert (chosen.traffic.identities, chosen.traffic.max_endpoints) == (1000, 3)
     assert chosen.traffic.events == 10_000
     assert options({}, environ={}).send.token is None
-    assert options({"duration": "2"}, environ={}).traffic.events is None
+    assert timed.traffic.events is None
 
 
 PUBLIC_URL = "https://presence.example.com/webhooks/sync"

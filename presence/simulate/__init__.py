@@ -4,6 +4,10 @@
 events) along with the truth it should leave behind (``expected``: the service's rules,
 mirrored); ``send`` delivers it signed and paced; ``report`` sums it up; ``command`` is the
 command line's side.
+
+``--storm`` is a reconnect storm instead: ``storm`` plans it (pure), ``delivery`` sends it as
+Twilio's delivery queue would, ``flickers`` counts the offline announcements on the change
+feed, ``storm_run`` runs it all against a deployment and ``storm_report`` sums it up.
 """
 
 from presence.simulate.report import Summary, Tally

@@ -175,13 +175,14 @@ class Sender:
             tally.http_errors[str(response.status)] += 1
             tally.unexpected += 1
             return
-        status = _status_of(body)
+        status = reply_status(body)
         tally.statuses[status] += 1
         if status != webhook.expected:
             tally.unexpected += 1
 
 
-def _status_of(body: bytes) -> str:
+def reply_status(body: bytes) -> str:
+    """The ``status`` of a webhook's 200 reply (``unreadable`` when it has none)."""
     try:
         reply = json.loads(body)
     except ValueError:
@@ -195,7 +196,7 @@ async def simulate(
 ) -> Summary:
     """Sends every webhook of ``traffic`` and sums up what came back."""
     tally = Tally()
-    ticker = asyncio.create_task(_tick(progress, tally)) if progress is not None else None
+    ticker = asyncio.create_task(tick_progress(progress, tally)) if progress is not None else None
     started = time.monotonic()
     try:
         await Sender(options, tally).run(traffic)
@@ -220,7 +221,8 @@ async def simulate(
     )
 
 
-async def _tick(progress: Progress, tally: Tally) -> None:
+async def tick_progress(progress: Progress, tally: Tally) -> None:
+    """Redraws ``progress`` from ``tally`` until cancelled."""
     while True:
         await asyncio.sleep(progress.interval)
         progress.update(tally)
