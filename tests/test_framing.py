@@ -8,10 +8,13 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from urllib.parse import urlsplit
+from urllib.parse import parse_qsl, urlsplit
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
+from presence.web.webhooks import _form_pairs
 from tests.hostile import FORM, MALLORY, World, form_body, form_pairs, twilio_signature
 from tests.hostile import world as world  # the alias keeps this fixture where pytest finds it
 from tests.support import RunningApp
@@ -89,3 +92,24 @@ async def test_a_body_framed_wrongly_changes_nothing(
     assert not [r for r in caplog.records if r.name.startswith("presence")], caplog.text
     assert await world.observer.snapshot() == before
     assert await world.observer.published() == []
+
+
+@settings(max_examples=2000, deadline=None)
+@given(
+    st.one_of(
+        st.binary(max_size=200),
+        st.lists(st.sampled_from(["a", "=", "&", "+", "%", "2", "F", "é", "%C3", "%A9", "%zz"]))
+        .map("".join)
+        .map(str.encode),
+    )
+)
+def test_forms_are_read_as_parse_qsl_reads_them(body: bytes) -> None:
+    """The webhook receiver's own form reader (faster) gives what the standard library's
+    gives, or refuses what it refuses."""
+    try:
+        wanted = parse_qsl(body.decode("utf-8"), keep_blank_values=True, errors="strict")
+    except UnicodeDecodeError:
+        with pytest.raises(UnicodeDecodeError):
+            _form_pairs(body)
+        return
+    assert _form_pairs(body) == wanted

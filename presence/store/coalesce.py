@@ -215,9 +215,9 @@ class Coalescer:
             await self._pipe.close()
 
 
-def _source(script: AsyncScript) -> bytes:
+def _source(script: AsyncScript) -> str:
     source = script.script
-    return source.encode() if isinstance(source, str) else bytes(source)
+    return source if isinstance(source, str) else bytes(source).decode()
 
 
 def _fail(calls: Sequence[_Call], error: BaseException) -> None:

@@ -20,8 +20,8 @@ from presence.twilio import FORM, SIGNATURE_HEADER
 
 _HASHES = {"HMAC_SHA1": hashlib.sha1, "HMAC_SHA256": hashlib.sha256}
 
-Params = Mapping[str, Sequence[str]]
-"""Form parameters: every value given for each name."""
+Params = Mapping[str, Sequence[str]] | Sequence[tuple[str, str]]
+"""Form parameters: every value given for each name, or the (name, value) pairs in order."""
 
 
 def signature_algorithm(settings_header: str | None) -> str:
@@ -47,9 +47,14 @@ def _with_port(uri: ParseResult) -> str:
 
 
 def _signed_params(params: Params) -> str:
-    """What of the parameters is signed: each name and value, sorted (Twilio signs each
-    distinct value once)."""
-    return "".join(name + value for name in sorted(params) for value in sorted(set(params[name])))
+    """What of the parameters is signed: each name and value, sorted by name then value
+    (Twilio signs each distinct value once)."""
+    pairs = (
+        {(name, value) for name, values in params.items() for value in values}
+        if isinstance(params, Mapping)
+        else set(params)
+    )
+    return "".join([name + value for name, value in sorted(pairs)])
 
 
 def compute_signature(key: bytes, url: str, params: Params, algorithm: str = "HMAC_SHA1") -> str:

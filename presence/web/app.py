@@ -108,9 +108,8 @@ def create_app(
     the store is closed when the app shuts down. Metrics are the sweeper's unless given."""
     if metrics is None:
         metrics = sweeper.metrics if sweeper is not None else Metrics()
-    middlewares: list[Middleware] = [json_errors(metrics)]
-    if settings.api_token:
-        middlewares.append(require_api_token(settings.api_token))
+    refuse = require_api_token(settings.api_token) if settings.api_token else None
+    middlewares: list[Middleware] = [json_errors(metrics, refuse)]
     # The webhook receiver reads its body itself, within PRESENCE_MAX_BODY_BYTES; this bound is
     # for the query API, whose largest request is a lookup of 1000 long names.
     app = web.Application(middlewares=middlewares, client_max_size=MAX_LOOKUP_BYTES)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+from collections.abc import Callable
 
 from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
@@ -46,12 +47,17 @@ def store_unavailable() -> web.Response:
     )
 
 
-def json_errors(metrics: Metrics) -> Middleware:
-    """A middleware answering routing errors, Redis outages and bugs in JSON, never with a
+def json_errors(
+    metrics: Metrics, refuse: Callable[[web.Request], web.Response | None] | None = None
+) -> Middleware:
+    """The service's one middleware: it answers what ``refuse`` refuses (a request without
+    the API token), then routing errors, Redis outages and bugs in JSON, never with a
     traceback."""
 
     @web.middleware
     async def answer_in_json(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if refuse is not None and (refusal := refuse(request)) is not None:
+            return refusal
         try:
             response: web.StreamResponse = await handler(request)
         except BadRequest as error:
