@@ -19,7 +19,7 @@ from urllib.parse import urlencode
 import aiohttp
 
 from presence.simulate.report import Progress, Tally
-from presence.simulate.send import reply_status, tick_progress
+from presence.simulate.send import post_counted, tick_progress
 from presence.twilio import USER_AGENT
 from presence.twilio.signing import form_headers
 
@@ -147,23 +147,9 @@ async def _work(
         sent = time.monotonic()
         done.lateness.append(sent - due)
         webhook.sent = True
-        tally.sent += 1
-        try:
-            async with session.post(
-                url, data=webhook.body, headers=webhook.headers, allow_redirects=False
-            ) as response:
-                body = await response.read()
-        except Exception as error:  # no HTTP reply, for whatever reason: counted by kind
-            tally.transport_errors[type(error).__name__] += 1
-            tally.unexpected += 1
+        status = await post_counted(session, url, webhook.body, webhook.headers, tally)
+        if status is None:
             continue
-        tally.latencies.append(time.monotonic() - sent)
-        if response.status != 200:
-            tally.http_errors[str(response.status)] += 1
-            tally.unexpected += 1
-            continue
-        status = reply_status(body)
-        tally.statuses[status] += 1
         overtaken = status == "stale" and webhook.newer is not None and webhook.newer.sent
         if status != "applied" and not overtaken:
             tally.unexpected += 1

@@ -157,28 +157,39 @@ class Sender:
             "User-Agent": USER_AGENT,
             **webhook.headers,
         }
-        started = time.perf_counter()
-        tally.sent += 1
-        try:
-            async with session.post(
-                url, data=urlencode(webhook.params), headers=headers, allow_redirects=False
-            ) as response:
-                body = await response.read()
-        except Exception as error:  # no HTTP reply, for whatever reason: counted by kind
-            tally.transport_errors[type(error).__name__] += 1
+        status = await post_counted(session, url, urlencode(webhook.params), headers, tally)
+        # A 200 with another status than the rules predict is unexpected too.
+        if status is not None and status != webhook.expected:
             tally.unexpected += 1
-            return
-        tally.latencies.append(time.perf_counter() - started)
-        # Every webhook expects a 200: a 403 (wrong token or signing URL), a 503 or any other
-        # reply is unexpected, as is a 200 with another status than the rules predict.
-        if response.status != 200:
-            tally.http_errors[str(response.status)] += 1
-            tally.unexpected += 1
-            return
-        status = reply_status(body)
-        tally.statuses[status] += 1
-        if status != webhook.expected:
-            tally.unexpected += 1
+
+
+async def post_counted(
+    session: aiohttp.ClientSession,
+    url: str,
+    body: str | bytes,
+    headers: dict[str, str],
+    tally: Tally,
+) -> str | None:
+    """Posts one webhook and counts it in ``tally``: sent, its latency, its status; returns
+    the status of its 200 reply. Every webhook expects a 200: a 403 (wrong token or signing
+    URL), a 503, any other reply or none at all is counted unexpected, and gives None."""
+    started = time.monotonic()
+    tally.sent += 1
+    try:
+        async with session.post(url, data=body, headers=headers, allow_redirects=False) as reply:
+            content = await reply.read()
+    except Exception as error:  # no HTTP reply, for whatever reason: counted by kind
+        tally.transport_errors[type(error).__name__] += 1
+        tally.unexpected += 1
+        return None
+    tally.latencies.append(time.monotonic() - started)
+    if reply.status != 200:
+        tally.http_errors[str(reply.status)] += 1
+        tally.unexpected += 1
+        return None
+    status = reply_status(content)
+    tally.statuses[status] += 1
+    return status
 
 
 def reply_status(body: bytes) -> str:
