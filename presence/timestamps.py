@@ -2,10 +2,16 @@
 
 from __future__ import annotations
 
+import functools
 from datetime import UTC, datetime
+
+
+@functools.lru_cache(maxsize=4096)
+def _second(seconds: int) -> str:
+    # Answers and messages written together mostly share their seconds: each is made once.
+    return f"{datetime.fromtimestamp(seconds, UTC):%Y-%m-%dT%H:%M:%S}"
 
 
 def iso_from_ms(ms: int) -> str:
     """``2026-11-23T10:00:00.123Z`` for a time in milliseconds since the epoch."""
-    moment = datetime.fromtimestamp(ms // 1000, UTC)
-    return f"{moment:%Y-%m-%dT%H:%M:%S}.{ms % 1000:03d}Z"
+    return f"{_second(ms // 1000)}.{ms % 1000:03d}Z"

@@ -72,18 +72,18 @@ def _changes(messages: Sequence[str]) -> tuple[Change, ...]:
     return tuple(Change.from_message(message) for message in messages)
 
 
-def presence_of(service_sid: str, identity: str, row: Sequence[str]) -> IdentityPresence:
+def presence_of(service_sid: str, identity: str, row: Sequence[Any]) -> IdentityPresence:
     """What a query answers, from a row of read.lua."""
     online, pending, version, top, changed_at, *endpoints = row
     return IdentityPresence(
-        service_sid=service_sid,
-        identity=identity,
-        online=online == "1",
-        pending_offline=pending == "1",
-        endpoints=tuple(endpoints),
-        last_event_id=int(top) if top else None,
-        changed_at_ms=int(changed_at) if changed_at else None,
-        version=int(version),
+        service_sid,
+        identity,
+        online == 1,
+        pending == 1,
+        tuple(sorted(endpoints)),
+        None if top == "" else top,
+        None if changed_at == "" else changed_at,
+        version,
     )
 
 

@@ -50,6 +50,12 @@ def source(name: str) -> str:
     return (files("presence.store") / "lua" / f"{name}.lua").read_text(encoding="utf-8")
 
 
+def with_codec(operation: str) -> str:
+    """The script of a read: how identities are stored (``codec.lua``), then the operation
+    (the rest of the rules would only cost their definitions at every call)."""
+    return "\n".join([source("codec"), source(operation)])
+
+
 def with_rules(operation: str) -> str:
     """The script of an operation on identities: the rules, then ``lua/<operation>.lua``."""
     return "\n".join([*(source(name) for name in RULES), source(operation)])
@@ -62,9 +68,9 @@ class Scripts:
     def __init__(self, redis: Client) -> None:
         self.apply_event: AsyncScript = redis.register_script(with_rules("apply_event"))
         self.fire_due: AsyncScript = redis.register_script(with_rules("fire_due"))
-        self.read: AsyncScript = redis.register_script(with_rules("read"))
-        self.list: AsyncScript = redis.register_script(with_rules("list"))
-        self.inspect: AsyncScript = redis.register_script(with_rules("inspect"))
+        self.read: AsyncScript = redis.register_script(with_codec("read"))
+        self.list: AsyncScript = redis.register_script(source("list"))
+        self.inspect: AsyncScript = redis.register_script(with_codec("inspect"))
         self.migrate: AsyncScript = redis.register_script(with_rules("migrate"))
         self.record: AsyncScript = redis.register_script(source("record"))
 
