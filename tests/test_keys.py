@@ -29,7 +29,7 @@ def test_every_key_of_an_identity_script_is_in_one_slot(identity: str) -> None:
     calls = [
         store._event_call(event),
         store._fire_call(page_member(SERVICE_SID, page), bucket),
-        store._read_call(SERVICE_SID, [identity]),
+        *(call for call, _ in store._read_calls(SERVICE_SID, [identity, identity + "-2"])),
     ]
 
     for call in calls:
@@ -40,8 +40,9 @@ def test_every_key_of_an_identity_script_is_in_one_slot(identity: str) -> None:
         for n in (f"u{i}" for i in range(2000))
         if store.keys.place_of(SERVICE_SID, n)[0] == bucket
     ]
-    read = store._read_call(SERVICE_SID, same_bucket)
+    ((read, positions),) = store._read_calls(SERVICE_SID, same_bucket)
     assert len({key_slot(key.encode()) for key in read.keys}) == 1
+    assert positions == list(range(len(same_bucket)))
 
 
 def test_every_key_of_a_record_script_is_in_one_slot() -> None:

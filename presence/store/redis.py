@@ -314,16 +314,6 @@ class RedisStore:
             reply: str = await self._writes.call(self.scripts.record, keys, args)
         return Outcome(reply)
 
-    def _read_call(self, service_sid: str, identities: Sequence[str]) -> ScriptCall:
-        keys: list[str] = []
-        for name in identities:
-            bucket, page = self.keys.place_of(service_sid, name)
-            keys += [
-                self.keys.page(bucket, service_sid, page),
-                self.keys.graveyard(bucket, service_sid, page),
-            ]
-        return ScriptCall(self.scripts.read, keys, list(identities))
-
     async def inspect(self, service_sid: str, identity: str) -> StoredIdentity:
         """An identity's whole stored state, by the rules' names: for the tests, and to check
         a migration."""
@@ -346,24 +336,41 @@ class RedisStore:
         (found,) = await self.lookup(service_sid, [identity])
         return found
 
+    def _read_calls(
+        self, service_sid: str, identities: Sequence[str]
+    ) -> list[tuple[ScriptCall, list[int]]]:
+        """One read.lua call per bucket (so one hash slot), each with the positions in
+        ``identities`` of the names it reads."""
+        keys = self.keys
+        by_bucket: dict[int, tuple[list[str], list[str], list[int]]] = {}
+        for position, name in enumerate(identities):
+            bucket, page = keys.place_of(service_sid, name)
+            group = by_bucket.get(bucket)
+            if group is None:
+                group = by_bucket[bucket] = ([], [], [])
+            group[0].extend(
+                (keys.page(bucket, service_sid, page), keys.graveyard(bucket, service_sid, page))
+            )
+            group[1].append(name)
+            group[2].append(position)
+        return [
+            (ScriptCall(self.scripts.read, call_keys, names), positions)
+            for call_keys, names, positions in by_bucket.values()
+        ]
+
     async def lookup(self, service_sid: str, identities: Sequence[str]) -> list[IdentityPresence]:
         if not self._format_ready:
             await self._prepared()
-        # One script call per bucket, each reading the identities of that bucket.
-        by_bucket: dict[int, list[int]] = {}
-        for position, name in enumerate(identities):
-            by_bucket.setdefault(self.keys.place_of(service_sid, name)[0], []).append(position)
-        groups = list(by_bucket.values())
-        calls = [self._read_call(service_sid, [identities[i] for i in group]) for group in groups]
+        calls = self._read_calls(service_sid, identities)
         async with unavailable_as_store_error():
-            replies = await run_scripts(self.redis, calls)
-        found: list[IdentityPresence | None] = [None] * len(identities)
-        for group, reply in zip(groups, replies, strict=True):
+            replies = await run_scripts(self.redis, [call for call, _ in calls])
+        found: list[IdentityPresence] = [None] * len(identities)  # type: ignore[list-item]
+        for (call, positions), reply in zip(calls, replies, strict=True):
             if isinstance(reply, Exception):
                 raise reply
-            for position, row in zip(group, reply, strict=True):
-                found[position] = presence_of(service_sid, identities[position], row)
-        return [presence for presence in found if presence is not None]
+            for name, position, row in zip(call.args, positions, reply, strict=True):
+                found[position] = presence_of(service_sid, str(name), row)
+        return found
 
     async def online(self, service_sid: str, limit: int, cursor: str | None) -> OnlinePage:
         if not self._format_ready:
