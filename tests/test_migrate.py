@@ -21,6 +21,7 @@ from redis.asyncio import Redis
 from harness.processes import RedisServer, Service, service_env
 from presence import rules
 from presence.events import ReachabilityEvent, parse_event
+from presence.feed.cursor import FeedCursor, Position
 from presence.keys import BUCKETS, FORMAT, Keyspace
 from presence.store.migrate import FormatError, StorageFormat
 from presence.store.redis import RedisStore
@@ -153,6 +154,15 @@ async def test_a_redis_of_the_previous_release_is_migrated_and_answers_as_before
     assert await format1_keys(client) == []
     assert await feed_lengths(client) == fed, "the change feed is kept as it is"
     await check_as_before(store)
+    # The feed's entries written before (each the whole message) read as the new ones.
+    now = (await store.read_feed(SERVICE_SID, None, limit=1)).cursor
+    start = FeedCursor(Position(0, 0, 0), now.lineage)
+    read = await store.read_feed(SERVICE_SID, start, limit=1000, check=False)
+    assert len(read.entries) > 100
+    for entry in read.entries:
+        change = json.loads(entry.message)
+        assert (change["service_sid"], change["identity"]) == (SERVICE_SID, entry.identity)
+        assert change["identity"] in SERVICES[SERVICE_SID]["identities"]
     await store.close()
 
 
