@@ -220,7 +220,10 @@ local function due_of(value)
 end
 
 -- A 48-bit hash of an identity, for its graveyard record (two 24-bit halves of djb2 and
--- sdbm, each kept below 2^32 so that doubles compute them exactly).
+-- sdbm, each kept below 2^32 so that doubles compute them exactly). Records are told apart
+-- by it alone, not by name: with k compacted identities in a page, a name never seen there
+-- matches one of them with a chance of k / 2^48 (about 4e-13 for a page of 120), and would
+-- then start from that one's version and EventId floor.
 local function graveyard_key(name)
   local a, b = 5381, 0
   for i = 1, #name do
