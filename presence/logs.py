@@ -28,6 +28,8 @@ from aiohttp.abc import AbstractAccessLogger
 
 from presence.store.base import Change
 
+_now = time.time  # AccessLogger.log's argument named time hides the module
+
 ACCESS_LOGGER = "presence.access"
 CHANGES_LOGGER = "presence.changes"
 
@@ -183,6 +185,15 @@ class _Clock:
 _clock = _Clock()
 
 
+def _plain(*texts: str | None) -> bool:
+    """Whether every text is written by json.dumps as itself in quotes."""
+    return all(
+        text is None
+        or (text.isascii() and text.isprintable() and '"' not in text and "\\" not in text)
+        for text in texts
+    )
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per request. Only the path is logged: never a header, the query or the body.
     The path stays percent-encoded, so no request can write a line break into the log."""
@@ -192,16 +203,28 @@ class AccessLogger(AbstractAccessLogger):
             return
         path = request.rel_url.raw_path
         status = response.status
-        message = f"{request.method} {path} {status} {time * 1000:.1f}ms"
+        method, remote, outcome = request.method, request.remote, request.get(WEBHOOK_OUTCOME)
+        message = f"{method} {path} {status} {time * 1000:.1f}ms"
+        if not _json and _plain(method, path, remote, outcome):
+            # The line every request writes, in one piece: each text is written as
+            # json.dumps writes a plain one (printable ASCII without quote or backslash).
+            end = "" if outcome is None else f' outcome="{outcome}"'
+            _output.add(
+                f"{_clock.asctime(_now())} INFO {ACCESS_LOGGER}: {message} "
+                f'method="{method}" path="{path}" status={status} '
+                f"duration_ms={round(time * 1000, 3)!r} remote="
+                f"{'null' if remote is None else chr(34) + remote + chr(34)} "
+                f"bytes={response.body_length}{end}"
+            )
+            return
         fields: dict[str, Any] = {
             "method": request.method,
             "path": path,
             "status": status,
             "duration_ms": round(time * 1000, 3),
-            "remote": request.remote,
+            "remote": remote,
             "bytes": response.body_length,
         }
-        outcome = request.get(WEBHOOK_OUTCOME)
         if outcome is not None:
             fields["outcome"] = outcome
         _emit(ACCESS_LOGGER, message, fields, _ascii_pairs)

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import io
 import json
 import logging
 import signal
 from pathlib import Path
 
 import aiohttp
+import pytest
+from aiohttp import web
+from aiohttp.test_utils import make_mocked_request
 
 from harness.processes import RedisServer, Service
+from presence import logs
 from presence.logs import JsonFormatter, TextFormatter
 from presence.twilio.samples import SERVICE_SID, reachability
 from tests.support import AUTH_TOKEN, json_lines, post_webhook, sign, wait_until
@@ -138,3 +143,53 @@ async def test_text_logs_are_plain_lines(tmp_path: Path, redis_server: RedisServ
     assert not any(line.startswith('{"level"') for line in output.splitlines())
     for secret in (AUTH_TOKEN, API_TOKEN, WRONG_TOKEN, *signatures):
         assert secret not in output
+
+
+@pytest.mark.parametrize(
+    ("path", "outcome"),
+    [
+        ("/webhooks/sync", "applied"),
+        ("/v1/services/IS1/identities/alice", None),
+        ('/v1/a"b', None),
+        ("/v1/a\\b", "invalid_signature"),
+        ("/v1/%C3%A9", None),
+    ],
+)
+def test_access_lines_are_the_text_formatters_lines(
+    monkeypatch: pytest.MonkeyPatch, path: str, outcome: str | None
+) -> None:
+    """The access log writes its line itself (the hot path): the same line, after the time,
+    as the logging machinery's TextFormatter writes for the same fields."""
+    out = io.StringIO()
+    monkeypatch.setattr(logs, "_output", logs._Lines(out))
+    monkeypatch.setattr(logs, "_json", False)
+    logging.getLogger(logs.ACCESS_LOGGER).setLevel(logging.INFO)
+    request = make_mocked_request("POST", path)
+    if outcome is not None:
+        request[logs.WEBHOOK_OUTCOME] = outcome
+    response = web.Response(status=200, body=b"{}")
+
+    logs.AccessLogger(logging.getLogger(logs.ACCESS_LOGGER), "").log(request, response, 0.01234)
+
+    raw = request.rel_url.raw_path  # as the request line carried it: percent-encoded
+    fields: dict[str, object] = {
+        "method": "POST",
+        "path": raw,
+        "status": 200,
+        "duration_ms": 12.34,
+        "remote": request.remote,
+        "bytes": response.body_length,
+    }
+    if outcome is not None:
+        fields["outcome"] = outcome
+    wanted = logging.makeLogRecord(
+        {
+            "name": logs.ACCESS_LOGGER,
+            "levelno": logging.INFO,
+            "levelname": "INFO",
+            "msg": f"POST {raw} 200 12.3ms",
+            **fields,
+        }
+    )
+    written = out.getvalue().rstrip("\n")
+    assert written.partition(" INFO ")[2] == TextFormatter().format(wanted).partition(" INFO ")[2]
