@@ -28,6 +28,7 @@ from redis.exceptions import NoScriptError
 
 from presence.store import resp
 from presence.store.pipe import Pipe
+from presence.store.replication import ReplicaWait
 from presence.store.scripts import Client, ScriptCall, run_scripts
 
 MAX_BATCH = 512
@@ -58,10 +59,16 @@ class Coalescer:
     """Runs script calls on ``redis`` in batches of the calls made together."""
 
     def __init__(
-        self, redis: Client, *, max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT
+        self,
+        redis: Client,
+        *,
+        max_batch: int = MAX_BATCH,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        wait: ReplicaWait | None = None,
     ) -> None:
         self.redis = redis
         self.max_batch = max_batch
+        self.wait = wait
         self._pending: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
         self._pipe: Pipe | None = None
@@ -69,7 +76,11 @@ class Coalescer:
             self._pipe = Pipe(redis, self._load_scripts)
         self._scripts: dict[str, AsyncScript] = {}
         """Every script called, by SHA: loaded on each new connection."""
-        self.max_in_flight = max_in_flight
+        # Redis holds back whatever a connection sends after a WAIT until the WAIT returns: a
+        # second batch in flight would wait for the first one's WAIT, then for its own.
+        # One at a time, the next batch gathers every call made meanwhile instead (a group
+        # commit), and a call waits for two WAITs at most.
+        self.max_in_flight = 1 if wait is not None else max_in_flight
         self._in_flight = 0
         self._room = asyncio.Event()
         self._settling: set[asyncio.Task[None]] = set()
@@ -135,11 +146,22 @@ class Coalescer:
             and self._sender is None
         )
 
+    def _commands(self, calls: Sequence[_Call]) -> list[bytes]:
+        """The EVALSHA of each call, then (with a wait) the barrier and WAIT after them."""
+        commands = [call.command() for call in calls]
+        if self.wait is not None:
+            commands += [resp.pack(c) for c in self.wait.commands([c.script.keys for c in calls])]
+        return commands
+
+    def _replies(self, replies: list[Any]) -> list[Any]:
+        """The calls' own replies (short of the replicas: ``ReplicasBehind`` errors)."""
+        return replies if self.wait is None else self.wait.settle(replies)
+
     def _write(self, batch: list[_Call]) -> None:
         assert self._pipe is not None
         self._dispatched(batch)
         self._in_flight += 1
-        replies = self._pipe.submit([call.command() for call in batch])
+        replies = self._pipe.submit(self._commands(batch))
         task = asyncio.create_task(self._settle(self._pipe, batch, replies))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
@@ -162,7 +184,7 @@ class Coalescer:
     ) -> None:
         try:
             try:
-                replies = await pending
+                replies = self._replies(await pending)
             except Exception as error:
                 _fail(batch, error)
                 return
@@ -174,7 +196,7 @@ class Coalescer:
                     again = [batch[i] for i in refused]
                     try:
                         await self._load_scripts_on(pipe, again)
-                        retried = await pipe.submit([call.command() for call in again])
+                        retried = self._replies(await pipe.submit(self._commands(again)))
                     except Exception as error:
                         _fail(again, error)
                         retried = []
@@ -208,7 +230,7 @@ class Coalescer:
     async def _run(self, batch: Sequence[_Call]) -> list[Any]:
         # One pipeline (one per node of a Redis Cluster); scripts a restarted Redis has
         # forgotten are loaded and their calls, which did not run, made again.
-        return await run_scripts(self.redis, [call.script for call in batch])
+        return await run_scripts(self.redis, [call.script for call in batch], self.wait)
 
     async def close(self) -> None:
         if self._pipe is not None:

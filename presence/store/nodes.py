@@ -4,6 +4,7 @@ at once, and a node that cannot be reached fails only its own part."""
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -12,6 +13,8 @@ from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import SlotNotCoveredError
 
 T = TypeVar("T")
+
+log = logging.getLogger("presence.store")
 
 Group = tuple[ClusterNode, list[int]]
 """A primary, and the positions of the items it serves."""
@@ -46,3 +49,19 @@ async def on_each_node(
         if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
             raise outcome
     return outcomes  # type: ignore[return-value]
+
+
+class Promotions:
+    """Notices replicas of a Redis Cluster becoming primaries (a failover), in the cluster
+    client's view of its nodes, which the client refreshes after an error."""
+
+    def __init__(self, on_failover: Callable[[], None] | None = None) -> None:
+        self.on_failover = on_failover
+        self._replicas: set[str] = set()
+
+    def check(self, cluster: RedisCluster) -> None:
+        for name in sorted({node.name for node in cluster.get_primaries()} & self._replicas):
+            log.warning("Redis failed over: replica %s of the Redis Cluster is a primary now", name)
+            if self.on_failover is not None:
+                self.on_failover()
+        self._replicas = {node.name for node in cluster.get_replicas()}
