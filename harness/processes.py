@@ -316,8 +316,13 @@ class RedisSentinels:
         sentinel_count: int = 3,
         down_after_ms: int = 1000,
     ) -> None:
-        self.master = RedisServer(directory / "master")
-        self.replicas = [RedisServer(directory / f"replica-{n}") for n in range(replica_count)]
+        # The first sync starts at once (Redis waits 5 s by default for more replicas to
+        # share it); after a failover the replicas continue with a partial resync anyway.
+        quick = ["--repl-diskless-sync-delay", "0"]
+        self.master = RedisServer(directory / "master", options=quick)
+        self.replicas = [
+            RedisServer(directory / f"replica-{n}", options=quick) for n in range(replica_count)
+        ]
         self.sentinels = [
             SentinelProcess(
                 directory / f"sentinel-{n}",
@@ -338,7 +343,7 @@ class RedisSentinels:
     def start(self, within: float = 30.0) -> RedisSentinels:
         self.master.start()
         for replica in self.replicas:
-            replica.options = ["--replicaof", "127.0.0.1", str(self.master.port)]
+            replica.options += ["--replicaof", "127.0.0.1", str(self.master.port)]
             replica.start()
         _wait(lambda: self.replicas_online(self.master.port) == len(self.replicas), within,
               "every replica to sync with the master")  # fmt: skip
