@@ -108,13 +108,17 @@ class Coalescer:
             # One tick's grace, so that the calls made in the same tick share the first batch.
             await asyncio.sleep(0)
             while self._pending:
-                batch = self._pending[: self.max_batch]
-                del self._pending[: self.max_batch]
                 if self._pipe is None:
+                    batch = self._take()
                     self._dispatched(batch)
                     await self._send(batch)
-                else:
-                    await self._submit(self._pipe, batch)
+                    continue
+                # Room first, then the batch: the calls made while the batches in flight
+                # are awaited join it, rather than wait for it in turn.
+                while self._in_flight >= self.max_in_flight:
+                    self._room.clear()
+                    await self._room.wait()
+                await self._submit(self._pipe, self._take())
         except BaseException:
             # Cancelled (the loop is closing): nothing will send what is left.
             for call in self._pending:
@@ -123,6 +127,11 @@ class Coalescer:
             raise
         finally:
             self._sender = None
+
+    def _take(self) -> list[_Call]:
+        batch = self._pending[: self.max_batch]
+        del self._pending[: self.max_batch]
+        return batch
 
     def _dispatched(self, batch: Sequence[_Call]) -> None:
         """A batch goes to Redis (a hook for the tests, which count round trips)."""
@@ -167,9 +176,6 @@ class Coalescer:
         task.add_done_callback(self._settling.discard)
 
     async def _submit(self, pipe: Pipe, batch: list[_Call]) -> None:
-        while self._in_flight >= self.max_in_flight:
-            self._room.clear()
-            await self._room.wait()
         # A recovery from NOSCRIPT resends what was refused before anything new is written.
         async with self._recovering:
             try:
