@@ -450,6 +450,8 @@ class RedisClusterNodes:
             "--cluster-config-file", f"nodes-{port}.conf",
             "--cluster-node-timeout", str(self.node_timeout_ms),
             "--cluster-require-full-coverage", "no",
+            # A replica's first sync starts at once (not 5 s later, Redis' default).
+            "--repl-diskless-sync-delay", "0",
             "--save", "",
             "--appendonly", "no",
         ]  # fmt: skip
@@ -458,6 +460,13 @@ class RedisClusterNodes:
 
     def kill_node(self, port: int) -> None:
         stop(self.processes.pop(port, None), signal.SIGKILL)
+
+    def pause_node(self, port: int) -> None:
+        """Freezes a node (SIGSTOP): its connections stay open, nothing is read."""
+        os.kill(self.processes[port].pid, signal.SIGSTOP)
+
+    def resume_node(self, port: int) -> None:
+        os.kill(self.processes[port].pid, signal.SIGCONT)
 
     def _cli(self, port: int, *args: str) -> str:
         result = subprocess.run(
@@ -500,6 +509,24 @@ class RedisClusterNodes:
             check=True,
         )
         self.wait_until_ok()
+        if self.replicas:
+            self.wait_until_synced()
+
+    def wait_until_synced(self, within: float = 30.0) -> None:
+        """Waits until every running replica has synced with its primary."""
+
+        def synced() -> bool:
+            roles = self.roles()
+            for port, primary in roles.items():
+                if primary is None:
+                    replicas = sum(1 for of in roles.values() if of == port)
+                    online = _info(port)
+                    count = sum("state=online" in v for k, v in online.items() if k[:5] == "slave")
+                    if count < replicas:
+                        return False
+            return True
+
+        _wait(synced, within, "every replica of the cluster to sync")
 
     def roles(self) -> dict[int, int | None]:
         """Each running node's port: ``None`` for a primary, else the port of its primary

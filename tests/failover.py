@@ -6,13 +6,13 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Awaitable, Callable, Sequence
+from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import aiohttp
 
-from harness.processes import RedisServer, Service, redis_cli
+from harness.processes import Service, redis_cli
 from presence.twilio.samples import SERVICE_SID
 from tests.support import wait_until
 from tests.test_faults import Reply, connect, deliver, disconnect, lookup
@@ -59,23 +59,25 @@ class FailoverRun:
     def refused(self) -> list[Reply]:
         return [t.reply for t in self.replies if t.reply.status == 503]
 
-    @property
-    def failover_seconds(self) -> float:
-        """From the kill to the first 200 of a webhook sent after it."""
+    def failover_seconds(self, among: Collection[str] | None = None) -> float:
+        """From the kill to the first 200 of a webhook sent after it (of one of ``among``,
+        the identities the master that died held, when given)."""
         after = [
             t.at - self.killed_at
             for t in self.replies
-            if t.reply.status == 200 and t.at - t.reply.elapsed > self.killed_at
+            if t.reply.status == 200
+            and t.at - t.reply.elapsed > self.killed_at
+            and (among is None or t.reply.params["Identity"] in among)
         ]
         return min(after, default=float("nan"))
 
-    def summary(self, name: str, lost: Sequence[str]) -> str:
+    def summary(self, name: str, lost: Sequence[str], among: Collection[str] | None = None) -> str:
         slowest = max(t.reply.elapsed for t in self.replies)
         return (
             f"\n{name}: {len(self.replies)} webhooks, {len(self.acknowledged)} x 200, "
             f"{len(self.refused)} x 503; acknowledged and lost: {len(lost)} of "
             f"{len(self.acknowledged)}; failover (kill to the first 200 after it) "
-            f"{self.failover_seconds:.2f} s; slowest reply {slowest:.2f} s"
+            f"{self.failover_seconds(among):.2f} s; slowest reply {slowest:.2f} s"
         )
 
 
@@ -162,11 +164,12 @@ async def resend_the_refused(
     return [r.outcome for r in retries]
 
 
-async def cut_off(master: RedisServer, replicas: Sequence[RedisServer]) -> None:
-    """The replicas stop hearing from ``master``: frozen, their links to it closed by it."""
-    for replica in replicas:
-        replica.pause()
-    await asyncio.to_thread(redis_cli, master.port, "client", "kill", "type", "replica")
+async def cut_off(master_port: int, freeze: Sequence[Callable[[], None]]) -> None:
+    """The master's replicas stop hearing from it: each frozen (``freeze``), then their
+    replication links closed by the master."""
+    for pause in freeze:
+        pause()
+    await asyncio.to_thread(redis_cli, master_port, "client", "kill", "type", "replica")
 
 
 def deadline_identities() -> list[str]:

@@ -156,7 +156,7 @@ async def fail_over_under_load(
 
             async def kill(run: FailoverRun) -> None:
                 if behind:
-                    await cut_off(old, group.replicas)
+                    await cut_off(old.port, [replica.pause for replica in group.replicas])
                     await asyncio.sleep(BEHIND_SECONDS)
                     # A feed reader sees what the replicas do not hold.
                     run.extra["cursor"] = await feed_cursor(session, started[0])

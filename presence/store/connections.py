@@ -91,17 +91,20 @@ def cluster_client(url: str, *, socket_timeout: float = SOCKET_TIMEOUT_SECONDS) 
     """A Redis Cluster client for ``PRESENCE_REDIS_URL`` naming any node of the cluster (it
     finds the others), as quick to give up as ``redis_client``.
 
-    One retry, at once: after a refused connection, a CLUSTERDOWN or a slot not covered it
-    asks the cluster for its layout again and tries once more (a failover that has just
-    completed is found this way); MOVED and ASK are followed, TRYAGAIN retried for a few
-    tenths of a second. What still fails is the store's StoreUnavailable: a 503."""
+    No retry: a command that meets a node down (or a primary that failed) fails at once,
+    its calls are answered 503, and the client asks the cluster for its layout again before
+    the next one (a failover that has completed is found this way). redis-py's cluster
+    pipeline, to retry, closes every connection of every node, those in use too
+    (redis/redis-py#3546): the webhooks in flight on the nodes that are up would fail with
+    the one that is down. MOVED and ASK are followed. What fails is the store's
+    StoreUnavailable: a 503, which Twilio retries."""
     return RedisCluster.from_url(
         url,
         decode_responses=True,
         socket_timeout=socket_timeout,
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         health_check_interval=30,
-        retry=Retry(NoBackoff(), 1),
+        retry=Retry(NoBackoff(), 0),
         # Slots of a node that is down (and has no replica to take over) answer 503; the
         # others keep working if the cluster runs with cluster-require-full-coverage no.
         require_full_coverage=False,

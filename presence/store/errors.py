@@ -55,7 +55,7 @@ async def unavailable_as_store_error() -> AsyncIterator[None]:
         if _UNAVAILABLE_REPLY.search(str(error)):
             raise StoreUnavailable(str(error)) from error
         raise
-    except (AttributeError, TypeError) as error:
+    except (AttributeError, TypeError, RuntimeError) as error:
         if closed_under_its_feet(error):
             raise StoreUnavailable(f"connection closed while in use ({error})") from error
         raise
@@ -63,9 +63,12 @@ async def unavailable_as_store_error() -> AsyncIterator[None]:
 
 def closed_under_its_feet(error: BaseException) -> bool:
     """True for the AttributeError or TypeError redis-py 8.1's asyncio connection lets out
-    when its connection is closed while a command is being written: by the peer, or by the
-    cluster client, which closes every connection of every node (those in use too) when it
-    rebuilds its view of the cluster after an error (redis/redis-py#3546, #4287)."""
+    when its connection is closed while a command is being written (uvloop's transport says
+    RuntimeError "the handler is closed"): by the peer, or by the cluster client, which
+    closes every connection of every node (those in use too) when it starts over after an
+    error (redis/redis-py#3546, #4287)."""
+    if isinstance(error, RuntimeError) and "closed" not in str(error):
+        return False
     tb = error.__traceback__
     while tb is not None and tb.tb_next is not None:
         tb = tb.tb_next

@@ -26,7 +26,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from presence.store import resp
-from presence.store.nodes import by_node, on_each_node
+from presence.store.errors import closed_under_its_feet
+from presence.store.nodes import by_node, node_failed, on_each_node
 from presence.store.replication import ReplicaWait
 
 Client: TypeAlias = Redis | RedisCluster
@@ -149,11 +150,18 @@ async def _run_on_cluster_node(
 ) -> list[Any]:
     try:
         return await _run_on_node(client, node, calls, wait)
-    except (RedisConnectionError, AttributeError, TypeError):
-        # When one node fails, redis-py's cluster client rebuilds its view of the cluster
-        # and closes the connections of every node, those in use included, which surface as
-        # these (redis/redis-py#3546). One more try, on a fresh connection: a call that did
-        # run answers duplicate or stale the second time, so nothing is applied twice.
+    except RedisConnectionError:
+        # The node is down, or a replica has taken over from it.
+        assert isinstance(client, RedisCluster)
+        node_failed(client, node)
+        raise
+    except (AttributeError, TypeError, RuntimeError) as error:
+        if not closed_under_its_feet(error):
+            raise
+        # redis-py's cluster client can still close the connections of every node, those
+        # in use too, when it starts over after a CLUSTERDOWN (redis/redis-py#3546): one
+        # more try, on a fresh connection. A call that did run answers duplicate or stale
+        # the second time, so nothing is applied twice.
         return await _run_on_node(client, node, calls, wait)
 
 
