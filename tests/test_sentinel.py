@@ -17,11 +17,14 @@ from typing import Any
 import pytest
 from redis.asyncio import Redis
 
-from harness.processes import RedisSentinels, RedisServer, Service
+from harness.processes import RedisSentinels, RedisServer, Service, redis_cli
+from presence.events import ReachabilityEvent, parse_event
 from presence.keys import Keyspace
 from presence.settings import SettingsError, check_serve, load_settings
+from presence.store.base import Outcome, StoreUnavailable
+from presence.store.connections import open_store
 from presence.store.sentinel import connection_options
-from presence.twilio.samples import SERVICE_SID
+from presence.twilio.samples import SERVICE_SID, reachability
 from tests.failover import (
     BEHIND_SECONDS,
     GRACE,
@@ -38,7 +41,7 @@ from tests.failover import (
     set_deadlines,
     until_writes_are_acknowledged,
 )
-from tests.support import AUTH_TOKEN, Watcher, wait_until
+from tests.support import AUTH_TOKEN, Watcher, make_store, wait_until
 from tests.test_faults import assert_no_crash, client_session, connect, deliver, ready, running
 
 KEYS = Keyspace()
@@ -312,3 +315,51 @@ async def test_with_both_replicas_stopped_webhooks_get_503_within_the_bound(
             retry = await deliver(session, started[0], connect("alone-0", "E1"))
             assert (retry.status, retry.outcome) == (200, "duplicate")
         assert_no_crash(*started)
+
+
+@pytest.mark.slow
+async def test_a_master_demoted_alive_is_left_for_the_new_one(sentinels: RedisSentinels) -> None:
+    """A manual failover (SENTINEL FAILOVER) demotes the master to a replica, alive: the
+    writes the service sends it are refused (READONLY, a 503, the script not run), and the
+    service moves to the new master by itself, saying it saw a failover."""
+    failovers: list[int] = []
+    store = open_store(
+        load_settings(redis_sentinels=sentinels.addresses, allow_unsigned_webhooks=True),
+        on_failover=lambda: failovers.append(1),
+    )
+    old = sentinels.master
+    try:
+        assert (await store.apply_reachability(event("before", 1))).outcome is Outcome.APPLIED
+        await asyncio.to_thread(sentinels.sentinels[0].ask, "failover", RedisSentinels.NAME)
+        master = await asyncio.to_thread(sentinels.wait_for_new_master, old.port)
+        await wait_until(lambda: redis_role(old) == "slave", 15, "the old master to follow")
+        outcomes: list[str] = []
+
+        async def applied() -> bool:
+            try:
+                result = await store.apply_reachability(event("after", 1))
+            except StoreUnavailable:
+                outcomes.append("503")
+                return False
+            outcomes.append(result.outcome.value)
+            return True
+
+        await wait_until(applied, 15, "a webhook applied on the new master")
+        assert outcomes[-1] == "applied", outcomes
+        on_master = make_store(Redis.from_url(master.url, decode_responses=True), None)
+        for name in ("before", "after"):
+            assert (await on_master.identity(SERVICE_SID, name)).online
+        await on_master.close()
+        assert failovers
+    finally:
+        await store.close()
+
+
+def redis_role(server: RedisServer) -> str:
+    return redis_cli(server.port, "role").split()[0]
+
+
+def event(identity: str, event_id: int) -> ReachabilityEvent:
+    parsed = parse_event(reachability(identity, "E1", event_id, True, connected=True).items())
+    assert isinstance(parsed, ReachabilityEvent)
+    return parsed

@@ -13,6 +13,10 @@ keeps their order. On a Redis Cluster (or the embedded store) one batch is in fl
 time, split by node, each node getting its part in order; a node that is down fails only the
 calls it serves. Each caller is answered once its own script has run, with its own reply or
 error.
+
+With replicas to wait for (``PRESENCE_REDIS_WAIT_REPLICAS``), each batch ends with a barrier
+and a WAIT (replication.py), and one batch is in flight at a time: a caller is answered once
+the replicas hold its write, or fails with ``ReplicasBehind``.
 """
 
 from __future__ import annotations

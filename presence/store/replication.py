@@ -1,10 +1,12 @@
 """Waiting for replicas (``PRESENCE_REDIS_WAIT_REPLICAS``): after a batch of writes, Redis
 ``WAIT`` on the connection that made them, until that many replicas hold them.
 
-Redis answers WAIT once the replicas hold the connection's own last write. A script that
-answers duplicate or stale writes nothing, yet its answer rests on a state that another
-connection (another replica of the service, Twilio's first delivery) may have written a
-moment ago and no replica holds yet. So each batch writes a barrier first, a SET of the
+Redis answers WAIT once the replicas hold the connection's offset. From Redis 7.2 on (and in
+Valkey) that offset moves only when the connection's command propagated a write (7.0 moves it
+on any command). A script that answers duplicate or stale writes nothing, yet its answer
+rests on a state that another connection (another replica of the service, Twilio's first
+delivery) may have written a moment ago and no replica holds yet. So each batch writes a
+barrier first, a SET of the
 ``w`` key of the bucket of one of its calls (on a Redis Cluster, on that node): the barrier
 comes after everything the node had run when the batch ran, and the WAIT behind it covers
 every state the batch's replies were read from.
