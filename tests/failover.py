@@ -5,6 +5,7 @@ middle (optionally after its replicas fell behind), and what became of every web
 from __future__ import annotations
 
 import asyncio
+import math
 import time
 from collections.abc import Awaitable, Callable, Collection, Sequence
 from dataclasses import dataclass, field
@@ -73,11 +74,13 @@ class FailoverRun:
 
     def summary(self, name: str, lost: Sequence[str], among: Collection[str] | None = None) -> str:
         slowest = max(t.reply.elapsed for t in self.replies)
+        failover = self.failover_seconds(among)
+        took = "no 200 within the load" if math.isnan(failover) else f"{failover:.2f} s"
         return (
             f"\n{name}: {len(self.replies)} webhooks, {len(self.acknowledged)} x 200, "
             f"{len(self.refused)} x 503; acknowledged and lost: {len(lost)} of "
-            f"{len(self.acknowledged)}; failover (kill to the first 200 after it) "
-            f"{self.failover_seconds(among):.2f} s; slowest reply {slowest:.2f} s"
+            f"{len(self.acknowledged)}; failover (kill to the first 200 after it): {took}; "
+            f"slowest reply {slowest:.2f} s"
         )
 
 
