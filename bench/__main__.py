@@ -14,12 +14,12 @@ import time
 from pathlib import Path
 from typing import Any
 
-from bench import deadlines, feed, http_rows, loads, memory, support
+from bench import deadlines, feed, http_rows, loads, memory, support, wait
 from bench.profile import Profiler
 from bench.support import ROOT, affinity, cores
 from harness.processes import stop_all
 
-ROWS = ("ingest", "get", "lookup", "memory", "deadlines", "feed")
+ROWS = ("ingest", "get", "lookup", "memory", "deadlines", "feed", "wait")
 
 TARGETS = {
     "ingest": 0.7,  # x the bare reference's req/s
@@ -113,6 +113,9 @@ def main(argv: list[str] | None = None) -> None:
         if "feed" in cfg.rows:
             with affinity(other):
                 results["feed"] = feed.run(cfg.workdir, cfg.duration)
+        if "wait" in cfg.rows:
+            with affinity(other):
+                results["wait"] = wait.run(cfg.workdir, cfg)
     finally:
         stop_all()
         results["elapsed_s"] = round(time.time() - started, 1)

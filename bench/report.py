@@ -125,7 +125,21 @@ def _main_rows(results: Run) -> list[list[str]]:
                      f"{fd['service_cpu_us_per_delivery']:.1f} us "
                      f"({fd['service_cpu_us_per_change']:.0f} us per change)", "", "", "report",
                      ""])  # fmt: skip
+    if wt := results.get("wait"):
+        rows += _wait_rows(wt)
     return rows
+
+
+def _wait_rows(wt: Run) -> list[list[str]]:
+    """Row 7: ingest with PRESENCE_REDIS_WAIT_REPLICAS=1 against 0, on a master with a replica."""
+    zero, one = wt["wait_0"], wt["wait_1"]
+    refused = one.get("outcomes", {}).get("rejected", 0)
+    return [
+        ["7", "webhook ingest, master + 1 replica, WAIT 1 (vs WAIT 0), req/s", _rps(one),
+         _rps(zero), f"{wt['ratio']:.2f}x", "report", ""],
+        ["7", "webhook latency, WAIT 1 (vs WAIT 0), p50 / p99", _ms(one), _ms(zero), "", "",
+         f"{refused} refused" if refused else ""],
+    ]  # fmt: skip
 
 
 def _cpu_rows(results: Run) -> list[list[str]]:

@@ -17,11 +17,20 @@ from presence.serve import StartupError, migrate_store, run, serve
 from presence.settings import Settings, SettingsError, check_serve, env_name, load_settings
 from presence.simulate import command as simulate_command
 from presence.store.base import StoreUnavailable
+from presence.store.connections import settings_client
 from presence.store.migrate import FormatError
 from presence.watch import WatchRefused, watch, watch_url
 from presence.workers import Supervisor, is_worker
 
-_WATCH_SETTINGS = ("redis_url", "redis_cluster", "key_prefix", "log_level")
+_WATCH_SETTINGS = (
+    "redis_url",
+    "redis_cluster",
+    "redis_sentinels",
+    "redis_sentinel_master",
+    "redis_sentinel_password",
+    "key_prefix",
+    "log_level",
+)
 _MIGRATE_SETTINGS = (*_WATCH_SETTINGS, "endpoint_ttl_seconds")
 
 
@@ -109,27 +118,31 @@ def main(argv: Sequence[str] | None = None) -> None:
             except StartupError as error:
                 _fail(str(error))
         else:
-            if settings.redis_url is None:
+            if settings.embedded:
                 _fail(
-                    f"watch needs a Redis to watch: set {env_name('redis_url')}, or follow "
-                    "a running service with --url"
+                    f"watch needs a Redis to watch: set {env_name('redis_url')} (or "
+                    f"{env_name('redis_sentinels')}), or follow a running service with --url"
                 )
-            assert settings.redis_url is not None
+            # Through Sentinels, each (re)subscription asks them for the master anew.
+            sentinels = bool(settings.redis_sentinels)
             asyncio.run(
                 watch(
-                    settings.redis_url,
+                    settings.redis_url or "",
                     Keyspace(settings.key_prefix),
                     sys.stdout,
                     service=service,
                     identities=identities,
                     cluster=settings.redis_cluster,
+                    connect=(lambda: settings_client(settings)) if sentinels else None,
                 )
             )
 
 
 def _migrate(settings: Settings) -> None:
-    if settings.redis_url is None:
-        _fail(f"migrate needs a Redis: set {env_name('redis_url')}")
+    if settings.embedded:
+        _fail(
+            f"migrate needs a Redis: set {env_name('redis_url')} (or {env_name('redis_sentinels')})"
+        )
     try:
         migration = run(migrate_store(settings))
     except (FormatError, StoreUnavailable) as error:

@@ -11,6 +11,7 @@ Layout (``p`` is ``PRESENCE_KEY_PREFIX``, ``b`` a bucket, ``g`` a page, ``IS..``
     p:act:IS..:<minute>       hash    webhook outcomes of the service in that minute
     p:{b}:tok:<token>         string  an I-Twilio-Idempotency-Token already recorded
     p:{b}:seen:<ListSid|MapSid> zset  EventIds of item events already recorded
+    p:{b}:w                   string  written before each WAIT (store/replication.py)
     p:format                  string  the storage format of this keyspace (migrate.py)
 
 Storage format 1 (releases before format 2; read only by ``presence migrate``)::
@@ -95,6 +96,9 @@ class Keyspace:
     def seen(self, bucket: int, collection_sid: str) -> str:
         return f"{self._tags[bucket]}:seen:{collection_sid}"
 
+    def barrier(self, bucket: int) -> str:
+        return f"{self._tags[bucket]}:w"
+
     def activity(self, service_sid: str, minute: int) -> str:
         """Webhook outcomes of one minute (by the epoch second it starts at): one key a
         minute, so the last hour is 60 reads and older minutes simply expire."""
@@ -137,6 +141,13 @@ class Keyspace:
         if rest[SID_LENGTH] != ":" or int(bucket) >= BUCKETS:
             return None
         return int(bucket), rest[:SID_LENGTH], rest[SID_LENGTH + 1 :]
+
+
+def barrier_beside(key: str) -> str | None:
+    """The barrier of the bucket ``key`` is in (``Keyspace.barrier`` of it): on a Redis
+    Cluster, on the node that holds ``key``. None for a key without a bucket."""
+    end = key.find("}")
+    return None if end < 0 else key[: end + 1] + ":w"
 
 
 def page_member(service_sid: str, page: int) -> str:

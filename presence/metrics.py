@@ -104,6 +104,20 @@ class Metrics:
             ["operation"],
             registry=into,
         )
+        self.redis_failovers = Counter(
+            "presence_redis_failovers",
+            "Times this process saw Redis fail over: the Sentinels named another master, or a "
+            "replica of a Redis Cluster became a primary.",
+            registry=into,
+        )
+        self.redis_wait_timeouts = Counter(
+            "presence_redis_wait_timeouts",
+            "Writes fewer replicas than PRESENCE_REDIS_WAIT_REPLICAS confirmed within "
+            "PRESENCE_REDIS_WAIT_TIMEOUT_MS, by operation (webhook: answered 503; sweep: a "
+            "page's firings, published all the same).",
+            ["operation"],
+            registry=into,
+        )
         self.sweeper_lag = Gauge(
             "presence_sweeper_lag_seconds",
             "How late the sweeper's last pass was for the most overdue deadline or expiry.",
@@ -146,6 +160,8 @@ class Metrics:
             self.redis_errors.labels(operation)
         for reason in ("retention", "epoch", "failover"):
             self.feed_resets.labels(reason)
+        for operation in ("webhook", "sweep"):
+            self.redis_wait_timeouts.labels(operation)
 
         # Children of the labelled series counted on every webhook and change, bound once:
         # labels() is a dictionary lookup under a lock, each time.
@@ -165,6 +181,10 @@ class Metrics:
 
     def redis_error(self, operation: str) -> None:
         self.redis_errors.labels(operation).inc()
+
+    def failover_seen(self) -> None:
+        """Redis failed over (the store says so, see ``open_store``)."""
+        self.redis_failovers.inc()
 
     def exposition(self) -> bytes:
         """The current values in the Prometheus text format."""

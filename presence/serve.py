@@ -11,6 +11,7 @@ from typing import Any, TypeVar
 from aiohttp import web
 
 from presence.logs import ACCESS_LOGGER, AccessLogger
+from presence.metrics import Metrics
 from presence.settings import Settings
 from presence.store.connections import open_store, without_password
 from presence.store.migrate import FormatError, Migration, StorageFormat
@@ -43,9 +44,21 @@ def _announce(settings: Settings) -> None:
             "the process exits and is not shared with other replicas; set PRESENCE_REDIS_URL "
             "for production"
         )
+    elif settings.redis_sentinels:
+        log.info(
+            "using the Redis master %r that the Sentinels at %s name",
+            settings.redis_sentinel_master,
+            ",".join(f"{host}:{port}" for host, port in settings.redis_sentinels),
+        )
     else:
         kind = "a Redis Cluster through" if settings.redis_cluster else "Redis at"
         log.info("using %s %s", kind, without_password(settings.redis_url or ""))
+    if settings.redis_wait_replicas:
+        log.info(
+            "every write waits for %d replica(s), %d ms at most (else 503)",
+            settings.redis_wait_replicas,
+            settings.redis_wait_timeout_ms,
+        )
     if settings.unsigned_webhooks:
         log.warning(
             "!!! WEBHOOK SIGNATURES ARE NOT CHECKED: anyone who can reach this port can set "
@@ -69,8 +82,9 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
 
     ``reuse_port`` lets the workers of ``presence serve --workers N`` share the port."""
     _announce(settings)
-    store = open_store(settings)
-    sweeper = Sweeper(store)  # its metrics become the app's
+    metrics = Metrics()
+    store = open_store(settings, on_failover=metrics.failover_seen)
+    sweeper = Sweeper(store, metrics=metrics)  # its metrics become the app's
     app = create_app(settings, store, sweeper=sweeper)
     runner = web.AppRunner(
         app,

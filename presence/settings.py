@@ -15,6 +15,14 @@ from presence.twilio import is_sid, sid_problem
 
 ENV_PREFIX = "PRESENCE_"
 
+SENTINEL_PORT = 26379
+"""The port of a Sentinel named without one."""
+
+MAX_WAIT_REPLICAS = 16
+MAX_WAIT_TIMEOUT_MS = 5000
+"""A webhook waits for at most two WAITs (the batch ahead of it, then its own) plus Redis'
+own time: at 5 s each that is still within Twilio's 15 s."""
+
 
 class SettingsError(Exception):
     """An invalid setting; the message names it as its environment variable."""
@@ -31,6 +39,11 @@ class Settings(BaseSettings):
     port: int = Field(default=8080, ge=0, le=65535)
     redis_url: str | None = None
     redis_cluster: bool = False
+    redis_sentinels: Annotated[tuple[tuple[str, int], ...], NoDecode] = ()
+    redis_sentinel_master: str = Field(default="mymaster", min_length=1)
+    redis_sentinel_password: str | None = None
+    redis_wait_replicas: int = Field(default=0, ge=0, le=MAX_WAIT_REPLICAS)
+    redis_wait_timeout_ms: int = Field(default=1000, ge=1, le=MAX_WAIT_TIMEOUT_MS)
     key_prefix: str = "presence"
     twilio_auth_token: Annotated[tuple[str, ...], NoDecode] = ()
     webhook_url: str | None = None
@@ -90,6 +103,24 @@ class Settings(BaseSettings):
             )
         return value
 
+    @field_validator("redis_sentinels", mode="before")
+    @classmethod
+    def _redis_sentinels(cls, value: Any, info: ValidationInfo) -> Any:
+        if isinstance(value, str):
+            value = tuple(_sentinel_address(part) for part in value.split(",") if part.strip())
+        if value and info.data.get("redis_cluster"):
+            raise ValueError(
+                f"Sentinels and {env_name('redis_cluster')} exclude each other: a Redis Cluster "
+                f"fails over by itself"
+            )
+        url = info.data.get("redis_url")
+        if value and url is not None and urlsplit(url).scheme == "unix":
+            raise ValueError(
+                f"the master the Sentinels name is reached over TCP: {env_name('redis_url')} "
+                f"must be a redis:// or rediss:// URL (its host is not used), or unset"
+            )
+        return value
+
     @field_validator("key_prefix")
     @classmethod
     def _key_prefix(cls, value: str) -> str:
@@ -126,8 +157,9 @@ class Settings(BaseSettings):
 
     @property
     def embedded(self) -> bool:
-        """True when no Redis URL is set: the service runs on its in-process store."""
-        return self.redis_url is None
+        """True when neither a Redis URL nor Sentinels are set: the service runs on its
+        in-process store."""
+        return self.redis_url is None and not self.redis_sentinels
 
     @property
     def unsigned_webhooks(self) -> bool:
@@ -145,6 +177,23 @@ class Settings(BaseSettings):
     @property
     def feed_retention_ms(self) -> int:
         return round(self.feed_retention_seconds * 1000)
+
+
+def _sentinel_address(text: str) -> tuple[str, int]:
+    """``host:port``, ``host`` (port 26379) or ``[v6 address]:port``."""
+    text = text.strip()
+    host, port = text, str(SENTINEL_PORT)
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        if rest:
+            if not rest.startswith(":"):
+                raise ValueError(f"{text!r} is not host:port")
+            port = rest[1:]
+    elif text.count(":") == 1:
+        host, port = text.split(":")
+    if not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"{text!r} is not host:port")
+    return host, int(port)
 
 
 def env_name(field: str) -> str:
@@ -171,6 +220,11 @@ def check_serve(settings: Settings) -> None:
         raise SettingsError(
             f"{env_name('workers')} above 1 needs {env_name('redis_url')}: the embedded store "
             f"lives inside one process, so workers would not share presence"
+        )
+    if settings.embedded and settings.redis_wait_replicas:
+        raise SettingsError(
+            f"{env_name('redis_wait_replicas')} needs a Redis with replicas: the embedded store "
+            f"has none (set {env_name('redis_url')} or {env_name('redis_sentinels')})"
         )
     if not (settings.embedded or settings.twilio_auth_token or settings.allow_unsigned_webhooks):
         raise SettingsError(

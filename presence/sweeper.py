@@ -64,6 +64,13 @@ class Sweeper:
         metrics.sweeps.inc()
         metrics.sweeper_lag.set(result.lag_ms / 1000)
         metrics.endpoints_expired.inc(result.endpoints_expired)
+        if result.replicas_behind:
+            metrics.redis_wait_timeouts.labels("sweep").inc(result.replicas_behind)
+            log.warning(
+                "sweeper: replicas did not confirm %d page visit(s) in time; their changes are "
+                "published, and a failover now would fire them again, with the same versions",
+                result.replicas_behind,
+            )
         changes = result.changes
         for start in range(0, len(changes), RECORD_SLICE):
             if start:

@@ -7,13 +7,14 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import TextIO
 from urllib.parse import urlsplit, urlunsplit
 
 import aiohttp
 from redis import exceptions as redis_errors
+from redis.asyncio import Redis
 
 from presence.keys import Keyspace
 from presence.store.connections import cluster_client, redis_client, without_password
@@ -90,11 +91,14 @@ async def watch(
     service: str | None = None,
     identities: frozenset[str] | None = None,
     cluster: bool = False,
+    connect: Callable[[], Redis] | None = None,
 ) -> None:
     """Prints each change until cancelled, resubscribing by itself after a Redis outage.
 
     With ``cluster``, ``redis_url`` names any node of a Redis Cluster: the subscription is
-    made on one of its primaries, and moves to another when that one goes away."""
+    made on one of its primaries, and moves to another when that one goes away. ``connect``
+    makes the client of each subscription instead of ``redis_url`` (through Sentinels: each
+    new subscription is made on the master they name now, so a failover is followed)."""
     channel = (
         keyspace.identity_channel(service, next(iter(identities)))
         if service is not None and identities is not None and len(identities) == 1
@@ -104,7 +108,7 @@ async def watch(
     backoff = 0.1
     while True:
         url = redis_url if nodes is None else await nodes.next_url()
-        redis = redis_client(url)
+        redis = connect() if connect is not None else redis_client(url)
         try:
             async with redis.pubsub(ignore_subscribe_messages=True) as pubsub:
                 await pubsub.subscribe(channel)

@@ -66,9 +66,11 @@ async def test_every_script_call_stays_in_one_slot_and_calls_reach_every_node(
     CROSSSLOT), and the calls of a varied workload land on all three nodes."""
     calls: list[Sequence[str]] = []
 
-    async def spy_run_scripts(client: Client, batch: Sequence[ScriptCall]) -> list[Any]:
+    async def spy_run_scripts(
+        client: Client, batch: Sequence[ScriptCall], wait: Any = None
+    ) -> list[Any]:
         calls.extend(list(call.keys) for call in batch)
-        return await run_scripts(client, batch)
+        return await run_scripts(client, batch, wait)
 
     # Writes go through the coalescer, sweeps straight to run_scripts: both are watched.
     monkeypatch.setattr("presence.store.coalesce.run_scripts", spy_run_scripts)

@@ -32,6 +32,16 @@ class StoreUnavailable(Exception):
     """Redis could not be reached or refused the write; nothing was half-applied."""
 
 
+class ReplicasBehind(StoreUnavailable):
+    """The write is on the master, but fewer replicas than ``PRESENCE_REDIS_WAIT_REPLICAS``
+    confirmed it within ``PRESENCE_REDIS_WAIT_TIMEOUT_MS``: a failover now could lose it.
+    ``reply`` is what the write answered (its retry answers duplicate or stale)."""
+
+    def __init__(self, message: str, reply: Any = None) -> None:
+        super().__init__(message)
+        self.reply = reply
+
+
 @dataclass(frozen=True)
 class Change:
     """One presence change, exactly as published on the changes channels."""
@@ -180,6 +190,9 @@ class SweepResult:
     endpoints_expired: int = 0
     next_due_in_ms: int | None = None
     """When something not yet due will be (ms from now; None: nothing seen scheduled)."""
+    replicas_behind: int = 0
+    """Firings (page visits) that fewer replicas than asked for confirmed in time: published
+    already; a failover now would fire them again, with the same versions."""
 
 
 class InvalidCursor(ValueError):

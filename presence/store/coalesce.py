@@ -13,6 +13,10 @@ keeps their order. On a Redis Cluster (or the embedded store) one batch is in fl
 time, split by node, each node getting its part in order; a node that is down fails only the
 calls it serves. Each caller is answered once its own script has run, with its own reply or
 error.
+
+With replicas to wait for (``PRESENCE_REDIS_WAIT_REPLICAS``), each batch ends with a barrier
+and a WAIT (replication.py), and one batch is in flight at a time: a caller is answered once
+the replicas hold its write, or fails with ``ReplicasBehind``.
 """
 
 from __future__ import annotations
@@ -28,6 +32,7 @@ from redis.exceptions import NoScriptError
 
 from presence.store import resp
 from presence.store.pipe import Pipe
+from presence.store.replication import ReplicaWait
 from presence.store.scripts import Client, ScriptCall, run_scripts
 
 MAX_BATCH = 512
@@ -58,10 +63,16 @@ class Coalescer:
     """Runs script calls on ``redis`` in batches of the calls made together."""
 
     def __init__(
-        self, redis: Client, *, max_batch: int = MAX_BATCH, max_in_flight: int = MAX_IN_FLIGHT
+        self,
+        redis: Client,
+        *,
+        max_batch: int = MAX_BATCH,
+        max_in_flight: int = MAX_IN_FLIGHT,
+        wait: ReplicaWait | None = None,
     ) -> None:
         self.redis = redis
         self.max_batch = max_batch
+        self.wait = wait
         self._pending: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
         self._pipe: Pipe | None = None
@@ -69,7 +80,11 @@ class Coalescer:
             self._pipe = Pipe(redis, self._load_scripts)
         self._scripts: dict[str, AsyncScript] = {}
         """Every script called, by SHA: loaded on each new connection."""
-        self.max_in_flight = max_in_flight
+        # Redis holds back whatever a connection sends after a WAIT until the WAIT returns: a
+        # second batch in flight would wait for the first one's WAIT, then for its own.
+        # One at a time, the next batch gathers every call made meanwhile instead (a group
+        # commit), and a call waits for two WAITs at most.
+        self.max_in_flight = 1 if wait is not None else max_in_flight
         self._in_flight = 0
         self._room = asyncio.Event()
         self._settling: set[asyncio.Task[None]] = set()
@@ -97,13 +112,17 @@ class Coalescer:
             # One tick's grace, so that the calls made in the same tick share the first batch.
             await asyncio.sleep(0)
             while self._pending:
-                batch = self._pending[: self.max_batch]
-                del self._pending[: self.max_batch]
                 if self._pipe is None:
+                    batch = self._take()
                     self._dispatched(batch)
                     await self._send(batch)
-                else:
-                    await self._submit(self._pipe, batch)
+                    continue
+                # Room first, then the batch: the calls made while the batches in flight
+                # are awaited join it, rather than wait for it in turn.
+                while self._in_flight >= self.max_in_flight:
+                    self._room.clear()
+                    await self._room.wait()
+                await self._submit(self._pipe, self._take())
         except BaseException:
             # Cancelled (the loop is closing): nothing will send what is left.
             for call in self._pending:
@@ -112,6 +131,11 @@ class Coalescer:
             raise
         finally:
             self._sender = None
+
+    def _take(self) -> list[_Call]:
+        batch = self._pending[: self.max_batch]
+        del self._pending[: self.max_batch]
+        return batch
 
     def _dispatched(self, batch: Sequence[_Call]) -> None:
         """A batch goes to Redis (a hook for the tests, which count round trips)."""
@@ -135,19 +159,27 @@ class Coalescer:
             and self._sender is None
         )
 
+    def _commands(self, calls: Sequence[_Call]) -> list[bytes]:
+        """The EVALSHA of each call, then (with a wait) the barrier and WAIT after them."""
+        commands = [call.command() for call in calls]
+        if self.wait is not None:
+            commands += [resp.pack(c) for c in self.wait.commands([c.script.keys for c in calls])]
+        return commands
+
+    def _replies(self, replies: list[Any]) -> list[Any]:
+        """The calls' own replies (short of the replicas: ``ReplicasBehind`` errors)."""
+        return replies if self.wait is None else self.wait.settle(replies)
+
     def _write(self, batch: list[_Call]) -> None:
         assert self._pipe is not None
         self._dispatched(batch)
         self._in_flight += 1
-        replies = self._pipe.submit([call.command() for call in batch])
+        replies = self._pipe.submit(self._commands(batch))
         task = asyncio.create_task(self._settle(self._pipe, batch, replies))
         self._settling.add(task)
         task.add_done_callback(self._settling.discard)
 
     async def _submit(self, pipe: Pipe, batch: list[_Call]) -> None:
-        while self._in_flight >= self.max_in_flight:
-            self._room.clear()
-            await self._room.wait()
         # A recovery from NOSCRIPT resends what was refused before anything new is written.
         async with self._recovering:
             try:
@@ -162,7 +194,7 @@ class Coalescer:
     ) -> None:
         try:
             try:
-                replies = await pending
+                replies = self._replies(await pending)
             except Exception as error:
                 _fail(batch, error)
                 return
@@ -174,7 +206,7 @@ class Coalescer:
                     again = [batch[i] for i in refused]
                     try:
                         await self._load_scripts_on(pipe, again)
-                        retried = await pipe.submit([call.command() for call in again])
+                        retried = self._replies(await pipe.submit(self._commands(again)))
                     except Exception as error:
                         _fail(again, error)
                         retried = []
@@ -208,7 +240,7 @@ class Coalescer:
     async def _run(self, batch: Sequence[_Call]) -> list[Any]:
         # One pipeline (one per node of a Redis Cluster); scripts a restarted Redis has
         # forgotten are loaded and their calls, which did not run, made again.
-        return await run_scripts(self.redis, [call.script for call in batch])
+        return await run_scripts(self.redis, [call.script for call in batch], self.wait)
 
     async def close(self) -> None:
         if self._pipe is not None:

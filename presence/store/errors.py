@@ -55,7 +55,7 @@ async def unavailable_as_store_error() -> AsyncIterator[None]:
         if _UNAVAILABLE_REPLY.search(str(error)):
             raise StoreUnavailable(str(error)) from error
         raise
-    except (AttributeError, TypeError) as error:
+    except (AttributeError, TypeError, RuntimeError) as error:
         if closed_under_its_feet(error):
             raise StoreUnavailable(f"connection closed while in use ({error})") from error
         raise
@@ -63,15 +63,24 @@ async def unavailable_as_store_error() -> AsyncIterator[None]:
 
 def closed_under_its_feet(error: BaseException) -> bool:
     """True for the AttributeError or TypeError redis-py 8.1's asyncio connection lets out
-    when its connection is closed while a command is being written: by the peer, or by the
-    cluster client, which closes every connection of every node (those in use too) when it
-    rebuilds its view of the cluster after an error (redis/redis-py#3546, #4287)."""
+    when its connection is closed while a command is being written (uvloop's transport
+    raises RuntimeError "the handler is closed" instead): by the peer (a Redis that died as
+    the connection was made), or by the cluster client, which closes every connection of
+    every node (those in use too) when it starts over after an error (redis/redis-py#3546,
+    #4287)."""
+    frames = []
     tb = error.__traceback__
-    while tb is not None and tb.tb_next is not None:
+    while tb is not None:
+        frames.append(tb.tb_frame.f_code.co_filename.replace("\\", "/"))
         tb = tb.tb_next
-    if tb is None:
+    if not frames:
         return False
-    path = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+    if isinstance(error, RuntimeError):
+        # uvloop's own frames have no Python file: look for redis-py's writing under them.
+        return "the handler is closed" in str(error) and any(
+            path.endswith("/redis/asyncio/connection.py") for path in frames
+        )
+    path = frames[-1]
     return path.endswith(("/redis/asyncio/connection.py", "/asyncio/streams.py")) or (
         "/asyncio/" in path and "selector_events" in path
     )

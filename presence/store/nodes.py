@@ -4,6 +4,9 @@ at once, and a node that cannot be reached fails only its own part."""
 from __future__ import annotations
 
 import asyncio
+import logging
+import time
+import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -12,6 +15,26 @@ from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import SlotNotCoveredError
 
 T = TypeVar("T")
+
+log = logging.getLogger("presence.store")
+
+REFRESH_SECONDS = 0.5
+"""While a node is down, the cluster's layout is asked for again at most this often."""
+
+_refreshed: weakref.WeakKeyDictionary[RedisCluster, float] = weakref.WeakKeyDictionary()
+
+
+def node_failed(cluster: RedisCluster, node: ClusterNode) -> None:
+    """What redis-py does when a command meets a connection error, for a pipeline of ours:
+    the node goes last (so it is not picked as the node that answers COMMAND when the
+    client starts over, which would fail every call), and the client asks the cluster for
+    its layout again before its next command (a replica that took over is found so)."""
+    cluster.nodes_manager.move_node_to_end_of_cached_nodes(node.name)
+    now = time.monotonic()
+    if now - _refreshed.get(cluster, 0.0) >= REFRESH_SECONDS:
+        _refreshed[cluster] = now
+        cluster._initialize = True
+
 
 Group = tuple[ClusterNode, list[int]]
 """A primary, and the positions of the items it serves."""
@@ -46,3 +69,19 @@ async def on_each_node(
         if isinstance(outcome, BaseException) and not isinstance(outcome, Exception):
             raise outcome
     return outcomes  # type: ignore[return-value]
+
+
+class Promotions:
+    """Notices replicas of a Redis Cluster becoming primaries (a failover), in the cluster
+    client's view of its nodes, which the client refreshes after an error."""
+
+    def __init__(self, on_failover: Callable[[], None] | None = None) -> None:
+        self.on_failover = on_failover
+        self._replicas: set[str] = set()
+
+    def check(self, cluster: RedisCluster) -> None:
+        for name in sorted({node.name for node in cluster.get_primaries()} & self._replicas):
+            log.warning("Redis failed over: replica %s of the Redis Cluster is a primary now", name)
+            if self.on_failover is not None:
+                self.on_failover()
+        self._replicas = {node.name for node in cluster.get_replicas()}

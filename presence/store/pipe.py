@@ -23,7 +23,7 @@ from redis._parsers.base import BaseParser
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import InvalidResponse
+from redis.exceptions import InvalidResponse, ReadOnlyError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 READ_SIZE = 1 << 16
@@ -44,6 +44,10 @@ def _parser(connection: AbstractConnection) -> hiredis.Reader:
             errors=encoder.encoding_errors,
         )
     return hiredis.Reader(protocolError=InvalidResponse, replyError=BaseParser.parse_error)
+
+
+class _Demoted(Exception):
+    """A write was refused with READONLY: the connection is to a demoted master."""
 
 
 @dataclass(eq=False)
@@ -141,9 +145,19 @@ class Pipe:
                     self._in_flight.popleft()
                     if not batch.replies.done():
                         batch.replies.set_result(replies)
+                    demoted = any(reply.__class__ is ReadOnlyError for reply in replies)
                     replies = []
+                    if demoted:
+                        raise _Demoted
         except asyncio.CancelledError:
             raise
+        except _Demoted:
+            # This Redis was the master and is a replica now (a failover): its READONLY
+            # replies say the scripts did not run. The connection goes, so the next one
+            # goes to the new master (through the Sentinels), and the batches written
+            # after that one are written again there.
+            error = RedisConnectionError("the master is a replica now (READONLY)")
+            await self._fail(connection, error, retry=True)
         except TimeoutError:
             await self._fail(connection, RedisTimeoutError("Timeout reading from Redis"))
         except (RedisConnectionError, OSError) as error:

@@ -28,6 +28,7 @@ from presence.store.base import (
     IdentityPresence,
     OnlinePage,
     Outcome,
+    ReplicasBehind,
     Stats,
     StoreUnavailable,
     SweepResult,
@@ -37,7 +38,8 @@ from presence.store.cursor import decode_cursor, encode_cursor
 from presence.store.errors import UNAVAILABLE, unavailable_as_store_error
 from presence.store.feed import FeedReader
 from presence.store.migrate import FormatError, Migration, StorageFormat
-from presence.store.nodes import by_node, on_each_node
+from presence.store.nodes import Promotions, by_node, on_each_node
+from presence.store.replication import ReplicaWait
 from presence.store.scripts import Client, ScriptCall, Scripts, run_scripts
 from presence.twilio import SID_LENGTH
 
@@ -155,6 +157,7 @@ class _Swept:
     lag_ms: int = 0
     endpoints_expired: int = 0
     next_due_in_ms: int | None = None
+    replicas_behind: int = 0
 
 
 class RedisStore:
@@ -171,8 +174,12 @@ class RedisStore:
         endpoint_ttl_ms: int,
         feed_retention_ms: int = FEED_RETENTION_MS,
         clock: Clock | None = None,
+        wait: ReplicaWait | None = None,
+        on_failover: Callable[[], None] | None = None,
     ) -> None:
         self.redis = redis
+        self.wait = wait
+        """With replicas to wait for, every write (webhooks, firings) waits (replication.py)."""
         self.keys = keyspace
         self._grace = str(offline_grace_ms)
         self.endpoint_ttl_ms = endpoint_ttl_ms
@@ -182,7 +189,8 @@ class RedisStore:
         self._feed = FeedReader(redis, keyspace, retention_ms=feed_retention_ms)
         self.scripts = Scripts(redis)
         # Webhooks arriving together share round trips (see coalesce.py).
-        self._writes = Coalescer(redis)
+        self._writes = Coalescer(redis, wait=wait)
+        self._promotions = Promotions(on_failover)
         self._partial_sweep_logged = 0.0
         self._format = StorageFormat(self)
         self._format_ready = False
@@ -480,7 +488,12 @@ class RedisStore:
             for member, _ in found[:share]
         ]
         replies: list[list[str]] = []
-        for reply in await run_scripts(self.redis, calls):
+        behind = 0
+        for reply in await run_scripts(self.redis, calls, self.wait):
+            if isinstance(reply, ReplicasBehind):
+                # Fired and published already: counted, and kept (replication.py).
+                behind += 1
+                reply = reply.reply
             if isinstance(reply, Exception):
                 raise reply
             replies.append(reply)
@@ -492,6 +505,7 @@ class RedisStore:
             lag_ms=max(0, now - oldest),
             endpoints_expired=sum(int(reply[1]) for reply in done),
             next_due_in_ms=next_due_in,
+            replicas_behind=behind,
         )
 
     async def _sweep_cluster(self, cluster: RedisCluster, share: int) -> list[_Swept]:
@@ -499,6 +513,7 @@ class RedisStore:
         down does not hold up the others: only when none could be swept is it an error."""
         async with unavailable_as_store_error():
             await cluster.initialize()
+            self._promotions.check(cluster)
             groups = by_node(cluster, [[self.keys.due_pages(bucket)] for bucket in range(BUCKETS)])
 
         async def sweep_node(node: ClusterNode, buckets: list[int]) -> _Swept:
@@ -539,6 +554,7 @@ class RedisStore:
             lag_ms=max(part.lag_ms for part in swept),
             endpoints_expired=sum(part.endpoints_expired for part in swept),
             next_due_in_ms=min(soonest, default=None),
+            replicas_behind=sum(part.replicas_behind for part in swept),
         )
 
     async def add_activity(self, counts: Mapping[tuple[str, int], Mapping[str, int]]) -> None:

@@ -26,7 +26,9 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError
 
 from presence.store import resp
-from presence.store.nodes import by_node, on_each_node
+from presence.store.errors import closed_under_its_feet
+from presence.store.nodes import by_node, node_failed, on_each_node
+from presence.store.replication import ReplicaWait
 
 Client: TypeAlias = Redis | RedisCluster
 """A client of one Redis (or the embedded one), or of a Redis Cluster."""
@@ -93,14 +95,20 @@ async def load_script(client: Client, script: AsyncScript, node: ClusterNode | N
 
 
 async def _pipelined(
-    client: Client, node: ClusterNode | None, calls: Sequence[ScriptCall]
+    client: Client,
+    node: ClusterNode | None,
+    calls: Sequence[ScriptCall],
+    wait: ReplicaWait | None = None,
 ) -> list[Any]:
+    # With a wait, the barrier and WAIT go last on the same connection (replication.py).
+    extra = wait.commands([call.keys for call in calls]) if wait is not None else []
     if node is None and isinstance(client, Redis) and resp.supported(client):
         commands = [
             resp.pack(("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args))
             for call in calls
         ]
-        return await resp.execute(client, commands)
+        sent = await resp.execute(client, commands + [resp.pack(c) for c in extra])
+        return sent if wait is None else wait.settle(sent)
     # EVALSHA by name: a cluster pipeline refuses its evalsha() method, but routes the raw
     # command by its keys like any other; and redis-py's Script in a single-Redis pipeline
     # would ask SCRIPT EXISTS before every pipeline, a second round trip.
@@ -113,42 +121,62 @@ async def _pipelined(
                 pipe.execute_command(*command, target_nodes=node)
             else:
                 pipe.execute_command(*command)
+        for command in extra:
+            # The barrier is routed by its key, to this node (it is beside a call's key);
+            # WAIT has none: it is sent to the node, on the connection of the calls.
+            if node is not None and command[0] != "SET":
+                pipe.execute_command(*command, target_nodes=node)
+            else:
+                pipe.execute_command(*command)
         replies: list[Any] = await pipe.execute(raise_on_error=False)
-    return replies
+    return replies if wait is None else wait.settle(replies)
 
 
 async def _run_on_node(
-    client: Client, node: ClusterNode | None, calls: Sequence[ScriptCall]
+    client: Client,
+    node: ClusterNode | None,
+    calls: Sequence[ScriptCall],
+    wait: ReplicaWait | None = None,
 ) -> list[Any]:
-    replies = await _pipelined(client, node, calls)
+    replies = await _pipelined(client, node, calls, wait)
     unknown = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
     if unknown:
         # A node that restarted (or a replica that took over) has forgotten the scripts:
         # the calls it refused did not run, so they are simply made again.
         for script in {id(calls[i].script): calls[i].script for i in unknown}.values():
             await load_script(client, script, node)
-        again = await _pipelined(client, node, [calls[i] for i in unknown])
+        again = await _pipelined(client, node, [calls[i] for i in unknown], wait)
         for i, reply in zip(unknown, again, strict=True):
             replies[i] = reply
     return replies
 
 
 async def _run_on_cluster_node(
-    client: Client, node: ClusterNode, calls: Sequence[ScriptCall]
+    client: Client, node: ClusterNode, calls: Sequence[ScriptCall], wait: ReplicaWait | None
 ) -> list[Any]:
     try:
-        return await _run_on_node(client, node, calls)
-    except (RedisConnectionError, AttributeError, TypeError):
-        # When one node fails, redis-py's cluster client rebuilds its view of the cluster
-        # and closes the connections of every node, those in use included, which surface as
-        # these (redis/redis-py#3546). One more try, on a fresh connection: a call that did
-        # run answers duplicate or stale the second time, so nothing is applied twice.
-        return await _run_on_node(client, node, calls)
+        return await _run_on_node(client, node, calls, wait)
+    except RedisConnectionError:
+        # The node is down, or a replica has taken over from it.
+        assert isinstance(client, RedisCluster)
+        node_failed(client, node)
+        raise
+    except (AttributeError, TypeError, RuntimeError) as error:
+        if not closed_under_its_feet(error):
+            raise
+        # redis-py's cluster client can still close the connections of every node, those
+        # in use too, when it starts over after a CLUSTERDOWN (redis/redis-py#3546): one
+        # more try, on a fresh connection. A call that did run answers duplicate or stale
+        # the second time, so nothing is applied twice.
+        return await _run_on_node(client, node, calls, wait)
 
 
-async def run_scripts(client: Client, calls: Sequence[ScriptCall]) -> list[Any]:
+async def run_scripts(
+    client: Client, calls: Sequence[ScriptCall], wait: ReplicaWait | None = None
+) -> list[Any]:
     """Runs ``calls`` in pipelines, one per node; returns each call's reply, or the error
-    it met, in order.
+    it met, in order. With ``wait``, each pipeline ends with a WAIT for replicas, and the
+    replies of a node whose replicas fell short are ``ReplicasBehind`` errors.
 
     On a Redis Cluster the nodes are sent their calls concurrently, and a node that cannot
     be reached fails only its own calls (their results are its error): the others' calls
@@ -156,12 +184,12 @@ async def run_scripts(client: Client, calls: Sequence[ScriptCall]) -> list[Any]:
     if not calls:
         return []
     if not isinstance(client, RedisCluster):
-        return await _run_on_node(client, None, calls)
+        return await _run_on_node(client, None, calls, wait)
     await client.initialize()
     groups = by_node(client, [call.keys for call in calls])
 
     async def run(node: ClusterNode, members: list[int]) -> list[Any]:
-        return await _run_on_cluster_node(client, node, [calls[i] for i in members])
+        return await _run_on_cluster_node(client, node, [calls[i] for i in members], wait)
 
     results: list[Any] = [None] * len(calls)
     for (_, members), outcome in zip(groups, await on_each_node(groups, run), strict=True):

@@ -28,7 +28,13 @@ from presence.events import (
 from presence.logs import WEBHOOK_OUTCOME, log_changes
 from presence.metrics import UNKNOWN, Metrics
 from presence.settings import Settings
-from presence.store.base import EventResult, Outcome, PresenceStore, StoreUnavailable
+from presence.store.base import (
+    EventResult,
+    Outcome,
+    PresenceStore,
+    ReplicasBehind,
+    StoreUnavailable,
+)
 from presence.twilio import (
     FORM,
     IDEMPOTENCY_HEADER,
@@ -244,6 +250,11 @@ class WebhookReceiver:
                 self._observe(result, event.service_sid)
                 return _done(result.outcome, event_type)
             return _done(await self.store.record(event, self._token(request)), event_type)
+        except ReplicasBehind as error:
+            # Applied on the master only: Twilio's retry is answered duplicate or stale.
+            log.warning("replicas did not confirm a webhook: %s", error)
+            self.metrics.redis_wait_timeouts.labels("webhook").inc()
+            return _Verdict(store_unavailable(), event_type, rejection="store_unavailable")
         except StoreUnavailable as error:
             log.warning("store unavailable for a webhook: %s", error)
             self.metrics.redis_error("webhook")

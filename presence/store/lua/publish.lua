@@ -16,14 +16,16 @@ local function publish(ctx, s, online, reason, event_id)
   local message = ctx.head .. ',"online":' .. (online and 'true' or 'false')
     .. ',"reason":"' .. reason .. '","event_id":' .. (event_id or 'null')
     .. ',"version":' .. fmt(s.version) .. ',"changed_at":"' .. iso(ctx.now) .. '"}'
-  redis.call('PUBLISH', ctx.all, message)
-  redis.call('PUBLISH', ctx.one, message)
   -- On the feed, the change's fields alone (the reader writes the message again, see
   -- presence/store/base.py FeedEntry): a quarter of the message's bytes, kept for the
   -- retention. The same fields in every entry let Redis store their names once per node.
+  -- Written before the message is published: on a master demoted to a replica (a failover)
+  -- the write fails with READONLY and ends the script before anything is announced.
   local kept = fmt(server_ms() - ctx.retention)
   redis.call('XADD', ctx.feed, 'MINID', '~', kept, '*', 'i', ctx.identity,
     'o', online and 1 or 0, 'r', reason, 'e', event_id or '', 'v', s.version, 't', ctx.now)
   redis.call('PEXPIRE', ctx.feed, ctx.retention)
+  redis.call('PUBLISH', ctx.all, message)
+  redis.call('PUBLISH', ctx.one, message)
   ctx.messages[#ctx.messages + 1] = message
 end
