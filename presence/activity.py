@@ -28,6 +28,8 @@ log = logging.getLogger("presence.activity")
 OUTCOMES = ("applied", "duplicate", "stale", "ignored", "rejected", "flaps_suppressed")
 """What is counted: the outcome of each webhook, and the flaps suppressed."""
 FLUSH_SECONDS = 2.0
+FINAL_FLUSH_SECONDS = 1.0
+"""The flush at shutdown waits this long for Redis at most."""
 MINUTES = 60
 """How far back the activity goes: an hour, a minute at a time."""
 
@@ -116,14 +118,20 @@ class Activity:
         return rows
 
     async def run(self) -> None:
-        """Flushes every ``flush_seconds`` until ``stop``, and once more then."""
+        """Flushes every ``flush_seconds`` until ``stop``, and once more then (for at most
+        ``FINAL_FLUSH_SECONDS``: a shutdown does not wait out a Redis that is away for the
+        counts of the last seconds)."""
         while not self._stopping.is_set():
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._stopping.wait(), self.flush_seconds)
+            final = self._stopping.is_set()
             try:
-                await self.flush()
+                async with asyncio.timeout(FINAL_FLUSH_SECONDS if final else None):
+                    await self.flush()
             except StoreUnavailable as error:
                 log.warning("activity counts kept for later: %s", error)
+            except TimeoutError:
+                log.warning("activity counts of the last seconds lost: Redis did not answer")
             except Exception:
                 log.exception("activity counts: unexpected error")
 

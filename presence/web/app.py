@@ -73,28 +73,25 @@ async def _close_streams(app: web.Application) -> None:
     await app[HUB].close()
 
 
-async def _run_activity(app: web.Application) -> AsyncIterator[None]:
-    activity = app[ACTIVITY]
-    task = asyncio.create_task(activity.run(), name="presence-activity")
-    yield
-    activity.stop()  # it flushes once more, then returns
-    try:
-        await asyncio.wait_for(task, SWEEPER_STOP_SECONDS)
-    except TimeoutError:
-        log.warning("the activity counts were not flushed within %ss", SWEEPER_STOP_SECONDS)
-
-
-async def _run_sweeper(app: web.Application) -> AsyncIterator[None]:
-    sweeper = app[SWEEPER]
-    task = asyncio.create_task(sweeper.run(), name="presence-sweeper")
+async def _run_background(app: web.Application) -> AsyncIterator[None]:
+    """The activity counts' flusher and the sweeper (when the app has one), for the app's
+    lifetime. Both are asked to stop at once and waited for together: with Redis away, each
+    waits out one Redis timeout, and the shutdown only the longer of them."""
+    activity, sweeper = app[ACTIVITY], app.get(SWEEPER)
+    tasks = {asyncio.create_task(activity.run(), name="presence-activity"): "activity counts"}
+    if sweeper is not None:
+        tasks[asyncio.create_task(sweeper.run(), name="presence-sweeper")] = "sweeper"
     yield
     # Asked to stop rather than only cancelled: redis-py can swallow a cancellation that
-    # lands while it connects, which would leave this wait hanging.
-    sweeper.stop()
-    try:
-        await asyncio.wait_for(task, SWEEPER_STOP_SECONDS)
-    except TimeoutError:
-        log.warning("the sweeper did not stop within %ss; cancelled", SWEEPER_STOP_SECONDS)
+    # lands while it connects, which would leave this wait hanging. The activity flushes
+    # once more, then returns.
+    activity.stop()
+    if sweeper is not None:
+        sweeper.stop()
+    _, late = await asyncio.wait(tasks, timeout=SWEEPER_STOP_SECONDS)
+    for task in late:
+        log.warning("the %s did not stop within %ss; cancelled", tasks[task], SWEEPER_STOP_SECONDS)
+        task.cancel()
 
 
 def create_app(
@@ -118,11 +115,10 @@ def create_app(
     app[HUB] = FeedHub(store, metrics, max_streams=settings.max_streams, wakeups=store.published)
     app[ACTIVITY] = Activity(store)
     app.cleanup_ctx.append(_run_store)
-    app.cleanup_ctx.append(_run_activity)
     app.on_shutdown.append(_close_streams)
     if sweeper is not None:
         app[SWEEPER] = sweeper
-        app.cleanup_ctx.append(_run_sweeper)
+    app.cleanup_ctx.append(_run_background)
     receiver = WebhookReceiver(settings, store, metrics, app[ACTIVITY])
     app.router.add_post("/webhooks/sync", receiver.handle)
     app.router.add_routes(QueryApi(store, app[ACTIVITY]).routes())
