@@ -28,7 +28,7 @@ ROWS = ("ingest", "get", "lookup", "memory", "deadlines", "feed", "cost")
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
     parser.add_argument(
-        "--quick", action="store_true", help="5 s runs, no 1M memory or cost points (~5 min)"
+        "--quick", action="store_true", help="5 s runs, no 1M memory or cost points (~4 min)"
     )
     parser.add_argument(
         "--only", action="append", choices=ROWS, help="run only this row (repeatable)"
@@ -140,7 +140,8 @@ def main(argv: list[str] | None = None) -> None:
             shutil.rmtree(cfg.workdir, ignore_errors=True)
     if "cost" in results:
         try:
-            print(f"plot: {plot.draw(results['cost'], cfg.plot, plot.title_of(results))}")
+            title, goal = plot.title_of(results), TARGETS["bytes_per_identity"]
+            print(f"plot: {plot.draw(results['cost'], cfg.plot, title, goal)}")
         except ImportError:
             print("plot: skipped, matplotlib is missing (pip install -e '.[bench]')")
     from bench.report import render

@@ -16,8 +16,9 @@ from bench.support import ROOT
 DEFAULT_OUT = ROOT / "docs" / "cost.png"
 
 
-def draw(cost: dict[str, Any], out: Path, title: str = "") -> Path:
-    """Writes the plot of a cost row's results to ``out``."""
+def draw(cost: dict[str, Any], out: Path, title: str = "", target: float = 200.0) -> Path:
+    """Writes the plot of a cost row's results to ``out``; ``target`` is row 3's, in bytes per
+    online identity."""
     import matplotlib
 
     # No display: render to a file only.
@@ -50,9 +51,13 @@ def draw(cost: dict[str, Any], out: Path, title: str = "") -> Path:
             color=colour,
             label=f"Redis, {label}",
         )
-    memory.axhline(200, color="grey", linewidth=0.8, linestyle=":")
-    memory.annotate("target, 1 endpoint: 200 B", (sizes[-1], 200), textcoords="offset points",
-                    xytext=(-120, -12), fontsize=8, color="grey")  # fmt: skip
+    memory.axhline(
+        target,
+        color="grey",
+        linewidth=0.8,
+        linestyle=":",
+        label=f"target, 1 endpoint: {target:g} B",
+    )
     memory.set(
         xscale="log",
         xticks=sizes,
@@ -60,7 +65,7 @@ def draw(cost: dict[str, Any], out: Path, title: str = "") -> Path:
         xlabel="identities",
         ylabel="bytes per identity (used_memory, without the feed)",
         title="Redis memory per identity",
-        ylim=(0, None),
+        ylim=(0, 1.1 * max(p["bytes_per_identity"] for p in points)),
     )
     cpu.set(
         xscale="log",
@@ -73,6 +78,8 @@ def draw(cost: dict[str, Any], out: Path, title: str = "") -> Path:
     )
     for axes in (memory, cpu):
         axes.minorticks_off()
+        # Room for the labels of the last points.
+        axes.margins(x=0.08)
     memory.legend(fontsize=8)
     cpu.legend(fontsize=7, ncols=2)
     if title:
@@ -86,12 +93,13 @@ def draw(cost: dict[str, Any], out: Path, title: str = "") -> Path:
 def title_of(results: dict[str, Any]) -> str:
     machine = results.get("machine", {})
     load = results.get("load", {}).get("cost", {}).get("start")
-    text = f"presence bench, cost row, {machine.get('date', '')}"
-    return text + (f", load average at start {load[0]:.2f}" if load else "")
+    text = f"presence bench, cost row of the run of {machine.get('date', '')}"
+    return text + (f" (load average {load[0]:.2f} when the row started)" if load else "")
 
 
 if __name__ == "__main__":
     source = Path(sys.argv[1]) if len(sys.argv) > 1 else ROOT / "bench" / "results" / "latest.json"
     target = Path(sys.argv[2]) if len(sys.argv) > 2 else DEFAULT_OUT
     results = json.loads(source.read_text())
-    print(draw(results["cost"], target, title_of(results)))
+    goal = results.get("targets", {}).get("bytes_per_identity", 200.0)
+    print(draw(results["cost"], target, title_of(results), goal))
