@@ -104,6 +104,8 @@ class Traffic:
                 self.busy.discard(i)
                 yield self._params(i, k, connected=True, online=True)
                 continue
+            # An identity waiting for its reconnect is not drawn again: each disconnect and
+            # the connect that replaces it stay a pair, and it never drops below E - 1.
             i = self.rng.randrange(self.n)
             while i in self.busy:
                 i = self.rng.randrange(self.n)
