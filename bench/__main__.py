@@ -5,36 +5,31 @@ See docs/benchmarks.md for what each row measures and how to read it."""
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import shutil
 import signal
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import deadlines, feed, http_rows, loads, memory, support, wait
+from bench import cost, deadlines, feed, http_rows, loads, memory, plot, support, wait
 from bench.profile import Profiler
 from bench.support import ROOT, affinity, cores
+from bench.targets import TARGETS
 from harness.processes import stop_all
 
-ROWS = ("ingest", "get", "lookup", "memory", "deadlines", "feed", "wait")
-
-TARGETS = {
-    "ingest": 0.7,  # x the bare reference's req/s
-    "get": 0.7,  # x the bare JSON GET's req/s
-    "half_rate_p99_ms": 20.0,
-    "bytes_per_identity": 200.0,
-    "deadlines_s": 5.0,
-    "feed_p99_ms": 100.0,
-    "feed_bytes_per_idle_stream": 50 * 1024,
-}
+ROWS = ("ingest", "get", "lookup", "memory", "deadlines", "feed", "cost", "wait")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(prog="bench/run", description=__doc__)
-    parser.add_argument("--quick", action="store_true", help="5 s runs, no 1M memory row (~2 min)")
+    parser.add_argument(
+        "--quick", action="store_true", help="5 s runs, no 1M memory or cost points (~4 min)"
+    )
     parser.add_argument(
         "--only", action="append", choices=ROWS, help="run only this row (repeatable)"
     )
@@ -54,6 +49,9 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--no-pin", action="store_true", help="do not pin processes to cores")
     parser.add_argument("--json", type=Path, default=ROOT / "bench" / "results" / "latest.json")
     parser.add_argument(
+        "--plot", type=Path, default=plot.DEFAULT_OUT, help="the cost row's PNG (docs/cost.png)"
+    )
+    parser.add_argument(
         "--keep", action="store_true", help="keep the work directory (logs, request files)"
     )
     args = parser.parse_args(argv)
@@ -61,6 +59,7 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     args.warmup = args.warmup or (2.0 if args.quick else 3.0)
     args.rows = set(args.only or ROWS)
     args.memory_sizes = [100_000] if args.quick else [100_000, 1_000_000]
+    args.cost_sizes = [n for n in cost.SIZES if not args.quick or n < 1_000_000]
     return args
 
 
@@ -94,16 +93,33 @@ def main(argv: list[str] | None = None) -> None:
         "targets": TARGETS,
     }
     other, server_core = cores("other"), cores("server")
+    load: dict[str, dict[str, list[float]]] = {}
+    results["load"] = load
+
+    @contextlib.contextmanager
+    def row(name: str) -> Iterator[None]:
+        # The load average before and after each row: the machine is shared. A row that
+        # fails is reported, and the others still run.
+        load[name] = {"start": support.loadavg()}
+        try:
+            yield
+        except Exception as error:
+            results.setdefault("errors", {})[name] = f"{type(error).__name__}: {error}"
+            print(f"[bench] {name} failed: {error}", file=sys.stderr, flush=True)
+        finally:
+            load[name]["end"] = support.loadavg()
+            loads.write_json(cfg.json, results)
+
     try:
-        with affinity(other):
-            if cfg.rows & {"ingest", "get", "lookup"}:
+        if cfg.rows & {"ingest", "get", "lookup"}:
+            with row("http"), affinity(other):
                 http_rows.run(cfg.workdir, cfg, cfg.rows, results)
         if "memory" in cfg.rows:
             # Nothing else runs now: the filler gets the core the servers had.
-            with affinity(server_core):
+            with row("memory"), affinity(server_core):
                 results["memory"] = memory.run(cfg.workdir, cfg.memory_sizes)
         if "deadlines" in cfg.rows:
-            with affinity(other):
+            with row("deadlines"), affinity(other):
                 results["deadlines"] = deadlines.run(
                     cfg.workdir,
                     cfg.deadlines,
@@ -111,10 +127,13 @@ def main(argv: list[str] | None = None) -> None:
                     fill_cores=server_core,
                 )
         if "feed" in cfg.rows:
-            with affinity(other):
+            with row("feed"), affinity(other):
                 results["feed"] = feed.run(cfg.workdir, cfg.duration)
+        if "cost" in cfg.rows:
+            with row("cost"):
+                results["cost"] = cost.run(cfg.workdir, cfg.cost_sizes, server_core, other)
         if "wait" in cfg.rows:
-            with affinity(other):
+            with row("wait"), affinity(other):
                 results["wait"] = wait.run(cfg.workdir, cfg)
     finally:
         stop_all()
@@ -122,10 +141,18 @@ def main(argv: list[str] | None = None) -> None:
         loads.write_json(cfg.json, results)
         if not cfg.keep:
             shutil.rmtree(cfg.workdir, ignore_errors=True)
+    if "cost" in results:
+        try:
+            title, goal = plot.title_of(results), TARGETS["bytes_per_identity"]
+            print(f"plot: {plot.draw(results['cost'], cfg.plot, title, goal)}")
+        except ImportError:
+            print("plot: skipped, matplotlib is missing (pip install -e '.[bench]')")
     from bench.report import render
 
     print()
     print(render(results))
+    for name, error in results.get("errors", {}).items():
+        print(f"\n{name} FAILED: {error}")
     print(f"\nJSON: {cfg.json}  ({results['elapsed_s']} s)")
 
 

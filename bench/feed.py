@@ -1,4 +1,4 @@
-"""Row 6: the change feed fanned out by one process: 1,000 Server-Sent Event clients of one
+"""Row "feed": the change feed fanned out by one process: 1,000 Server-Sent Event clients of one
 service, 990 of them following 10 identities each and 10 following every change, while
 signed webhooks make 500 changes a second.
 

@@ -1,5 +1,6 @@
-"""Rows 1-3: webhook ingest, single-identity GET and 1000-name lookup, each against the
-service (``presence serve`` on its own redis-server) and the bare reference, in one run."""
+"""Rows 1 and 2 (targets 1 and 2 of issue "Lean"): webhook ingest, single-identity GET and
+1000-name lookup, each against the service (``presence serve`` on its own redis-server) and
+the bare reference, in one run."""
 
 from __future__ import annotations
 

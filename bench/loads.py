@@ -73,6 +73,12 @@ def _measure(
         )
     result: dict[str, Any] = json.loads(lines[-1][len(marker) :])
     result["cpu_percent_of_one_core"] = cpu
+    result["cpu_seconds"] = {name: round(used, 3) for name, used in meter.seconds.items()}
+    # A server below 100% of its core either had nothing to do or was kept from its core by
+    # other processes (the machine is shared): the time it waited for a CPU tells which.
+    result["waited_for_cpu_percent"] = {
+        name: round(100 * waited / elapsed, 1) for name, waited in meter.waited.items()
+    }
     if redis is not None:
         result["redis_commands"] = commandstats_delta(stats0, commandstats(redis))
     return result
@@ -111,8 +117,12 @@ def wrk(
         "max_ms": raw["max_us"] / 1000,
         "errors": errors,
         "distinct_requests": int(raw["distinct"]),
+        "sent": int(raw["sent"]),
         "wrapped": raw["sent"] > raw["distinct"],
         "cpu_percent_of_one_core": raw["cpu_percent_of_one_core"],
+        "cpu_seconds": raw["cpu_seconds"],
+        "waited_for_cpu_percent": raw["waited_for_cpu_percent"],
+        "server_cpu_us_per_request": _per_request(raw["cpu_seconds"], raw["requests"]),
         "redis_commands": raw.get("redis_commands"),
     }
 
@@ -148,7 +158,15 @@ def pacer(
         distinct_requests=raw.pop("distinct"),
     )
     raw["wrapped"] = raw["requests"] > raw["distinct_requests"]
+    raw["server_cpu_us_per_request"] = _per_request(raw["cpu_seconds"], raw["requests"])
     return raw
+
+
+def _per_request(seconds: dict[str, float], requests: float) -> float | None:
+    """The server's CPU per request answered: its utime + stime over the run (the run's few
+    idle milliseconds at start and end cost it nothing) divided by the requests. What does
+    not depend on how much of its core the server got."""
+    return round(seconds["server"] / requests * 1e6, 1) if requests else None
 
 
 def write_json(path: Path, data: Any) -> None:

@@ -72,20 +72,39 @@ def cpu_seconds(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / CLK_TCK
 
 
+def waited_seconds(pid: int) -> float:
+    """Time the process's threads spent ready to run but waiting for a CPU (the run-queue
+    delay of /proc/<pid>/task/*/schedstat): what other processes on its core took from it."""
+    total = 0
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError, IndexError, ValueError):
+            total += int((task / "schedstat").read_text().split()[1])
+    return total / 1e9
+
+
 class CpuMeter:
-    """CPU time used by some running processes over an interval, as % of one core."""
+    """CPU time used by some running processes over an interval (utime + stime of
+    /proc/<pid>/stat), as % of one core; after ``stop``, ``seconds`` holds the CPU seconds
+    themselves, ``waited`` the seconds they waited for a CPU, and ``elapsed`` the interval."""
 
     def __init__(self, **pids: int) -> None:
         self.pids = pids
         self.start = {name: cpu_seconds(pid) for name, pid in pids.items()}
+        self.start_waited = {name: waited_seconds(pid) for name, pid in pids.items()}
         self.t0 = time.monotonic()
+        self.seconds: dict[str, float] = {}
+        self.waited: dict[str, float] = {}
+        self.elapsed = 0.0
 
     def stop(self) -> dict[str, float]:
-        elapsed = time.monotonic() - self.t0
-        return {
-            name: round(100 * (cpu_seconds(pid) - self.start[name]) / elapsed, 1)
-            for name, pid in self.pids.items()
+        self.elapsed = time.monotonic() - self.t0
+        self.seconds = {
+            name: cpu_seconds(pid) - self.start[name] for name, pid in self.pids.items()
         }
+        self.waited = {
+            name: waited_seconds(pid) - self.start_waited[name] for name, pid in self.pids.items()
+        }
+        return {name: round(100 * used / self.elapsed, 1) for name, used in self.seconds.items()}
 
 
 def redis_server(directory: Path) -> RedisServer:
@@ -234,6 +253,11 @@ def lookup_requests(
     return write_requests(path, lines())
 
 
+def loadavg() -> list[float]:
+    """The load averages over 1, 5 and 15 minutes: how busy the machine was (2 cores shared)."""
+    return [float(x) for x in Path("/proc/loadavg").read_text().split()[:3]]
+
+
 def machine() -> dict[str, Any]:
     info: dict[str, Any] = {}
     with contextlib.suppress(Exception):
@@ -259,5 +283,14 @@ def machine() -> dict[str, Any]:
         info["wrk"] = (wrk.stdout + wrk.stderr).split()[1]
     with contextlib.suppress(Exception):
         info["loadavg_at_start"] = Path("/proc/loadavg").read_text().split()[:3]
+    with contextlib.suppress(Exception):
+        git = ["git", "-C", str(ROOT)]
+        commit = subprocess.run([*git, "rev-parse", "--short", "HEAD"], capture_output=True)
+        dirty = subprocess.run(
+            [*git, "status", "--porcelain", "--", "presence"], capture_output=True
+        )
+        info["commit"] = commit.stdout.decode().strip() + (
+            " (presence/ modified)" if dirty.stdout else ""
+        )
     info["date"] = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
     return info
