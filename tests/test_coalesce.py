@@ -15,6 +15,7 @@ from redis.exceptions import ResponseError
 from harness.processes import RedisServer
 from presence.events import ReachabilityEvent, parse_event
 from presence.store.coalesce import Coalescer
+from presence.store.scripts import ScriptCall
 from presence.twilio.samples import reachability
 from tests.support import make_store
 
@@ -153,3 +154,19 @@ async def test_one_identitys_webhooks_arriving_together_apply_in_order(redis: Re
     assert {result.outcome.value for result in results} == {"applied"}
     presence = await store.identity(events[0].service_sid, "alice")
     assert presence.last_event_id == 200
+
+
+async def test_many_calls_of_one_caller_share_a_round_trip_with_their_errors_in_place(
+    redis: Redis, append: AsyncScript
+) -> None:
+    """How a lookup's reads go (one call per bucket): every reply, or the error it met, in
+    order, and one round trip for all."""
+    writes = CountingCoalescer(redis)
+    calls = [ScriptCall(append, ["log"], ["fail" if n % 3 == 1 else str(n)]) for n in range(9)]
+
+    replies = await writes.call_many(calls)
+
+    assert writes.pipelines == [9]
+    assert [r if isinstance(r, int) else type(r).__name__ for r in replies] == [
+        1, "ResponseError", 2, 3, "ResponseError", 4, 5, "ResponseError", 6
+    ]  # fmt: skip

@@ -94,18 +94,38 @@ class Coalescer:
         self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]
     ) -> Any:
         """Runs ``script`` with ``keys`` and ``args``; returns its reply or raises its error."""
-        call = _Call(ScriptCall(script, keys, args), asyncio.get_running_loop().create_future())
-        self._scripts.setdefault(script.sha, script)
+        # A caller cancelled meanwhile leaves its call in the batch: once queued, the script
+        # runs whatever happens to the caller, so the batch is never torn (its reply is
+        # dropped, see _deliver).
+        return await self._queue(ScriptCall(script, keys, args))
+
+    @property
+    def pipelined(self) -> bool:
+        """Whether calls go on one pipelined connection (one real Redis, not a cluster)."""
+        return self._pipe is not None
+
+    async def call_many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Runs ``calls`` (in one batch when they fit); returns each one's reply, or the
+        error it met, in order (as ``run_scripts`` does)."""
+        replies = [self._queue(call) for call in calls]
+        results: list[Any] = []
+        for reply in replies:
+            try:
+                results.append(await reply)
+            except Exception as error:
+                results.append(error)
+        return results
+
+    def _queue(self, script: ScriptCall) -> asyncio.Future[Any]:
+        call = _Call(script, asyncio.get_running_loop().create_future())
+        self._scripts.setdefault(script.script.sha, script.script)
         self._pending.append(call)
         if len(self._pending) >= EAGER_BATCH and self._can_write_now():
             batch, self._pending = self._pending, []
             self._write(batch)
         elif self._sender is None:
             self._sender = asyncio.create_task(self._send_all(), name="presence-coalescer")
-        # A caller cancelled meanwhile leaves its call in the batch: once queued, the script
-        # runs whatever happens to the caller, so the batch is never torn (its reply is
-        # dropped, see _deliver).
-        return await call.reply
+        return call.reply
 
     async def _send_all(self) -> None:
         try:

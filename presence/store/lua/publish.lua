@@ -21,10 +21,17 @@ local function publish(ctx, s, online, reason, event_id)
   -- retention. The same fields in every entry let Redis store their names once per node.
   -- Written before the message is published: on a master demoted to a replica (a failover)
   -- the write fails with READONLY and ends the script before anything is announced.
-  local kept = fmt(server_ms() - ctx.retention)
-  redis.call('XADD', ctx.feed, 'MINID', '~', kept, '*', 'i', ctx.identity,
+  -- The trim point and the feed's expiry are the same for every change of one script: made
+  -- once (a sweep fires many in one call).
+  local first = not ctx.kept
+  if first then
+    ctx.kept = fmt(server_ms() - ctx.retention)
+  end
+  redis.call('XADD', ctx.feed, 'MINID', '~', ctx.kept, '*', 'i', ctx.identity,
     'o', online and 1 or 0, 'r', reason, 'e', event_id or '', 'v', s.version, 't', ctx.now)
-  redis.call('PEXPIRE', ctx.feed, ctx.retention)
+  if first then
+    redis.call('PEXPIRE', ctx.feed, ctx.retention)
+  end
   redis.call('PUBLISH', ctx.all, message)
   redis.call('PUBLISH', ctx.one, message)
   ctx.messages[#ctx.messages + 1] = message
