@@ -428,6 +428,48 @@ def test_a_webhook_signed_for_the_public_url_is_applied_queried_and_published(
         watch.stop()
 
 
+def test_the_change_feed_streams_through_the_address_and_resumes_by_cursor(
+    stack: Stack,
+) -> None:
+    """The real change feed through HAProxy: a stream opened before a webhook gets its
+    change at once, and a JSON read from the listing's feed_cursor gets it again."""
+    stack.ensure_up()
+    status, listing = call(f"{stack.url}/v1/services/{SERVICE_SID}/online", headers=BEARER)
+    assert status == 200
+    changes = f"/v1/services/{SERVICE_SID}/changes"
+    port = int(stack.url.rsplit(":", 1)[1])
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=30)
+    try:
+        connection.request("GET", changes, headers={"Accept": "text/event-stream", **BEARER})
+        response = connection.getresponse()
+        assert response.status == 200
+        assert response.getheader("Content-Type", "").startswith("text/event-stream")
+        name = f"feed-{time.monotonic_ns()}"
+        sent = time.monotonic()
+        assert stack.webhook(reachability(name, "EP1", 1, True, connected=True)) == (
+            200,
+            {"status": "applied"},
+        )
+        event: dict[str, str] = {}
+        while "event" not in event:  # comment lines (keep-alives) come as blocks of their own
+            event = {}
+            while line := response.readline().decode().rstrip("\r\n"):
+                field, _, value = line.partition(": ")
+                event[field] = value
+        took = time.monotonic() - sent
+    finally:
+        connection.close()
+    assert event["event"] == "change", event
+    change = json.loads(event["data"])
+    assert (change["identity"], change["online"], change["version"]) == (name, True, 1)
+    assert took < 5, took
+    status, page = call(
+        f"{stack.url}{changes}?since={listing['feed_cursor']}&limit=1000", headers=BEARER
+    )
+    assert status == 200
+    assert [c["identity"] for c in page["changes"]].count(name) == 1
+
+
 def test_presence_simulate_in_a_replica_signs_for_the_public_url_by_itself(stack: Stack) -> None:
     stack.ensure_up()
     # Inside a replica the token, PRESENCE_WEBHOOK_URL and the account are in the

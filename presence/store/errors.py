@@ -45,20 +45,32 @@ async def unavailable_as_store_error() -> AsyncIterator[None]:
     other error through."""
     try:
         yield
-    except UNAVAILABLE as error:
-        raise StoreUnavailable(str(error) or type(error).__name__) from error
-    except redis_errors.RedisClusterException as error:
+    except Exception as error:
+        translated = as_store_error(error)
+        if translated is error:
+            raise
+        raise translated from error
+
+
+def as_store_error(error: Exception) -> Exception:
+    """``StoreUnavailable`` for a Redis error that means "retry later"; any other error as
+    it is. (The hot path catches and calls this itself: a context manager per webhook costs
+    more than the try.)"""
+    if isinstance(error, UNAVAILABLE):
+        return StoreUnavailable(str(error) or type(error).__name__)
+    if isinstance(error, redis_errors.RedisClusterException):
         if str(error).startswith(_CLUSTER_UNREACHABLE):
-            raise StoreUnavailable(str(error)) from error
-        raise
-    except redis_errors.ResponseError as error:
+            return StoreUnavailable(str(error))
+        return error
+    if isinstance(error, redis_errors.ResponseError):
         if _UNAVAILABLE_REPLY.search(str(error)):
-            raise StoreUnavailable(str(error)) from error
-        raise
-    except (AttributeError, TypeError, RuntimeError) as error:
-        if closed_under_its_feet(error):
-            raise StoreUnavailable(f"connection closed while in use ({error})") from error
-        raise
+            return StoreUnavailable(str(error))
+        return error
+    if isinstance(error, AttributeError | TypeError | RuntimeError) and closed_under_its_feet(
+        error
+    ):
+        return StoreUnavailable(f"connection closed while in use ({error})")
+    return error
 
 
 def closed_under_its_feet(error: BaseException) -> bool:

@@ -13,9 +13,11 @@ local function publish(ctx, s, online, reason, event_id)
   s.changed_at = ctx.now
   s.deadline = nil
   s.deadline_event = nil
+  -- Every change of one script happens at the same now: its text is made once.
+  ctx.at = ctx.at or iso(ctx.now)
   local message = ctx.head .. ',"online":' .. (online and 'true' or 'false')
     .. ',"reason":"' .. reason .. '","event_id":' .. (event_id or 'null')
-    .. ',"version":' .. fmt(s.version) .. ',"changed_at":"' .. iso(ctx.now) .. '"}'
+    .. ',"version":' .. fmt(s.version) .. ',"changed_at":"' .. ctx.at .. '"}'
   -- On the feed, the change's fields alone (the reader writes the message again, see
   -- presence/store/base.py FeedEntry): a quarter of the message's bytes, kept for the
   -- retention. The same fields in every entry let Redis store their names once per node.
