@@ -15,7 +15,7 @@ import aiohttp
 
 from harness.processes import Service, redis_cli
 from presence.twilio.samples import SERVICE_SID
-from tests.support import wait_until
+from tests.support import Watcher, wait_until
 from tests.test_faults import Reply, connect, deliver, disconnect, lookup
 
 LOAD = 500
@@ -173,6 +173,16 @@ async def cut_off(master_port: int, freeze: Sequence[Callable[[], None]]) -> Non
     for pause in freeze:
         pause()
     await asyncio.to_thread(redis_cli, master_port, "client", "kill", "type", "replica")
+
+
+def offline_versions(watcher: Watcher, names: Sequence[str]) -> dict[str, set[int]]:
+    """The versions of the offline changes ``presence watch`` printed for ``names``: a
+    change published again after a failover carries the version it had."""
+    versions: dict[str, set[int]] = {}
+    for change in watcher.changes():
+        if change["identity"] in names and not change["online"]:
+            versions.setdefault(change["identity"], set()).add(change["version"])
+    return versions
 
 
 def deadline_identities() -> list[str]:

@@ -33,6 +33,7 @@ from tests.failover import (
     load_through_a_failover,
     lost_acknowledged,
     metric,
+    offline_versions,
     set_deadlines,
     until_writes_are_acknowledged,
 )
@@ -172,17 +173,12 @@ async def test_a_primary_killed_under_load_its_replica_takes_over(
             await asyncio.sleep(1.5)  # a second firing would come by now
             assert await feed_of(cluster, deadlines) == {(name, "2"): 1 for name in deadlines}
 
-            def printed_offline() -> dict[str, set[int]]:
-                versions: dict[str, set[int]] = {}
-                for change in watcher.changes():
-                    if change["identity"] in deadlines and not change["online"]:
-                        versions.setdefault(change["identity"], set()).add(change["version"])
-                return versions
-
             await wait_until(
-                lambda: printed_offline().keys() == set(deadlines), 10, "watch's offlines"
+                lambda: offline_versions(watcher, deadlines).keys() == set(deadlines),
+                10,
+                "watch's offlines",
             )
-            assert printed_offline() == {name: {2} for name in deadlines}
+            assert offline_versions(watcher, deadlines) == {name: {2} for name in deadlines}
 
             if behind:
                 page = await feed_since(session, started[1], run.extra["cursor"])
