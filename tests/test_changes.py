@@ -446,6 +446,32 @@ async def test_a_cursor_of_another_deployment_is_reset(feed: RunningApp) -> None
     assert (page["reset"], page["reason"]) == (True, "epoch")
 
 
+async def test_a_stream_whose_redis_goes_away_after_it_began_ends_cleanly(
+    start_service: Start, private_redis: RedisServer
+) -> None:
+    """Once a stream's 200 is sent, a Redis error can only end it: the client sees a well-formed
+    stream end (never a second HTTP reply written into it), from which it resumes by cursor as
+    after any lost connection."""
+    service = await start_service(
+        redis_url=private_redis.url, api_token=API_TOKEN, offline_grace_seconds=0
+    )
+    start = (await get(service, FEED))["cursor"]
+    await flip(service, "alice", 1, True)
+    # This process's reader of the service exists: a new stream is subscribed without a read
+    # of Redis, so its 200 goes out before its catch-up finds Redis gone.
+    async with EventStream(stream_url(service), BEARER):
+        private_redis.stop()
+        response = await service.client.get(
+            FEED, headers=BEARER | {"Accept": "text/event-stream", "Last-Event-ID": start}
+        )
+        assert response.status == 200
+        # Ended by the service: the client reads to the stream's end, without a parse error.
+        body = await asyncio.wait_for(response.content.read(), 15)
+
+    assert b"HTTP/1.1" not in body
+    assert b"event: change" not in body
+
+
 # -- refusals ---------------------------------------------------------------------------------
 
 
@@ -568,5 +594,5 @@ async def test_closing_the_hub_ends_every_stream(store: RedisStore) -> None:
     await hub.close()
 
     assert [list(s.pending) for s in subscribers] == [[feed_hub.Closed("shutdown")]] * 3
-    with pytest.raises(feed_hub.TooManyStreams):
+    with pytest.raises(feed_hub.TooManyStreams, match="stopping"):
         await hub.subscribe(SERVICE_SID)

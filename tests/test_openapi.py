@@ -410,6 +410,8 @@ async def test_change_feed_replies_match_the_document(start_service: Start) -> N
     crowded = await client.get(feed, headers=BEARER | {"Accept": "text/event-stream"})
     assert crowded.status == 503
     assert (await assert_documented(crowded, path))["error"] == "too_many_streams"
+    _, unavailable = documented_reply(path, "get", 503)
+    assert set(unavailable["headers"]) <= set(crowded.headers)
     stream.close()
 
 

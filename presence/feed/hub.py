@@ -185,7 +185,9 @@ class FeedHub:
     ) -> Subscriber:
         """A new subscriber of ``service_sid`` (only ``identities`` when given): every change
         after its ``joined_at`` is queued for it. Raises ``TooManyStreams``."""
-        if self._closed or self.open >= self.max_streams:
+        if self._closed:
+            raise TooManyStreams("this process is stopping")
+        if self.open >= self.max_streams:
             raise TooManyStreams(f"{self.max_streams} change streams are open")
         self.open += 1  # counted before the first await, so the bound holds under a burst
         self.metrics.feed_streams.inc()

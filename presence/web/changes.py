@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import math
 import time
 from dataclasses import dataclass
@@ -24,10 +25,12 @@ from presence.events import name_problem
 from presence.feed.cursor import FeedCursor, InvalidFeedCursor
 from presence.feed.hub import Closed, FeedHub, Reset, Subscriber, TooManyStreams
 from presence.metrics import Metrics
-from presence.store.base import FeedRead, PresenceStore
+from presence.store.base import FeedRead, PresenceStore, StoreUnavailable
 from presence.web.errors import BadRequest, json_error
 from presence.web.queries import service_sid
 from presence.web.replies import MAX_LOOKUP
+
+log = logging.getLogger("presence.feed")
 
 EVENT_STREAM = "text/event-stream"
 DEFAULT_LIMIT = 100
@@ -213,6 +216,13 @@ class ChangesApi:
                 await self._follow(request, subscriber, position, sender)
             except (ConnectionResetError, TimeoutError, RuntimeError):
                 pass  # the client went away or stopped reading: it resumes by cursor
+            # The reply has begun: no error reply can follow it, only the stream's end, from
+            # which the client resumes by cursor like after any lost connection.
+            except StoreUnavailable as error:
+                self.metrics.redis_error("feed")
+                log.warning("stream of %s ended: store unavailable (%s)", query.service_sid, error)
+            except Exception:
+                log.exception("stream of %s ended: unexpected error", query.service_sid)
             finally:
                 with contextlib.suppress(Exception):
                     stream.stop_streaming()

@@ -418,7 +418,8 @@ def _changes_path() -> Schema:
     ok = {
         "description": "`Accept: text/event-stream`: a stream of `event: change` (its `id:` a "
         'cursor, its `data:` the change) and `event: reset` (`data: {"reason": ...}`, then '
-        "from now), with a comment line at least every 15 s; otherwise a JSON page",
+        f"from now), with a comment line at least every {changes.HEARTBEAT_SECONDS:g} s; otherwise "
+        "a JSON page",
         "content": {
             changes.EVENT_STREAM: {"schema": {"type": "string"}},
             JSON: {"schema": _ref("ChangesPage")},
@@ -430,6 +431,12 @@ def _changes_path() -> Schema:
         "open in this process (`too_many_streams`, with `Retry-After`)",
         "store_unavailable",
         "too_many_streams",
+        headers={
+            "Retry-After": {
+                "description": "with `too_many_streams`: seconds to wait before trying again",
+                "schema": {"type": "integer", "example": changes.RETRY_AFTER_SECONDS},
+            }
+        },
     )
     description = (
         "Every change of the service after `since`, each once, each identity's in version "
