@@ -175,14 +175,20 @@ async def cut_off(master_port: int, freeze: Sequence[Callable[[], None]]) -> Non
     await asyncio.to_thread(redis_cli, master_port, "client", "kill", "type", "replica")
 
 
-def offline_versions(watcher: Watcher, names: Sequence[str]) -> dict[str, set[int]]:
-    """The versions of the offline changes ``presence watch`` printed for ``names``: a
-    change published again after a failover carries the version it had."""
-    versions: dict[str, set[int]] = {}
-    for change in watcher.changes():
-        if change["identity"] in names and not change["online"]:
-            versions.setdefault(change["identity"], set()).add(change["version"])
-    return versions
+async def assert_offline_once(watcher: Watcher, names: Sequence[str], version: int) -> None:
+    """Waits until ``presence watch`` printed each of ``names`` offline, then asserts it
+    printed each at ``version`` only: a change published again after a failover carries the
+    version it had, and a deadline fired twice would carry the next one."""
+
+    def offline_versions() -> dict[str, set[int]]:
+        versions: dict[str, set[int]] = {}
+        for change in watcher.changes():
+            if change["identity"] in names and not change["online"]:
+                versions.setdefault(change["identity"], set()).add(change["version"])
+        return versions
+
+    await wait_until(lambda: offline_versions().keys() == set(names), 10, "watch's offlines")
+    assert offline_versions() == {name: {version} for name in names}
 
 
 def deadline_identities() -> list[str]:

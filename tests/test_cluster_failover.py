@@ -26,6 +26,7 @@ from tests.failover import (
     LOAD,
     FailoverRun,
     assert_every_reply_in_time,
+    assert_offline_once,
     cut_off,
     deadline_identities,
     feed_cursor,
@@ -33,7 +34,6 @@ from tests.failover import (
     load_through_a_failover,
     lost_acknowledged,
     metric,
-    offline_versions,
     set_deadlines,
     until_writes_are_acknowledged,
 )
@@ -173,12 +173,7 @@ async def test_a_primary_killed_under_load_its_replica_takes_over(
             await asyncio.sleep(1.5)  # a second firing would come by now
             assert await feed_of(cluster, deadlines) == {(name, "2"): 1 for name in deadlines}
 
-            await wait_until(
-                lambda: offline_versions(watcher, deadlines).keys() == set(deadlines),
-                10,
-                "watch's offlines",
-            )
-            assert offline_versions(watcher, deadlines) == {name: {2} for name in deadlines}
+            await assert_offline_once(watcher, deadlines, version=2)
 
             if behind:
                 page = await feed_since(session, started[1], run.extra["cursor"])

@@ -31,6 +31,7 @@ from tests.failover import (
     GRACE,
     FailoverRun,
     assert_every_reply_in_time,
+    assert_offline_once,
     cut_off,
     deadline_identities,
     feed_cursor,
@@ -38,7 +39,6 @@ from tests.failover import (
     load_through_a_failover,
     lost_acknowledged,
     metric,
-    offline_versions,
     resend_the_refused,
     set_deadlines,
     until_writes_are_acknowledged,
@@ -206,12 +206,7 @@ async def fail_over_under_load(
                 (name, "0", "2"): 1 for name in deadlines
             }
 
-            await wait_until(
-                lambda: offline_versions(watcher, deadlines).keys() == set(deadlines),
-                10,
-                "watch's offlines",
-            )
-            assert offline_versions(watcher, deadlines) == {name: {2} for name in deadlines}
+            await assert_offline_once(watcher, deadlines, version=2)
 
             if behind:
                 page = await feed_since(session, started[1], run.extra["cursor"])
