@@ -37,20 +37,9 @@ def draw(cost: dict[str, Any], out: Path, title: str = "", target: float = 200.0
         for x, y in zip(xs, ys, strict=True):
             memory.annotate(f"{y:.0f}", (x, y), textcoords="offset points", xytext=(4, 4),
                             fontsize=7, color=colour)  # fmt: skip
-        cpu.plot(
-            xs,
-            [p["server_cpu_us_per_webhook"] for p in line],
-            "o-",
-            color=colour,
-            label=f"service, {label}",
-        )
-        cpu.plot(
-            xs,
-            [p["redis_cpu_us_per_webhook"] for p in line],
-            "s--",
-            color=colour,
-            label=f"Redis, {label}",
-        )
+        for side, field, style in (("service", "server", "o-"), ("Redis", "redis", "s--")):
+            ys = [p[f"{field}_cpu_us_per_webhook"] for p in line]
+            cpu.plot(xs, ys, style, color=colour, label=f"{side}, {label}")
     memory.axhline(
         target,
         color="grey",
@@ -58,20 +47,20 @@ def draw(cost: dict[str, Any], out: Path, title: str = "", target: float = 200.0
         linestyle=":",
         label=f"target, 1 endpoint: {target:g} B",
     )
+    by_identities = {
+        "xscale": "log",
+        "xticks": sizes,
+        "xticklabels": [f"{n:,}" for n in sizes],
+        "xlabel": "identities",
+    }
     memory.set(
-        xscale="log",
-        xticks=sizes,
-        xticklabels=[f"{n:,}" for n in sizes],
-        xlabel="identities",
+        **by_identities,
         ylabel="bytes per identity (used_memory, without the feed)",
         title="Redis memory per identity",
         ylim=(0, 1.1 * max(p["bytes_per_identity"] for p in points)),
     )
     cpu.set(
-        xscale="log",
-        xticks=sizes,
-        xticklabels=[f"{n:,}" for n in sizes],
-        xlabel="identities",
+        **by_identities,
         ylabel="CPU microseconds per webhook",
         title="CPU per webhook (utime + stime / webhooks answered)",
         ylim=(0, None),

@@ -181,7 +181,8 @@ function newRecord(name, state) {
   };
 }
 
-function insertSorted(sorted, record) {
+// Where record's name is, or would be, in the list sorted by name (a binary search).
+function placeOf(sorted, record) {
   let low = 0;
   let high = sorted.length;
   while (low < high) {
@@ -189,18 +190,16 @@ function insertSorted(sorted, record) {
     if (sorted[middle].name < record.name) low = middle + 1;
     else high = middle;
   }
-  sorted.splice(low, 0, record);
+  return low;
+}
+
+function insertSorted(sorted, record) {
+  sorted.splice(placeOf(sorted, record), 0, record);
 }
 
 function removeSorted(sorted, record) {
-  let low = 0;
-  let high = sorted.length;
-  while (low < high) {
-    const middle = (low + high) >>> 1;
-    if (sorted[middle].name < record.name) low = middle + 1;
-    else high = middle;
-  }
-  if (sorted[low] === record) sorted.splice(low, 1);
+  const place = placeOf(sorted, record);
+  if (sorted[place] === record) sorted.splice(place, 1);
 }
 
 let current = null;
