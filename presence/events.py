@@ -8,6 +8,7 @@ bad field. Parameters the reference does not list are ignored.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Annotated, Any, Literal, get_args
@@ -78,15 +79,36 @@ def loads_strict(text: str | bytes, **options: Any) -> Any:
     return json.loads(text, parse_constant=_reject_constant, **options)
 
 
-def _depth(value: object) -> int:
-    deepest, stack = 0, [(value, 1)]
+INT64_MIN, UINT64_MAX = -(2**63), 2**64 - 1
+"""The integers the republished message can hold (orjson's range): a ``*Data`` number beyond
+them is refused rather than answered 500 or republished altered."""
+
+
+def _data_problem(value: object) -> str | None:
+    """What keeps a ``*Data`` value from being republished exactly as it came, or None."""
+    stack = [(value, 1)]
     while stack:
         item, depth = stack.pop()
         if isinstance(item, dict | list):
-            deepest = max(deepest, depth)
-            children = item.values() if isinstance(item, dict) else item
-            stack.extend((child, depth + 1) for child in children)
-    return deepest
+            if depth > MAX_DATA_DEPTH:
+                return f"must be nested at most {MAX_DATA_DEPTH} levels deep"
+            if isinstance(item, dict):
+                stack.extend((key, depth + 1) for key in item)
+                stack.extend((child, depth + 1) for child in item.values())
+            else:
+                stack.extend((child, depth + 1) for child in item)
+        elif isinstance(item, str):
+            if not utf8_encodable(item):
+                return "must be valid Unicode text (no lone surrogates)"
+        elif isinstance(item, bool) or item is None:
+            continue
+        elif isinstance(item, int):
+            if not INT64_MIN <= item <= UINT64_MAX:
+                return "must hold integers within 64 bits"
+        elif isinstance(item, float) and not math.isfinite(item):
+            # 1e400 parses as infinity, which JSON cannot carry on.
+            return "must hold numbers within the range of a double"
+    return None
 
 
 def utf8_encodable(text: str) -> bool:
@@ -105,8 +127,9 @@ def _json_value(value: object) -> Any:
             value = loads_strict(value)
         except (ValueError, RecursionError):
             raise PydanticCustomError("json", "must be valid JSON") from None
-    if _depth(value) > MAX_DATA_DEPTH:
-        raise PydanticCustomError("json", f"must be nested at most {MAX_DATA_DEPTH} levels deep")
+    problem = _data_problem(value)
+    if problem is not None:
+        raise PydanticCustomError("json", problem)
     return value
 
 

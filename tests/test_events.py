@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 
+import orjson
 import pytest
 
 from presence.events import (
@@ -131,6 +132,34 @@ def test_data_is_nested_at_most_max_data_depth(as_text: bool) -> None:
     assert [(e.field, e.message) for e in raised.value.errors] == [
         ("DocumentData", f"must be nested at most {MAX_DATA_DEPTH} levels deep")
     ]
+
+
+@pytest.mark.parametrize(
+    ("data", "message"),
+    [
+        ('{"a": 18446744073709551616}', "must hold integers within 64 bits"),
+        ('{"a": -9223372036854775809}', "must hold integers within 64 bits"),
+        ('{"a": 1e400}', "must hold numbers within the range of a double"),
+        ("[-1e999]", "must hold numbers within the range of a double"),
+        ('{"a": "\\ud800"}', "must be valid Unicode text (no lone surrogates)"),
+        ('{"\\udc00": 1}', "must be valid Unicode text (no lone surrogates)"),
+    ],
+)
+def test_data_the_message_cannot_carry_exactly_is_refused(data: str, message: str) -> None:
+    """Valid JSON that the republished message would fail on (a 500) or alter (infinity
+    written as null) is a 400 naming the field."""
+    params = collection_event("document_updated") | {"DocumentData": data}
+    with pytest.raises(InvalidPayload) as raised:
+        parse_event(params.items())
+    assert [(e.field, e.message) for e in raised.value.errors] == [("DocumentData", message)]
+
+
+def test_data_at_the_edges_is_republished_exactly() -> None:
+    data = '{"max": 18446744073709551615, "min": -9223372036854775808, "big": 1.7e308, "é": "😀"}'
+    params = collection_event("document_updated") | {"DocumentData": data}
+    event = parse_event(params.items())
+    assert isinstance(event, DocumentEvent)
+    assert json.loads(orjson.dumps(normalised(event)))["document_data"] == json.loads(data)
 
 
 def test_booleans_are_not_integers() -> None:

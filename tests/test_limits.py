@@ -7,7 +7,7 @@ from __future__ import annotations
 import io
 import json
 from typing import Any
-from urllib.parse import parse_qsl, urlencode
+from urllib.parse import parse_qsl, quote, urlencode
 
 import pytest
 
@@ -129,6 +129,11 @@ async def test_the_name_limit_counts_characters_and_names_the_field(
             f"/v1/services/{SERVICE_SID}/lookup", json={"identities": ["🙂" * 1024]}
         )
         assert (await found.json())["identities"][0]["online"] is True
+        # Percent-encoded, its request line is 12 KB: past aiohttp's default limit of 8190.
+        path = f"/v1/services/{SERVICE_SID}/identities/{quote('🙂' * 1024, safe='')}"
+        read = await world.service.client.get(path)
+        assert read.status == 200, await read.text()
+        assert (await read.json())["online"] is True
 
 
 async def test_query_limits_name_themselves(start_service: Start) -> None:

@@ -10,6 +10,7 @@ from aiohttp import web
 from aiohttp.typedefs import Middleware
 
 from presence.activity import Activity
+from presence.events import MAX_NAME_LENGTH
 from presence.feed.hub import FeedHub
 from presence.metrics import CONTENT_TYPE, Metrics
 from presence.settings import Settings
@@ -27,6 +28,9 @@ from presence.web.webhooks import WebhookReceiver
 log = logging.getLogger("presence.web")
 
 SWEEPER_STOP_SECONDS = 5.0
+MAX_REQUEST_LINE_BYTES = 12 * MAX_NAME_LENGTH + 4096
+"""Room for ``GET .../identities/{identity}`` of the longest name, 4 UTF-8 bytes a character,
+each percent-encoded: aiohttp's default of 8190 bytes refuses such a line (in plain text)."""
 
 STORE = web.AppKey("store", PresenceStore)
 SWEEPER = web.AppKey("sweeper", Sweeper)
@@ -109,7 +113,11 @@ def create_app(
     middlewares: list[Middleware] = [json_errors(metrics, refuse)]
     # The webhook receiver reads its body itself, within PRESENCE_MAX_BODY_BYTES; this bound is
     # for the query API, whose largest request is a lookup of 1000 long names.
-    app = web.Application(middlewares=middlewares, client_max_size=MAX_LOOKUP_BYTES)
+    app = web.Application(
+        middlewares=middlewares,
+        client_max_size=MAX_LOOKUP_BYTES,
+        handler_args={"max_line_size": MAX_REQUEST_LINE_BYTES},
+    )
     app[STORE] = store
     app[METRICS] = metrics
     app[HUB] = FeedHub(store, metrics, max_streams=settings.max_streams, wakeups=store.published)
