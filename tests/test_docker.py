@@ -593,21 +593,27 @@ def webhooks_seen_by(project: ComposeProject, container: str) -> float:
     )
 
 
+def scale_to_three(project: ComposeProject) -> list[str]:
+    """``up -d --scale presence=3`` (new replicas, or a stopped one started again), once each
+    replica receives webhooks: it gets its share once its /readyz answers."""
+    project.compose("up", "-d", "--scale", "presence=3")
+    replicas = project.containers("presence")
+    assert len(replicas) == 3
+    poll(
+        lambda: all(webhooks_seen_by(project, c) > 0 for c in replicas),
+        BACK_WITHIN,
+        "every replica to receive webhooks",
+        every=1.0,
+    )
+    return replicas
+
+
 def test_scaling_to_three_and_back_to_one_changes_nothing_for_clients(stack: Stack) -> None:
     stack.ensure_up()
     project = stack.project
     with Traffic(stack) as traffic:
         poll(lambda: traffic.answered_after(0) >= 20, 30, "the client's first replies")
-        project.compose("up", "-d", "--scale", "presence=3")
-        replicas = project.containers("presence")
-        assert len(replicas) == 3
-        # Each new replica gets its share once its /readyz answers.
-        poll(
-            lambda: all(webhooks_seen_by(project, c) > 0 for c in replicas),
-            BACK_WITHIN,
-            "every replica to receive webhooks",
-            every=1.0,
-        )
+        replicas = scale_to_three(project)
         assert traffic.failures() == []
 
         # A replica killed outright: only what it had in flight is lost; HAProxy takes it out.
@@ -620,15 +626,7 @@ def test_scaling_to_three_and_back_to_one_changes_nothing_for_clients(stack: Sta
         # As the README says to: the killed replica started again before scaling down.
         # Compose keeps the lowest-numbered replicas and starts them if stopped: scaling down
         # with a stopped one kept leaves no replica answering for seconds.
-        project.compose("up", "-d", "--scale", "presence=3")
-        replicas = project.containers("presence")
-        assert len(replicas) == 3
-        poll(
-            lambda: all(webhooks_seen_by(project, c) > 0 for c in replicas),
-            BACK_WITHIN,
-            "the killed replica to receive webhooks again",
-            every=1.0,
-        )
+        scale_to_three(project)
 
         scaled_down = time.monotonic()
         project.compose("up", "-d", "--scale", "presence=1")
