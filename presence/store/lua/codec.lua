@@ -16,6 +16,11 @@
 -- A graveyard is one string of sorted 23-byte records: the identity's 6-byte hash,
 -- version(4), top(7), changed_at(6).
 
+-- A number as Redis and the service read it: an integer's digits, never Lua's %.14g.
+local function fmt(n)
+  return string.format('%d', n)
+end
+
 local PUBLISHED, TOP_ONLINE, DEADLINE, OFF, FORGOTTEN, TOP = 1, 2, 4, 8, 16, 32
 local RECORD = 23
 local HEAD = '>BI6I4I6I7I6'

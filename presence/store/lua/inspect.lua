@@ -5,10 +5,6 @@
 -- event_id, at...}, {tombstone, event_id, at...}}: where is 'page', 'graveyard' or 'none';
 -- '' for what it does not have; numbers as text.
 
-local function fmt(n)
-  return string.format('%d', n)
-end
-
 local function text(v)
   if v == nil then
     return ''

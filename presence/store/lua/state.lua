@@ -10,10 +10,6 @@
 --   '' for the Redis server's clock)   6 channel of every change (an identity's channel is
 --   it, ':ServiceSid:identity')   7 how long the feed keeps a change (ms)
 
-local function fmt(n)
-  return string.format('%d', n)
-end
-
 local ESCAPED = { ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
   ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
 
