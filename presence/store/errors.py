@@ -5,6 +5,7 @@ from __future__ import annotations
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import NoReturn
 
 from redis import exceptions as redis_errors
 
@@ -46,16 +47,22 @@ async def unavailable_as_store_error() -> AsyncIterator[None]:
     try:
         yield
     except Exception as error:
-        translated = as_store_error(error)
-        if translated is error:
-            raise
-        raise translated from error
+        raise_as_store_error(error)
+
+
+def raise_as_store_error(error: Exception) -> NoReturn:
+    """Raises ``error`` as ``as_store_error`` translates it (chained to it), or as it is.
+    (The hot path catches and calls this itself: a context manager per webhook costs more
+    than the try.)"""
+    translated = as_store_error(error)
+    if translated is error:
+        raise error
+    raise translated from error
 
 
 def as_store_error(error: Exception) -> Exception:
     """``StoreUnavailable`` for a Redis error that means "retry later"; any other error as
-    it is. (The hot path catches and calls this itself: a context manager per webhook costs
-    more than the try.)"""
+    it is."""
     if isinstance(error, UNAVAILABLE):
         return StoreUnavailable(str(error) or type(error).__name__)
     if isinstance(error, redis_errors.RedisClusterException):

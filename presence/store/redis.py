@@ -35,7 +35,7 @@ from presence.store.base import (
 )
 from presence.store.coalesce import Coalescer
 from presence.store.cursor import decode_cursor, encode_cursor
-from presence.store.errors import UNAVAILABLE, as_store_error, unavailable_as_store_error
+from presence.store.errors import UNAVAILABLE, raise_as_store_error, unavailable_as_store_error
 from presence.store.feed import FeedReader
 from presence.store.migrate import FormatError, Migration, StorageFormat
 from presence.store.nodes import Promotions, by_node, on_each_node
@@ -285,10 +285,7 @@ class RedisStore:
         try:
             reply: list[str] = await self._writes.call(call.script, call.keys, call.args)
         except Exception as error:
-            translated = as_store_error(error)
-            if translated is error:
-                raise
-            raise translated from error
+            raise_as_store_error(error)
         return self._event_result(reply)
 
     async def apply_many(self, events: Sequence[ReachabilityEvent]) -> list[EventResult]:

@@ -27,7 +27,7 @@ from presence.web.webhooks import WebhookReceiver
 
 log = logging.getLogger("presence.web")
 
-SWEEPER_STOP_SECONDS = 5.0
+BACKGROUND_STOP_SECONDS = 5.0
 MAX_REQUEST_LINE_BYTES = 12 * MAX_NAME_LENGTH + 4096
 """Room for ``GET .../identities/{identity}`` of the longest name, 4 UTF-8 bytes a character,
 each percent-encoded: aiohttp's default of 8190 bytes refuses such a line (in plain text)."""
@@ -92,9 +92,11 @@ async def _run_background(app: web.Application) -> AsyncIterator[None]:
     activity.stop()
     if sweeper is not None:
         sweeper.stop()
-    _, late = await asyncio.wait(tasks, timeout=SWEEPER_STOP_SECONDS)
+    _, late = await asyncio.wait(tasks, timeout=BACKGROUND_STOP_SECONDS)
     for task in late:
-        log.warning("the %s did not stop within %ss; cancelled", tasks[task], SWEEPER_STOP_SECONDS)
+        log.warning(
+            "the %s did not stop within %ss; cancelled", tasks[task], BACKGROUND_STOP_SECONDS
+        )
         task.cancel()
 
 
