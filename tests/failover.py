@@ -15,14 +15,11 @@ import aiohttp
 
 from harness.processes import Service, redis_cli
 from presence.twilio.samples import SERVICE_SID
+from tests.load import Reply, Timed, connect, deliver, disconnect, lookup, paced_load
 from tests.support import Watcher, wait_until
-from tests.test_faults import Reply, connect, deliver, disconnect, lookup
 
 LOAD = 500
-IN_FLIGHT = 20
-PACE_SECONDS = 0.01
-"""One webhook every 10 ms: the load spans about 5 s, across the failover."""
-KILL_AFTER_REPLIES = 60
+"""One webhook every 10 ms (tests/load.py): the load spans about 5 s, across the failover."""
 TWILIO_TIMEOUT = 15.0
 """Twilio gives up on a webhook after 15 s: every reply must come sooner."""
 BEHIND_SECONDS = 0.5
@@ -33,14 +30,6 @@ their sockets and is applied when they wake.)"""
 DEADLINES = 10
 GRACE = "6"
 """The offline grace of the deadline identities: set before the failover, due after it."""
-
-
-@dataclass
-class Timed:
-    """A reply, and when it arrived (monotonic seconds)."""
-
-    reply: Reply
-    at: float
 
 
 @dataclass
@@ -90,27 +79,16 @@ Kill = Callable[[FailoverRun], Awaitable[None]]
 async def load_through_a_failover(
     session: aiohttp.ClientSession, services: Sequence[Service], kill: Kill
 ) -> FailoverRun:
-    """Sends LOAD connects (identity load-i, endpoint E-i), IN_FLIGHT at once over both
-    services; ``kill`` runs once KILL_AFTER_REPLIES replies are in."""
-    slots = asyncio.Semaphore(IN_FLIGHT)
+    """Sends LOAD connects (tests/load.py: paced_load) over both services; ``kill`` runs
+    once enough replies are in."""
     run = FailoverRun([])
-    enough = asyncio.Event()
-    started = time.monotonic()
 
-    async def one(i: int) -> None:
-        await asyncio.sleep(max(0.0, started + i * PACE_SECONDS - time.monotonic()))
-        async with slots:
-            reply = await deliver(session, services[i % 2], connect(f"load-{i}", f"E-{i}"))
-        run.replies.append(Timed(reply, time.monotonic()))
-        if len(run.replies) >= KILL_AFTER_REPLIES:
-            enough.set()
-
-    async def failover() -> None:
-        await enough.wait()
+    async def failover(replies: list[Timed]) -> None:
+        run.replies = replies
         run.killed_at = time.monotonic()  # (``kill`` sets it again when it kills later)
         await kill(run)
 
-    await asyncio.gather(failover(), *(one(i) for i in range(LOAD)))
+    await paced_load(session, services, LOAD, failover)
     return run
 
 

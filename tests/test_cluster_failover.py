@@ -37,8 +37,9 @@ from tests.failover import (
     set_deadlines,
     until_writes_are_acknowledged,
 )
+from tests.load import deliver
 from tests.support import AUTH_TOKEN, Watcher, wait_until
-from tests.test_faults import assert_no_crash, client_session, deliver, ready, running
+from tests.test_faults import assert_no_crash, client_session, ready, running
 
 pytestmark = pytest.mark.slow  # six redis-servers in a cluster, two `presence serve`
 

@@ -17,23 +17,28 @@ from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlencode
 
 import aiohttp
 import pytest
 from redis.asyncio import Redis
 
 from harness.processes import RedisServer, Service
-from presence.twilio.samples import SERVICE_SID, reachability
-from tests.support import AUTH_TOKEN, ChangeRecorder, Watcher, sign, wait_until
+from tests.load import (
+    CLIENT_TIMEOUT,
+    FAULT_AFTER_REPLIES,
+    Reply,
+    Timed,
+    connect,
+    deliver,
+    disconnect,
+    lookup,
+    paced_load,
+)
+from tests.support import AUTH_TOKEN, ChangeRecorder, Watcher, wait_until
 
 pytestmark = (
     pytest.mark.slow
 )  # Redis killed and restarted, replicas on skewed clocks (faketime), stalls
-
-CLIENT_TIMEOUT = 8.0
-"""Seconds a test waits for any reply: well under Twilio's 15 s, and over the service's own
-bound (Redis' 3 s socket timeout) with room to spare."""
 
 ANSWER_BOUND = 5.0
 """Every reply, 200 or 503, must come within this many seconds (3 s Redis timeout + slack)."""
@@ -43,49 +48,6 @@ ANSWER_BOUND = 5.0
 # Helpers
 
 
-@dataclass
-class Reply:
-    """What became of one webhook: its HTTP status and body, or the client-side error."""
-
-    params: dict[str, str]
-    status: int | None
-    body: dict[str, Any] | None
-    elapsed: float
-    error: str | None = None
-
-    @property
-    def outcome(self) -> str | None:
-        return None if self.body is None else self.body.get("status")
-
-
-async def deliver(
-    session: aiohttp.ClientSession, service: Service, params: dict[str, str]
-) -> Reply:
-    """POSTs a webhook signed as Twilio signs it; never raises (a client error is recorded)."""
-    url = f"{service.url}/webhooks/sync"
-    headers = {
-        "Content-Type": "application/x-www-form-urlencoded",
-        "X-Twilio-Signature": sign(url, params),
-    }
-    started = time.monotonic()
-    try:
-        async with session.post(
-            url,
-            data=urlencode(params),
-            headers=headers,
-            timeout=aiohttp.ClientTimeout(total=CLIENT_TIMEOUT),
-        ) as response:
-            text = await response.text()
-            body: dict[str, Any] | None
-            try:
-                body = json.loads(text)
-            except ValueError:
-                body = {"raw": text}
-            return Reply(params, response.status, body, time.monotonic() - started)
-    except (aiohttp.ClientError, TimeoutError) as error:
-        return Reply(params, None, None, time.monotonic() - started, repr(error))
-
-
 async def ready(session: aiohttp.ClientSession, service: Service) -> bool:
     with contextlib.suppress(aiohttp.ClientError, TimeoutError):
         async with session.get(
@@ -93,24 +55,6 @@ async def ready(session: aiohttp.ClientSession, service: Service) -> bool:
         ) as response:
             return response.status == 200
     return False
-
-
-async def lookup(
-    session: aiohttp.ClientSession, service: Service, identities: list[str]
-) -> dict[str, dict[str, Any]]:
-    url = f"{service.url}/v1/services/{SERVICE_SID}/lookup"
-    async with session.post(url, json={"identities": identities}) as response:
-        assert response.status == 200, await response.text()
-        found = (await response.json())["identities"]
-    return {state["identity"]: state for state in found}
-
-
-def connect(identity: str, endpoint: str, event_id: int = 1) -> dict[str, str]:
-    return reachability(identity, endpoint, event_id, True, connected=True)
-
-
-def disconnect(identity: str, endpoint: str, event_id: int) -> dict[str, str]:
-    return reachability(identity, endpoint, event_id, False, connected=False)
 
 
 def changed_at_seconds(change: dict[str, Any]) -> float:
@@ -149,10 +93,7 @@ async def client_session() -> AsyncIterator[aiohttp.ClientSession]:
 # 1. Redis killed (SIGKILL) and restarted in the middle of a load
 
 LOAD = 300
-IN_FLIGHT = 20
-PACE_SECONDS = 0.01
-"""One webhook every 10 ms: the load spans about 3 s, across the outage."""
-KILL_AFTER_REPLIES = 60
+"""One webhook every 10 ms (tests/load.py): the load spans about 3 s, across the outage."""
 OUTAGE_SECONDS = 1.0
 
 
@@ -165,35 +106,19 @@ class OutageReport:
 async def run_load_through_an_outage(
     session: aiohttp.ClientSession, services: tuple[Service, ...], redis: RedisServer
 ) -> OutageReport:
-    """Sends LOAD connects (identity load-i, endpoint E-i), at most IN_FLIGHT at once, spread
-    over both services; kills Redis (SIGKILL) once KILL_AFTER_REPLIES replies are in and
-    restarts it OUTAGE_SECONDS later on the same port, with its append-only file."""
-    slots = asyncio.Semaphore(IN_FLIGHT)
-    replies: list[Reply] = []
-    enough = asyncio.Event()
-    started = time.monotonic()
+    """Sends LOAD connects (tests/load.py: paced_load) over both services; kills Redis
+    (SIGKILL) once enough replies are in and restarts it OUTAGE_SECONDS later on the same
+    port, with its append-only file."""
 
-    async def one(i: int) -> Reply:
-        await asyncio.sleep(max(0.0, started + i * PACE_SECONDS - time.monotonic()))
-        async with slots:
-            reply = await deliver(session, services[i % 2], connect(f"load-{i}", f"E-{i}"))
-        replies.append(reply)
-        if len(replies) >= KILL_AFTER_REPLIES:
-            enough.set()
-        return reply
-
-    async def outage() -> float:
-        await enough.wait()
+    async def outage(_: list[Timed]) -> float:
         killed = time.monotonic()
         await asyncio.to_thread(redis.stop)  # SIGKILL
         await asyncio.sleep(OUTAGE_SECONDS)
         await asyncio.to_thread(redis.start)  # same port, replays the append-only file
         return time.monotonic() - killed
 
-    load = asyncio.gather(*(one(i) for i in range(LOAD)))
-    outage_seconds = await outage()
-    ordered = await load
-    return OutageReport(list(ordered), outage_seconds)
+    timed, outage_seconds = await paced_load(session, services, LOAD, outage)
+    return OutageReport([t.reply for t in timed], outage_seconds)
 
 
 async def test_redis_killed_and_restarted_under_load_loses_nothing_acknowledged(
@@ -228,7 +153,7 @@ async def test_redis_killed_and_restarted_under_load_loses_nothing_acknowledged(
             assert {(r.body or {}).get("error") for r in refused} <= {"store_unavailable"}
             # The outage really happened in the middle of the load.
             assert refused, "no webhook met the outage"
-            assert len(acknowledged) >= KILL_AFTER_REPLIES
+            assert len(acknowledged) >= FAULT_AFTER_REPLIES
             print(
                 f"\nload: {len(replies)} sent, {len(acknowledged)} x 200, {len(refused)} x 503, "
                 f"outage {report.outage_seconds:.2f}s, "

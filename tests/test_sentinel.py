@@ -43,8 +43,9 @@ from tests.failover import (
     set_deadlines,
     until_writes_are_acknowledged,
 )
+from tests.load import connect, deliver
 from tests.support import AUTH_TOKEN, Watcher, make_store, wait_until
-from tests.test_faults import assert_no_crash, client_session, connect, deliver, ready, running
+from tests.test_faults import assert_no_crash, client_session, ready, running
 
 KEYS = Keyspace()
 
