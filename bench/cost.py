@@ -36,7 +36,7 @@ from redis import Redis
 
 from bench import loads
 from bench.fill import Step, apply_batches, endpoint_of, identity_name, make_store
-from bench.http_rows import outcomes
+from bench.http_rows import counted_wrk
 from bench.memory import breakdown, drop_feeds, used_memory, warm_scripts
 from bench.support import (
     AUTH_TOKEN,
@@ -175,10 +175,8 @@ def drive(workdir: Path, snapshot: Path, n: int, endpoints: int) -> dict[str, An
         # Enough distinct webhooks that the measured run never comes back to the first.
         count = int(calibration["rps"] * DURATION_S * 1.5) + 5000
         main = traffic.file(workdir / "cost-main.tsv", service.port, count)
-        before = outcomes(service)
-        run = loads.wrk(service, main, DURATION_S, CONNECTIONS, redis)
-        after = outcomes(service)
-        counted = {k: int(after[k] - before[k]) for k in after}
+        run = counted_wrk(service, main, DURATION_S, CONNECTIONS, redis)
+        counted = run["outcomes"]
         evalsha = (run.get("redis_commands") or {}).get("evalsha") or {}
         requests = run["requests"]
         if run["wrapped"] or counted["applied"] < requests or run["errors"]:

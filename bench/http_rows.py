@@ -13,6 +13,7 @@ from bench import loads
 from bench.profile import Profiler
 from bench.support import (
     AUTH_TOKEN,
+    RequestFile,
     http_json,
     identity_get_requests,
     lookup_requests,
@@ -54,6 +55,22 @@ def outcomes(service: ServerProcess) -> dict[str, float]:
         o: metric_sum(text, "presence_webhooks_total", outcome=o)
         for o in ("applied", "duplicate", "stale", "ignored", "rejected")
     }
+
+
+def counted_wrk(
+    service: ServerProcess,
+    requests: RequestFile,
+    duration: float,
+    connections: int,
+    redis: RedisServer,
+) -> dict[str, Any]:
+    """``loads.wrk`` against the service, with what its webhooks came to (applied,
+    duplicate...: from its metrics, before and after) as the result's ``outcomes``."""
+    before = outcomes(service)
+    result = loads.wrk(service, requests, duration, connections, redis)
+    after = outcomes(service)
+    result["outcomes"] = {k: int(after[k] - before[k]) for k in after}
+    return result
 
 
 def run(workdir: Path, cfg: Any, wanted: set[str], results: dict[str, Any]) -> None:
@@ -142,10 +159,7 @@ def ingest(
         work.stop()
     settle(service)
     log(f"ingest: presence {d}s")
-    before = outcomes(service)
-    svc = loads.wrk(service, main, d, c, redis)
-    after = outcomes(service)
-    svc["outcomes"] = {k: int(after[k] - before[k]) for k in after}
+    svc = counted_wrk(service, main, d, c, redis)
     result: dict[str, Any] = {
         "presence": svc,
         "reference": ref,

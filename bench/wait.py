@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import loads
-from bench.http_rows import log, outcomes, settle
+from bench.http_rows import counted_wrk, log, settle
 from bench.support import pinned, redis_server, start_service, webhook_requests
 from harness.processes import RedisServer, redis_cli
 
@@ -51,11 +51,7 @@ def run(workdir: Path, cfg: Any) -> dict[str, Any]:
                 requests = webhook_requests(workdir / f"{label}.tsv", service.port, count, label)
                 settle(service)
                 log(f"wait: WAIT {replicas}, {d}s")
-                before = outcomes(service)
-                run_result = loads.wrk(service, requests, d, c, master)
-                after = outcomes(service)
-                run_result["outcomes"] = {k: int(after[k] - before[k]) for k in after}
-                result[label] = run_result
+                result[label] = counted_wrk(service, requests, d, c, master)
             finally:
                 service.stop()
     finally:
