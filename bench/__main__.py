@@ -146,7 +146,7 @@ def main(argv: list[str] | None = None) -> None:
             title, goal = plot.title_of(results), TARGETS["bytes_per_identity"]
             print(f"plot: {plot.draw(results['cost'], cfg.plot, title, goal)}")
         except ImportError:
-            print("plot: skipped, matplotlib is missing (pip install -e '.[bench]')")
+            print("plot: skipped, matplotlib is missing (scripts/bootstrap dev)")
     from bench.report import render
 
     print()

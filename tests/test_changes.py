@@ -174,7 +174,7 @@ async def test_the_feed_holds_each_message_byte_for_byte_as_pub_sub_carried_it(
         message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1)
         if message is not None:
             published.append(message["data"])
-    await pubsub.aclose()  # type: ignore[no-untyped-call]
+    await pubsub.aclose()
     read = await store.read_feed(SERVICE_SID, start, limit=100)
 
     by_identity = {

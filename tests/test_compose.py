@@ -382,8 +382,15 @@ def test_dockerfile_builds_from_the_project_metadata_and_runs_unprivileged() -> 
     bases = [args.split()[0] for keyword, args in instructions if keyword == "FROM"]
     assert set(bases) == {"python:3.11-slim"}
     runs = " ".join(args for keyword, args in instructions if keyword == "RUN")
-    assert "pip wheel --wheel-dir /wheels ." in runs
-    assert "requirements" not in DOCKERFILE.read_text(encoding="utf-8")
+    # Installed from the lock alone: the build backend and every dependency by hash, the
+    # project's own wheel without resolving anything (tests/test_docker.py checks the image).
+    assert "pip install --require-hashes -r requirements/build.txt" in runs
+    assert "pip download --require-hashes --no-deps --dest /wheels -r requirements/service.txt" in (
+        runs
+    )
+    assert "pip wheel --no-deps --no-build-isolation --wheel-dir /wheels ." in runs
+    assert "--no-index --find-links=/tmp/wheels --require-hashes -r /tmp/service.txt" in runs
+    assert "pip install --no-index --no-deps /tmp/wheels/presence-*.whl" in runs
     [user] = [args for keyword, args in instructions if keyword == "USER"]
     assert user not in ("root", "0")
     assert ("EXPOSE", "8080") in instructions
@@ -440,7 +447,9 @@ def test_dockerignore_sends_only_the_package_to_the_build() -> None:
         for path in (ROOT / "presence").rglob("*")
         if path.is_file() and "__pycache__" not in path.parts
     ]
-    sent = ["pyproject.toml", "README.md", *package]
+    sent = ["pyproject.toml", "README.md", "requirements/build.txt", "requirements/service.txt"]
+    sent += package
+    assert dockerignored("requirements/dev.txt", patterns)
     assert "presence/store/lua/apply_event.lua" in sent
     assert [path for path in sent if dockerignored(path, patterns)] == []
 

@@ -39,6 +39,7 @@ from typing import Any
 from urllib.parse import quote
 
 import pytest
+from packaging.utils import canonicalize_name
 
 from harness.compose import (
     ComposeProject,
@@ -51,6 +52,7 @@ from harness.compose import (
 )
 from harness.processes import free_port
 from presence.twilio.samples import ACCOUNT_SID, SERVICE_SID, reachability
+from tests.lock import in_environment, marker_environment
 from tests.support import signed_form
 
 pytestmark = [
@@ -300,6 +302,25 @@ def python_in(project: ComposeProject, service: str, code: str) -> str:
     """Runs Python code in the service's first container; returns its output."""
     args = project.exec_args(service, "python", "-c", code)
     return run(args, timeout=60, cwd=project.root).stdout
+
+
+def test_the_image_holds_exactly_what_the_lock_pins_for_its_python(stack: Stack) -> None:
+    """requirements/service.txt, as it applies to the image's Python (below 3.11.3 on the
+    stand-in image: async-timeout too), and the project itself; nothing else but pip."""
+    listing = json.loads(
+        python_in(
+            stack.project,
+            "presence",
+            "import json, platform; from importlib import metadata; print(json.dumps("
+            "[platform.python_version(), {d.metadata['Name']: d.version "
+            "for d in metadata.distributions()}]))",
+        )
+    )
+    python, installed = listing[0], {canonicalize_name(n): v for n, v in listing[1].items()}
+    locked = in_environment("service.txt", marker_environment(python))
+    wanted = {name: str(pin.version) for name, pin in locked.items()}
+    base = {"pip", "setuptools", "wheel"}  # the base image's own installer
+    assert {n: v for n, v in installed.items() if n not in base} == {**wanted, "presence": "0.1.0"}
 
 
 def test_up_makes_the_stack_healthy_and_reachable_at_one_address_without_metrics(

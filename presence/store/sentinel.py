@@ -87,7 +87,7 @@ def sentinel_client(
         "password": sentinel_password,
         "decode_responses": True,
     }
-    manager = Sentinel(list(sentinels), sentinel_kwargs=sentinel_options)  # type: ignore[no-untyped-call]
+    manager = Sentinel(list(sentinels), sentinel_kwargs=sentinel_options)
     pool = MasterPool(
         master,
         manager,

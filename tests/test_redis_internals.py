@@ -1,0 +1,106 @@
+"""What presence relies on inside redis-py beyond its public API, pinned one by one, so that a
+refresh of the lock (scripts/lock) that changes any of it fails here, by name, rather than
+somewhere deep in a webhook's path. README, "Development", lists the same parts.
+
+- ``presence/store/pipe.py`` writes packed commands straight to a connection's
+  ``_writer`` (an ``asyncio.StreamWriter``) and reads replies from its ``_reader`` (an
+  ``asyncio.StreamReader``) with a hiredis reader whose error replies are made by
+  ``redis._parsers.base.BaseParser.parse_error``;
+- ``presence/store/nodes.py`` sets a ``RedisCluster``'s ``_initialize`` to make it ask the
+  cluster for its layout before its next command, and moves a failed node last with
+  ``nodes_manager.move_node_to_end_of_cached_nodes``;
+- ``presence/store/sentinel.py`` overrides ``SentinelConnectionPool.get_master_address``,
+  which every new connection of the pool awaits, and closes ``sentinel_manager``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import inspect
+from typing import Any
+
+import pytest
+from redis._parsers.base import BaseParser
+from redis.asyncio import Redis, RedisCluster
+from redis.asyncio.cluster import NodesManager
+from redis.asyncio.connection import AbstractConnection
+from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
+from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
+
+from harness.processes import RedisServer
+from presence.store.resp import pack
+
+
+async def test_a_pooled_connection_exposes_its_stream_writer_and_reader(
+    redis_server: RedisServer,
+) -> None:
+    client = Redis.from_url(redis_server.url, decode_responses=True)
+    pool = client.connection_pool
+    connection: AbstractConnection = await pool.get_connection()  # type: ignore[no-untyped-call]
+    try:
+        await connection.connect()  # type: ignore[no-untyped-call]
+        writer, reader = connection._writer, connection._reader
+        assert isinstance(writer, asyncio.StreamWriter)
+        assert isinstance(reader, asyncio.StreamReader)
+        # What the pipe does: several commands written at once, replies read as they come.
+        writer.writelines([pack(["SET", "internals", "1"]), pack(["GET", "internals"])])
+        assert await asyncio.wait_for(reader.readexactly(len(b"+OK\r\n$1\r\n1\r\n")), 5) == (
+            b"+OK\r\n$1\r\n1\r\n"
+        )
+        assert connection.encoder.decode_responses is True
+        assert (connection.encoder.encoding, connection.encoder.encoding_errors) == (
+            "utf-8",
+            "strict",
+        )
+    finally:
+        await connection.disconnect(nowait=True)
+        await pool.release(connection)
+        await client.aclose()
+
+
+@pytest.mark.parametrize(
+    ("reply", "kind"),
+    [
+        ("READONLY You can't write against a read only replica.", ReadOnlyError),
+        ("NOSCRIPT No matching script. Please use EVAL.", NoScriptError),
+        ("ERR unknown command 'X'", ResponseError),
+    ],
+)
+def test_the_parser_makes_the_exceptions_redis_py_raises(
+    reply: str, kind: type[ResponseError]
+) -> None:
+    error = BaseParser.parse_error(reply)  # type: ignore[no-untyped-call]
+    assert type(error) is kind
+
+
+@pytest.mark.slow
+async def test_a_cluster_asked_to_initialize_asks_for_its_layout_again(
+    redis_cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    await redis_cluster.ping()
+    manager = redis_cluster.nodes_manager
+    asked = []
+    initialize = type(manager).initialize
+
+    async def counted(self: NodesManager, *args: Any, **kwargs: Any) -> None:
+        asked.append(True)
+        await initialize(self, *args, **kwargs)
+
+    monkeypatch.setattr(type(manager), "initialize", counted)
+    assert redis_cluster._initialize is False
+    redis_cluster._initialize = True
+    await redis_cluster.set("internals", "1")
+    assert asked == [True]
+    assert redis_cluster._initialize is False
+    # A node moved last is the last of the cached nodes (not asked first when starting over).
+    first = next(iter(manager.nodes_cache))
+    manager.move_node_to_end_of_cached_nodes(first)
+    assert list(manager.nodes_cache)[-1] == first
+
+
+def test_a_sentinel_pool_asks_for_the_master_through_the_method_presence_overrides() -> None:
+    assert inspect.iscoroutinefunction(SentinelConnectionPool.get_master_address)
+    source = inspect.getsource(SentinelManagedConnection)
+    assert "self.connection_pool.get_master_address()" in source
+    pool = SentinelConnectionPool("mymaster", Sentinel([("127.0.0.1", 1)]))  # type: ignore[no-untyped-call]
+    assert isinstance(pool.sentinel_manager, Sentinel)
