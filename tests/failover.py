@@ -15,7 +15,16 @@ import aiohttp
 
 from harness.processes import Service, redis_cli
 from presence.twilio.samples import SERVICE_SID
-from tests.load import Reply, Timed, connect, deliver, disconnect, lookup, paced_load
+from tests.load import (
+    Reply,
+    Timed,
+    connect,
+    deliver,
+    deliver_acknowledged,
+    disconnect,
+    lookup,
+    paced_load,
+)
 from tests.support import Watcher, wait_until
 
 LOAD = 500
@@ -177,8 +186,7 @@ async def set_deadlines(session: aiohttp.ClientSession, services: Sequence[Servi
     """Connects, then disconnects, each deadline identity: its offline is due GRACE s later."""
     for n, name in enumerate(deadline_identities()):
         for params in (connect(name, "E1", 1), disconnect(name, "E1", 2)):
-            reply = await deliver(session, services[n % 2], params)
-            assert (reply.status, reply.outcome) == (200, "applied"), reply
+            await deliver_acknowledged(session, services[n % 2], params)
 
 
 async def feed_cursor(session: aiohttp.ClientSession, service: Service) -> str:

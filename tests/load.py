@@ -80,6 +80,30 @@ async def deliver(
         return Reply(params, None, None, time.monotonic() - started, repr(error))
 
 
+async def deliver_acknowledged(
+    session: aiohttp.ClientSession,
+    service: Service,
+    params: dict[str, str],
+    within: float = 30.0,
+) -> Reply:
+    """Delivers a webhook of a test's preparation as Twilio would: a 503 (Redis busy, or too
+    few replicas confirmed in time on a loaded machine) is sent again until a 200 comes,
+    within ``within`` seconds. Asserts that 200 says ``applied``, or ``duplicate`` when an
+    earlier attempt was refused after taking effect (a 503 is all or nothing)."""
+    deadline = time.monotonic() + within
+    refused: list[Reply] = []
+    while True:
+        reply = await deliver(session, service, params)
+        if reply.status != 503 or time.monotonic() > deadline:
+            break
+        refused.append(reply)
+        await asyncio.sleep(0.1)
+    wanted = ["applied", "duplicate"] if refused else ["applied"]
+    assert reply.status == 200, (reply, refused)
+    assert reply.outcome in wanted, (reply, refused)
+    return reply
+
+
 async def lookup(
     session: aiohttp.ClientSession, service: Service, identities: list[str]
 ) -> dict[str, dict[str, Any]]:
