@@ -21,6 +21,9 @@ from presence.sweeper import Sweeper
 from presence.web.app import create_app
 from tests.support import AUTH_TOKEN, ManualClock, RunningApp, manual_clock
 
+# Whatever the run starts ends with it, or the run fails (harness/leaks.py).
+pytest_plugins = ["harness.leaks"]
+
 
 @pytest.fixture(scope="session")
 def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
