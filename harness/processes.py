@@ -214,6 +214,39 @@ class RedisServer:
         stop(self.process, signal.SIGKILL)
         self.process = None
 
+    def shutdown(self) -> None:
+        """Stops it as an operator does (SIGTERM: it syncs its files and exits)."""
+        stop(self.process, signal.SIGTERM)
+        self.process = None
+
+    def copy_data(self, to: Path) -> Path:
+        """A copy of its data files as they are now (with ``appendonly``, fsynced at every
+        write: every write answered is in it), to restart it from later."""
+        to.mkdir(parents=True)
+        for name in ("appendonlydir", "dump.rdb"):
+            source = self.directory / name
+            if source.is_dir():
+                shutil.copytree(source, to / name)
+            elif source.exists():
+                shutil.copy2(source, to / name)
+        return to
+
+    def restore_data(self, copy: Path | None) -> None:
+        """Its data files replaced by ``copy`` (None: none, an empty Redis), while it is
+        stopped: a restart from older data, as after a crash that lost the last writes or
+        the restore of a backup."""
+        assert self.process is None, "stop it first"
+        for name in ("appendonlydir", "dump.rdb"):
+            target = self.directory / name
+            if target.is_dir():
+                shutil.rmtree(target)
+            elif target.exists():
+                target.unlink()
+            if copy is not None and (copy / name).is_dir():
+                shutil.copytree(copy / name, target)
+            elif copy is not None and (copy / name).exists():
+                shutil.copy2(copy / name, target)
+
     def pause(self) -> None:
         """Freezes it (SIGSTOP): connections stay open, nothing is read or answered."""
         os.kill(self.pid, signal.SIGSTOP)

@@ -7,6 +7,7 @@ Layout (``p`` is ``PRESENCE_KEY_PREFIX``, ``b`` a bucket, ``g`` a page, ``IS..``
     p:{b}:n:IS..              hash    counters: online, pending, endpoints
     p:{b}:dq                  zset    IS..:<g> -> when something of that page is next due
     p:{b}:f:IS..              stream  the change feed: this bucket's changes of the service
+    p:{b}:fn:IS..             string  how many changes that feed has ever had (never expires)
     p:{b}:epoch               string  a random value that lives as long as the bucket's data
     p:act:IS..:<minute>       hash    webhook outcomes of the service in that minute
     p:{b}:tok:<token>         string  an I-Twilio-Idempotency-Token already recorded
@@ -86,6 +87,9 @@ class Keyspace:
 
     def feed(self, bucket: int, service_sid: str) -> str:
         return f"{self._tags[bucket]}:f:{service_sid}"
+
+    def feed_count(self, bucket: int, service_sid: str) -> str:
+        return f"{self._tags[bucket]}:fn:{service_sid}"
 
     def epoch(self, bucket: int) -> str:
         return f"{self._tags[bucket]}:epoch"

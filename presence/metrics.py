@@ -23,7 +23,7 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from presence.store.base import Change
+from presence.store.base import Change, ResetReason
 
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -143,7 +143,7 @@ class Metrics:
         )
         self.feed_resets = Counter(
             "presence_feed_resets",
-            "Cursors that could not be resumed from, by reason (retention, epoch, failover).",
+            "Cursors that could not be resumed from, by reason (retention, lost).",
             ["reason"],
             registry=into,
         )
@@ -158,7 +158,7 @@ class Metrics:
             self.changes.labels(reason)
         for operation in ("webhook", "query", "readiness", "sweep", "feed"):
             self.redis_errors.labels(operation)
-        for reason in ("retention", "epoch", "failover"):
+        for reason in ResetReason:
             self.feed_resets.labels(reason)
         for operation in ("webhook", "sweep"):
             self.redis_wait_timeouts.labels(operation)

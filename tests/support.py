@@ -63,6 +63,7 @@ def make_store(
     grace: float = 10,
     ttl: float = 7200,
     prefix: str = "presence",
+    retention: float = 86_400,
 ) -> RedisStore:
     """A store on ``client``; with a ``clock``, time moves only when the test moves it."""
     return RedisStore(
@@ -70,6 +71,7 @@ def make_store(
         Keyspace(prefix),
         offline_grace_ms=round(grace * 1000),
         endpoint_ttl_ms=round(ttl * 1000),
+        feed_retention_ms=round(retention * 1000),
         clock=clock,
     )
 

@@ -243,14 +243,58 @@ async def test_pending_offline_identities_are_listed_and_offline_ones_are_not(
     assert stats == {"online": 2, "pending_offline": 1, "endpoints": 1}
 
 
+async def test_the_listing_with_versions_gives_each_identity_its_version(
+    start_service: Start,
+) -> None:
+    service = await start_service(offline_grace_seconds=0)
+    for n in range(30):
+        await connect(service, f"v{n}")
+    # Flapped identities: offline then online again, two versions later.
+    for n in range(0, 30, 3):
+        await disconnect(service, f"v{n}", 2)
+        await connect(service, f"v{n}", 3)
+    listed: dict[str, int] = {}
+    cursor = None
+    while True:
+        query = "?limit=7&versions=true" + (f"&cursor={cursor}" if cursor else "")
+        body = await get_json(service, f"{BASE}/online{query}")
+        assert isinstance(body, dict)
+        for item in body["identities"]:
+            assert set(item) == {"identity", "version"}
+            assert item["identity"] not in listed
+            listed[item["identity"]] = item["version"]
+        cursor = body["next_cursor"]
+        if cursor is None:
+            break
+    found = await service.store.lookup(SERVICE_SID, sorted(listed))
+    assert listed == {p.identity: p.version for p in found}
+    assert {n for n, v in listed.items() if v == 3} == {f"v{n}" for n in range(0, 30, 3)}
+    assert len(listed) == 30
+    # Without versions (or versions=false), names alone.
+    plain = await get_json(service, f"{BASE}/online?limit=1000&versions=false")
+    assert isinstance(plain, dict)
+    assert sorted(plain["identities"]) == sorted(listed)
+
+
 @pytest.mark.parametrize(
-    "query", ["?limit=0", "?limit=1001", "?limit=ten", "?limit=-1", "?cursor=bm9wZQ", "?cursor=@"]
+    "query",
+    [
+        "?limit=0",
+        "?limit=1001",
+        "?limit=ten",
+        "?limit=-1",
+        "?cursor=bm9wZQ",
+        "?cursor=@",
+        "?versions=yes",
+        "?versions=1",
+        "?versions=TRUE",
+    ],
 )
 async def test_a_bad_listing_query_is_a_400(start_service: Start, query: str) -> None:
     service = await start_service()
     body = await get_json(service, f"{BASE}/online{query}", 400)
     assert isinstance(body, dict)
-    assert body["error"] in ("invalid_limit", "invalid_cursor")
+    assert body["error"] in ("invalid_limit", "invalid_cursor", "invalid_versions")
 
 
 async def test_stats_count_endpoints_across_identities(start_service: Start) -> None:

@@ -178,7 +178,7 @@ async def test_a_primary_killed_under_load_its_replica_takes_over(
 
             if behind:
                 page = await feed_since(session, started[1], run.extra["cursor"])
-                assert (page["reset"], page.get("reason")) == (True, "failover")
+                assert (page["reset"], page.get("reason")) == (True, "lost")
             for service in started:
                 assert await ready(session, service)
             failovers = [

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import base64
 import random
+import struct
 from collections import Counter
 
 import pytest
@@ -10,7 +12,7 @@ from redis.asyncio import Redis
 from redis.crc import key_slot
 
 from presence.events import ReachabilityEvent, parse_event
-from presence.feed.cursor import FeedCursor, Lineage, Node, Position
+from presence.feed.cursor import MAX_SEQ, FeedCursor, InvalidFeedCursor, Position
 from presence.keys import BUCKETS, PAGES, Keyspace, page_member
 from presence.store.base import InvalidCursor
 from presence.store.cursor import decode_cursor, encode_cursor
@@ -70,7 +72,66 @@ def test_a_prefix_that_would_break_hash_tags_is_refused(prefix: str) -> None:
         Keyspace(prefix)
 
 
-FEED = FeedCursor(Position(1_796_000_000_000, 3, 5), Lineage(b"8 bytes!", (Node("ab" * 20, 7),)))
+FEED = FeedCursor(Position(1_796_000_000_000, 3, 5), 2**64 - 7, snapshot=frozenset(["ab" * 20]))
+
+
+@pytest.mark.parametrize(
+    "cursor",
+    [
+        FEED,
+        FeedCursor(Position(0, 0, 0), 0),
+        FeedCursor(Position(2**63, MAX_SEQ, BUCKETS - 1), 12345, frozenset({0, 77, BUCKETS - 1})),
+        FeedCursor(Position(5, 1, 2), 1, frozenset(), frozenset()),
+        FeedCursor(Position(5, 1, 2), 1, None, frozenset(["0" * 40, "f" * 40])),
+    ],
+)
+def test_feed_cursors_round_trip_url_safe(cursor: FeedCursor) -> None:
+    text = cursor.encode()
+    assert FeedCursor.decode(text) == cursor
+    assert text.replace("-", "").replace("_", "").isalnum()
+
+
+def test_a_feed_cursor_of_the_release_before_decodes_without_a_history() -> None:
+    """Its history cannot be checked: the feed answers it with a reset (``lost``), not a 400."""
+    old = (
+        base64.urlsafe_b64encode(
+            struct.pack(">BQQB8sB", 1, 1_796_000_000_000, 3, 5, b"8 bytes!", 1)
+            + struct.pack(">20sQ", bytes.fromhex("ab" * 20), 7)
+        )
+        .decode()
+        .rstrip("=")
+    )
+    assert FeedCursor.decode(old) == FeedCursor(Position(1_796_000_000_000, 3, 5), None)
+
+
+def raw_cursor(*fields: int, tail: bytes = b"") -> str:
+    """A cursor's bytes as the service would encode them: version, ms, seq, bucket, history,
+    flags, then ``tail``."""
+    return base64.urlsafe_b64encode(struct.pack(">BQQBQB", *fields) + tail).decode()
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "",
+        "!!!",
+        "é",
+        FEED.encode()[:-2],
+        FEED.encode() + "AA",
+        # An unknown version, an unknown flag, a bucket out of range.
+        base64.urlsafe_b64encode(struct.pack(">BQQBQB", 3, 1, 0, 0, 0, 0)).decode(),
+        base64.urlsafe_b64encode(struct.pack(">BQQBQB", 2, 1, 0, 0, 0, 4)).decode(),
+        base64.urlsafe_b64encode(struct.pack(">BQQBQB", 2, 1, 0, BUCKETS, 0, 0)).decode(),
+        # A mask cut short; a snapshot whose node count is more than it holds.
+        base64.urlsafe_b64encode(struct.pack(">BQQBQB", 2, 1, 0, 0, 0, 1) + b"\0" * 3).decode(),
+        base64.urlsafe_b64encode(
+            struct.pack(">BQQBQB", 2, 1, 0, 0, 0, 2) + b"\2" + b"a" * 20
+        ).decode(),
+    ],
+)
+def test_a_feed_cursor_not_handed_out_is_refused(text: str) -> None:
+    with pytest.raises(InvalidFeedCursor):
+        FeedCursor.decode(text)
 
 
 @pytest.mark.parametrize("after", ["", "alice", "a\u0000b", "é{}:/%"])

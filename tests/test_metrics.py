@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Awaitable, Callable
+from dataclasses import replace
 
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -165,7 +166,7 @@ async def test_change_streams_changes_sent_and_resets_are_counted(start_service:
         await two.wait_for(1)
         await wait_until(lambda: sent_at_least(service, 2), 5, "both changes counted")
     now = FeedCursor.decode((await (await service.client.get(feed)).json())["cursor"])
-    old = FeedCursor(Position(now.position.ms - 2 * 86_400_000, 0, 0), now.lineage)
+    old = replace(now, position=Position(now.position.ms - 2 * 86_400_000, 0, 0))
     await service.client.get(feed, params={"since": old.encode()})
 
     async def closed() -> bool:

@@ -22,7 +22,7 @@ from redis.asyncio import Redis
 from harness.processes import RedisServer, Service, service_env
 from presence import rules
 from presence.events import ReachabilityEvent, parse_event
-from presence.feed.cursor import FeedCursor, Position
+from presence.feed.cursor import FeedCursor, Position, history_of, history_term
 from presence.keys import BUCKETS, FORMAT, Keyspace
 from presence.store.migrate import FormatError, StorageFormat
 from presence.store.redis import RedisStore
@@ -165,10 +165,18 @@ async def test_a_redis_of_the_previous_release_is_migrated_and_answers_as_before
     assert await format1_keys(client) == []
     assert await feed_lengths(client) == fed, "the change feed is kept as it is"
     await check_as_before(store)
-    # The feed's entries written before (each the whole message) read as the new ones.
-    now = (await store.read_feed(SERVICE_SID, None, limit=1)).cursor
-    start = FeedCursor(Position(0, 0, 0), now.lineage)
-    read = await store.read_feed(SERVICE_SID, start, limit=1000, check=False)
+    await store.close()
+    # The feed's entries written before (each the whole message, without a number: the count
+    # of a bucket before them is 0) read as the new ones, from the start of time. (A store
+    # that keeps changes for ever: the fixture's are as old as the fixture.)
+    store = make_store(client, None, retention=10**10)
+    await store.read_feed(SERVICE_SID, None, limit=1)  # every bucket's epoch made
+    keys = Keyspace()
+    epochs = [await client.get(keys.epoch(b)) for b in range(BUCKETS)]
+    history = history_of([history_term(b, str(epoch), 0) for b, epoch in enumerate(epochs)])
+    start = FeedCursor(Position(0, 0, 0), history)
+    read = await store.read_feed(SERVICE_SID, start, limit=1000)
+    assert read.reset is None
     assert len(read.entries) > 100
     for entry in read.entries:
         change = json.loads(entry.message)

@@ -15,6 +15,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
 from redis.asyncio import Redis
 
@@ -26,6 +27,7 @@ from presence.store.base import Outcome, StoreUnavailable
 from presence.store.connections import open_store
 from presence.store.sentinel import connection_options
 from presence.twilio.samples import SERVICE_SID, reachability
+from tests.consumer import MODES, Consumer
 from tests.failover import (
     BEHIND_SECONDS,
     GRACE,
@@ -43,7 +45,7 @@ from tests.failover import (
     set_deadlines,
     until_writes_are_acknowledged,
 )
-from tests.load import connect, deliver
+from tests.load import connect, deliver, deliver_acknowledged
 from tests.support import AUTH_TOKEN, Watcher, make_store, wait_until
 from tests.test_faults import assert_no_crash, client_session, ready, running
 
@@ -111,13 +113,15 @@ def sentinels(tmp_path: Path) -> Iterator[RedisSentinels]:
         group.stop()
 
 
-def services_on(group: RedisSentinels, tmp_path: Path, **settings: str) -> list[Service]:
+def services_on(
+    group: RedisSentinels, tmp_path: Path, grace: str = GRACE, **settings: str
+) -> list[Service]:
     return [
         Service(
             tmp_path / f"serve-{n}.log",
             redis_sentinels=group.addresses,
             twilio_auth_token=AUTH_TOKEN,
-            offline_grace_seconds=GRACE,
+            offline_grace_seconds=grace,
             **settings,
         )
         for n in range(2)
@@ -211,7 +215,7 @@ async def fail_over_under_load(
 
             if behind:
                 page = await feed_since(session, started[1], run.extra["cursor"])
-                assert (page["reset"], page.get("reason")) == (True, "failover")
+                assert (page["reset"], page.get("reason")) == (True, "lost")
 
             for service in started:
                 assert await ready(session, service)
@@ -242,6 +246,75 @@ async def test_without_wait_a_failover_loses_acknowledged_webhooks(
     tmp_path: Path, sentinels: RedisSentinels, behind: bool
 ) -> None:
     await fail_over_under_load(tmp_path, sentinels, wait=False, behind=behind)
+
+
+# -- the change feed's consumers through a failover -------------------------------------------
+
+
+async def flip(
+    session: aiohttp.ClientSession, service: Service, name: str, event_id: int, online: bool
+) -> None:
+    """A connect or disconnect (offline at once), delivered as Twilio would: again after a
+    503 (a failover under way)."""
+    params = reachability(name, "E1", event_id, online, connected=online)
+    await deliver_acknowledged(session, service, params)
+
+
+async def listed(session: aiohttp.ClientSession, service: Service) -> set[str]:
+    url = f"{service.url}/v1/services/{SERVICE_SID}/online"
+    async with session.get(url, params={"limit": "1000"}) as response:
+        assert response.status == 200, await response.text()
+        page = await response.json()
+    assert page["next_cursor"] is None
+    return set(page["identities"])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("behind", [False, True], ids=["replicas-in-step", "replicas-behind"])
+async def test_a_failover_resets_exactly_the_consumers_that_saw_what_it_lost(
+    tmp_path: Path, sentinels: RedisSentinels, behind: bool
+) -> None:
+    """Consumers reading the feed each of the four ways (tests/consumer.py), spread over both
+    replicas of the service. Replicas in step when the master dies: nothing is lost, nobody
+    is reset. Replicas cut off first: bob's connect, which every consumer received, is lost
+    with the master: each consumer gets one reset (``lost``), and ends equal to ``/online``."""
+    services = services_on(sentinels, tmp_path, grace="0")
+    old = sentinels.master
+    with running(*services) as started:
+        async with client_session() as session:
+            consumers = [
+                Consumer(started[n % 2].url, SERVICE_SID, None, mode)
+                for n, mode in enumerate(MODES)
+            ]
+            for consumer in consumers:
+                await consumer.__aenter__()
+            try:
+                await flip(session, started[0], "alice", 1, True)
+                for consumer in consumers:
+                    await consumer.until({"alice"})
+                # Every write so far is on both replicas.
+                assert redis_cli(old.port, "WAIT", "2", "5000").strip() == "2"
+                if behind:
+                    await cut_off(old.port, [replica.pause for replica in sentinels.replicas])
+                    await flip(session, started[1], "bob", 1, True)
+                    for consumer in consumers:
+                        await consumer.until({"alice", "bob"})
+                await asyncio.to_thread(old.stop)  # SIGKILL
+                for replica in sentinels.replicas if behind else ():
+                    replica.resume()
+                await asyncio.to_thread(sentinels.wait_for_new_master, old.port)
+                await flip(session, started[0], "carol", 1, True)
+                truth = await listed(session, started[1])
+                assert truth == {"alice", "carol"}
+                for consumer in consumers:
+                    await consumer.until(truth)
+            finally:
+                for consumer in consumers:
+                    await consumer.__aexit__(None, None, None)
+        assert_no_crash(*started)
+    for consumer in consumers:
+        assert (consumer.mode, consumer.resets) == (consumer.mode, ["lost"] if behind else [])
+        assert consumer.repeats == []
 
 
 WAIT_TIMEOUT_MS = 1000

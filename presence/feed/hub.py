@@ -16,21 +16,18 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import time
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
 
 from presence.feed.cursor import FeedCursor
 from presence.metrics import Metrics
-from presence.store.base import FeedEntry, PresenceStore, StoreUnavailable
+from presence.store.base import FeedEntry, PresenceStore, ResetReason, StoreUnavailable
 
 log = logging.getLogger("presence.feed")
 
 POLL_INTERVAL_SECONDS = 1.0
 """How often a reader reads even without a wake-up (a pub/sub message can be missed)."""
-CHECK_INTERVAL_SECONDS = 1.0
-"""How often a reader checks that the data it reads is still the data its cursor counts in."""
 SETTLE_SECONDS = 0.002
 """A change stored in this very millisecond is readable in the next: how soon to read again."""
 STOP_SECONDS = 5.0
@@ -49,9 +46,10 @@ class TooManyStreams(Exception):
 
 @dataclass(frozen=True)
 class Reset:
-    """The feed's data is not what the subscriber's cursor counts in any more."""
+    """Redis does not hold what the subscriber's cursor saw any more, or it is past the
+    retention: the subscriber starts over."""
 
-    reason: str
+    reason: ResetReason
     cursor: FeedCursor
     """Now: the stream goes on from here."""
 
@@ -116,7 +114,6 @@ class _Reader:
     count: int = 0
     wake: asyncio.Event = field(default_factory=asyncio.Event)
     task: asyncio.Task[None] | None = None
-    checked: float = field(default_factory=time.monotonic)
 
     def add(self, subscriber: Subscriber) -> None:
         self.count += 1
@@ -271,13 +268,8 @@ class FeedHub:
     async def _read(self, reader: _Reader) -> bool:
         """One read; True when more changes are stored already (held back by the watermark
         or the limit)."""
-        check = time.monotonic() - reader.checked >= CHECK_INTERVAL_SECONDS
         async with self._reads:
-            read = await self.store.read_feed(
-                reader.service_sid, reader.cursor, limit=READ_LIMIT, check=check
-            )
-        if check:
-            reader.checked = time.monotonic()
+            read = await self.store.read_feed(reader.service_sid, reader.cursor, limit=READ_LIMIT)
         if read.reset is not None:
             self.metrics.feed_resets.labels(read.reset).inc()
             log.warning("feed of %s: reset (%s)", reader.service_sid, read.reset)

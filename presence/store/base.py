@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator, Collection, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from typing import TYPE_CHECKING, Any, NamedTuple, Protocol
 
@@ -96,6 +96,8 @@ class OnlinePage:
     feed_cursor: FeedCursor
     """Where the change feed stood before the listing's first page: the listing, plus every
     change after it, is the current state."""
+    versions: list[int] | None = None
+    """Each identity's version, in the same order (when asked for)."""
 
 
 _IDENTITY_AT = len('{"service_sid":"') + SID_LENGTH + len('","identity":')
@@ -108,15 +110,15 @@ def identity_of(message: str) -> str:
     return decoded
 
 
-class Reset:
+class ResetReason(StrEnum):
     """Why a cursor cannot be resumed from (the ``reason`` of a reset)."""
 
     RETENTION = "retention"
     """Older than the changes the feed keeps (PRESENCE_FEED_RETENTION_SECONDS)."""
-    EPOCH = "epoch"
-    """The data it counted in is gone: Redis lost its data, or another deployment's cursor."""
-    FAILOVER = "failover"
-    """A Redis failover lost changes it had already seen."""
+    LOST = "lost"
+    """Redis no longer holds a change the cursor may have seen: it lost changes (a restart
+    from older data, a failover to a replica behind), lost everything, or is another
+    deployment's; or the cursor is of an earlier release, which cannot tell."""
 
 
 @dataclass(frozen=True)
@@ -159,18 +161,18 @@ class FeedRead:
     entries: list[FeedEntry]
     cursor: FeedCursor
     """Where the next read resumes: after the last entry, or at the watermark."""
-    reset: str | None = None
+    reset: ResetReason | None = None
     """Why the cursor read from could not be resumed (then ``entries`` is empty and
     ``cursor`` is now)."""
     more: bool = False
     """More changes are stored already: held back by the limit, or stored so recently that
     they are readable a millisecond later."""
+    cursors: list[FeedCursor] = field(default_factory=list)
+    """The cursor right after each entry, in order."""
 
     def with_cursors(self) -> Iterator[tuple[FeedEntry, FeedCursor]]:
         """Each change, and the cursor that resumes right after it."""
-        lineage = self.cursor.lineage
-        for entry in self.entries:
-            yield entry, FeedCursor(entry.position, lineage)
+        return zip(self.entries, self.cursors, strict=True)
 
 
 @dataclass(frozen=True)
@@ -221,8 +223,11 @@ class PresenceStore(Protocol):
         """Many identities in one round trip, in the order asked."""
         ...
 
-    async def online(self, service_sid: str, limit: int, cursor: str | None) -> OnlinePage:
-        """A page of identities published online; raises ``InvalidCursor``."""
+    async def online(
+        self, service_sid: str, limit: int, cursor: str | None, *, versions: bool = False
+    ) -> OnlinePage:
+        """A page of identities published online (with their versions when asked for);
+        raises ``InvalidCursor``."""
         ...
 
     async def read_feed(
@@ -232,11 +237,10 @@ class PresenceStore(Protocol):
         *,
         limit: int,
         identities: Collection[str] | None = None,
-        check: bool = True,
     ) -> FeedRead:
         """The service's changes after ``after`` (None: none, and the cursor of now), at most
-        ``limit``, only of ``identities`` when given. With ``check``, a cursor that cannot be
-        resumed from gives a reset."""
+        ``limit``, only of ``identities`` when given. A cursor that cannot be resumed from
+        (Redis lost what it saw, or it is past the retention) gives a reset."""
         ...
 
     async def stats(self, service_sid: str) -> Stats: ...

@@ -1,35 +1,43 @@
 """Reading the change feed from Redis: every bucket's stream of a service, merged in the
-feed's order, up to a watermark below which no change can still appear.
+feed's order, up to a watermark below which no change can still appear; and checking, at
+every read, that Redis still holds every change the reader's cursor may have seen.
 
 Each change is appended to its bucket's stream (``p:{b}:f:<ServiceSid>``) by the script that
-publishes it (``publish.lua``), with an ID of the Redis server's time. A read asks the node its
-time ``t`` first: every change stored before that moment has an ID below ``t``, and every
-change stored after it an ID of ``t`` or more, so everything up to the end of millisecond
-``t - 1`` can be read for good (on a Redis Cluster, the earliest of the nodes' watermarks).
-A page delivers the changes after the cursor up to that watermark, in the order of
-``Position``, and the cursor of the next page is the last change delivered (or the watermark).
+publishes it (``publish.lua``), with an ID of the Redis server's time, and numbered: the
+bucket's count of the service's changes (``p:{b}:fn:<ServiceSid>``) goes up by one, and the
+entry carries the new count. A read asks the node its time ``t`` first: every change stored
+before that moment has an ID below ``t``, and every change stored after it an ID of ``t`` or
+more, so everything up to the end of millisecond ``t - 1`` can be read for good (on a Redis
+Cluster, the earliest of the nodes' watermarks). A page delivers the changes after the
+cursor up to that watermark, in the order of ``Position``, and the cursor of the next page
+is the last change delivered (or the watermark).
 
-A cursor is resumed only from the data it counted in (see ``presence.feed.cursor``): when the
-buckets' epochs differ, a node's replication history lost what the cursor had read, or the
-cursor is older than the retention, the read says ``reset`` instead of silently skipping.
+What a cursor has seen is known from the data alone (``presence.feed.cursor``): per bucket,
+how many changes its feed had up to the position. The read finds that number again from what
+Redis holds now: the number of the first change after the position, less one, or, with none
+after it, the bucket's count (read before the changes, so a change stored in between is seen
+as one after the position). A Redis restarted from older data, failed over to a replica
+behind, emptied, or of another deployment gives another number or epoch in some bucket, and
+the read says ``reset`` (``lost``); one that lost nothing (a clean restart, a failover to a
+replica in step) gives the same, and the read goes on. A cursor older than the retention is
+``retention``. Each read costs the same few commands per node whatever happened.
 """
 
 from __future__ import annotations
 
-import hashlib
 import math
 import secrets
-from collections.abc import Collection, Sequence
-from dataclasses import dataclass
+from collections.abc import Collection, Iterable, Sequence
+from dataclasses import dataclass, field
 from typing import Any
 
 from redis.asyncio import RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import ResponseError
 
-from presence.feed.cursor import FeedCursor, Lineage, Node, Position
+from presence.feed.cursor import FeedCursor, Position, history_of, history_term, moved
 from presence.keys import BUCKETS, Keyspace
-from presence.store.base import FeedEntry, FeedRead, Reset
+from presence.store.base import FeedEntry, FeedRead, ResetReason
 from presence.store.errors import unavailable_as_store_error
 from presence.store.nodes import by_node, on_each_node
 from presence.store.scripts import Client, ScriptCall, run_scripts, source
@@ -38,19 +46,30 @@ RETENTION_SLACK_MS = 1000
 """A cursor must be this much younger than the retention: a change after it cannot be
 trimmed between the check and the read (trimming goes by the writer's later clock)."""
 
+Entry = tuple[str, dict[str, str]]
+"""A stream entry as redis-py gives it: its ID, its fields."""
+
 
 def _parse_id(stream_id: str) -> tuple[int, int]:
     ms, _, seq = stream_id.partition("-")
     return int(ms), int(seq)
 
 
+def _number(entry: Entry) -> int:
+    """The entry's number in its bucket (0 for one written before entries were numbered)."""
+    return int(entry[1].get("n", 0))
+
+
 @dataclass
 class _NodeRead:
-    """What one node said: its time, its changes per bucket, its replication history."""
+    """What one node said: its time, each bucket's epoch and count, the changes after a
+    position, the first change after it where only that is needed, its replication ID."""
 
     time_ms: int
-    entries: dict[int, list[tuple[str, dict[str, str]]]]
-    replication: dict[str, Any] | None
+    epochs: dict[int, str | None]
+    counts: dict[int, int]
+    entries: dict[int, list[Entry]] = field(default_factory=dict)
+    replid: str | None = None
 
 
 class FeedReader:
@@ -64,27 +83,12 @@ class FeedReader:
         self._replication: bool | None = None
         """Whether the nodes report their replication (not the embedded store)."""
 
-    # -- the data a cursor counts in -------------------------------------------------------
+    # -- one node ---------------------------------------------------------------------------
 
-    async def epoch(self) -> bytes:
-        """The digest of every bucket's epoch (each made on first use)."""
-        fresh = secrets.token_hex(8)
-        calls = [
-            ScriptCall(self._epoch_script, [self.keys.epoch(bucket)], [fresh])
-            for bucket in range(BUCKETS)
-        ]
-        async with unavailable_as_store_error():
-            replies = await run_scripts(self.redis, calls)
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply
-        return hashlib.sha256("".join(replies).encode()).digest()[:8]
-
-    # -- reading ----------------------------------------------------------------------------
-
-    def _groups(self, buckets: Sequence[int]) -> list[tuple[ClusterNode | None, list[int]]]:
+    def _groups(self, buckets: Iterable[int]) -> list[tuple[ClusterNode | None, list[int]]]:
+        buckets = sorted(buckets)
         if not isinstance(self.redis, RedisCluster):
-            return [(None, list(buckets))]
+            return [(None, buckets)]
         groups = by_node(self.redis, [[self.keys.epoch(b)] for b in buckets])
         return [(node, [buckets[i] for i in members]) for node, members in groups]
 
@@ -94,51 +98,150 @@ class FeedReader:
         service_sid: str,
         buckets: Sequence[int],
         after: Position | None,
-        count: int,
+        limits: dict[int, int],
+        replication: bool,
     ) -> _NodeRead:
-        """The node's time, then (``after`` a position) its changes after it, then its
-        replication history."""
+        """The node's time, its buckets' epochs and counts, then (``after`` a position) the
+        changes after it, at most ``limits[bucket]`` per bucket, then its replication ID."""
         target: dict[str, Any] = {} if node is None else {"target_nodes": node}
-        keys = [self.keys.feed(b, service_sid) for b in buckets]
+        keys = self.keys
         async with self.redis.pipeline(transaction=False) as pipe:
-            # TIME first: what is stored after it has an ID of at least this time.
+            # TIME first: what is stored after it has an ID of at least this time. The counts
+            # next, then the changes: a change stored between them is one read after the
+            # position, never one counted before it and missed.
             pipe.execute_command("TIME", **target)
-            if after is None:
-                pass
-            elif node is None:
-                # One command for every bucket: a single Redis serves them all.
-                starts = [after.last_before_in(b) for b in buckets]
-                pipe.execute_command("XREAD", "COUNT", count, "STREAMS", *keys, *starts)
+            if node is None:
+                tallies = [
+                    k for b in buckets for k in (keys.epoch(b), keys.feed_count(b, service_sid))
+                ]
+                pipe.execute_command("MGET", *tallies)
             else:
-                for bucket, key in zip(buckets, keys, strict=True):
+                for b in buckets:  # one slot each
                     pipe.execute_command(
-                        "XRANGE", key, after.first_after_in(bucket), "+", "COUNT", count
+                        "MGET", keys.epoch(b), keys.feed_count(b, service_sid), **target
                     )
-            if self._replication is not False:
+            if after is not None:
+                if node is None:
+                    # One command per limit: a single Redis serves every bucket.
+                    for limit in sorted({limits[b] for b in buckets}):
+                        these = [b for b in buckets if limits[b] == limit]
+                        starts = [after.last_before_in(b) for b in these]
+                        ids = [keys.feed(b, service_sid) for b in these]
+                        pipe.execute_command("XREAD", "COUNT", limit, "STREAMS", *ids, *starts)
+                else:
+                    for b in buckets:
+                        pipe.execute_command(
+                            "XRANGE", keys.feed(b, service_sid), after.first_after_in(b), "+",
+                            "COUNT", limits[b], **target,
+                        )  # fmt: skip
+            if replication and self._replication is not False:
                 pipe.execute_command("INFO", "replication", **target)
             replies: list[Any] = await pipe.execute(raise_on_error=False)
         seconds, micros = _checked(replies[0])
-        entries: dict[int, list[tuple[str, dict[str, str]]]] = {}
-        if after is None:
-            rest = replies[1:]
-        elif node is None:
-            found = dict(_checked(replies[1]) or [])
-            entries = {b: found[k] for b, k in zip(buckets, keys, strict=True) if k in found}
+        if node is None:
+            flat = _checked(replies[1])
+            pairs = [(flat[2 * i], flat[2 * i + 1]) for i in range(len(buckets))]
             rest = replies[2:]
         else:
-            for bucket, items in zip(buckets, replies[1 : 1 + len(buckets)], strict=True):
-                if _checked(items):
-                    entries[bucket] = items
+            pairs = [_checked(reply) for reply in replies[1 : 1 + len(buckets)]]
             rest = replies[1 + len(buckets) :]
-        replication = None
+        read = _NodeRead(
+            int(seconds) * 1000 + int(micros) // 1000,
+            {b: epoch for b, (epoch, _) in zip(buckets, pairs, strict=True)},
+            {b: int(count or 0) for b, (_, count) in zip(buckets, pairs, strict=True)},
+        )
+        if after is not None:
+            if node is None:
+                reads = len({limits[b] for b in buckets})
+                found: dict[str, list[Entry]] = {}
+                for reply in rest[:reads]:
+                    found.update(dict(_checked(reply) or []))
+                read.entries = {
+                    b: found[k]
+                    for b in buckets
+                    if (k := keys.feed(b, service_sid)) in found and found[k]
+                }
+                rest = rest[reads:]
+            else:
+                for b, items in zip(buckets, rest[: len(buckets)], strict=True):
+                    if _checked(items):
+                        read.entries[b] = items
+                rest = rest[len(buckets) :]
         if rest:
             info = rest[0]
             if isinstance(info, ResponseError) and "unknown command" in str(info).lower():
                 self._replication = False  # the embedded store: nothing to fail over
             else:
-                replication = _checked(info)
+                read.replid = str(_checked(info)["master_replid"])
                 self._replication = True
-        return _NodeRead(int(seconds) * 1000 + int(micros) // 1000, entries, replication)
+        return read
+
+    async def _read_nodes(
+        self,
+        service_sid: str,
+        buckets: Collection[int],
+        after: Position | None = None,
+        limits: dict[int, int] | None = None,
+        replication: bool = False,
+    ) -> list[_NodeRead]:
+        async def read_node(node: ClusterNode | None, members: list[int]) -> _NodeRead:
+            return await self._read_node(
+                node, service_sid, members, after, limits or {}, replication
+            )
+
+        groups = self._groups(buckets)
+        async with unavailable_as_store_error():
+            if len(groups) == 1:
+                reads = [await read_node(*groups[0])]
+            else:
+                outcomes = await on_each_node(groups, read_node)  # type: ignore[arg-type]
+                for outcome in outcomes:
+                    if isinstance(outcome, Exception):
+                        raise outcome
+                reads = outcomes  # type: ignore[assignment]
+            await self._make_epochs(reads)
+        return reads
+
+    async def _make_epochs(self, reads: list[_NodeRead]) -> None:
+        """Buckets without an epoch yet (a Redis new, or emptied) get one, made by a script:
+        two readers at once agree on it."""
+        missing = [b for read in reads for b, epoch in read.epochs.items() if epoch is None]
+        if not missing:
+            return
+        fresh = secrets.token_hex(8)
+        calls = [ScriptCall(self._epoch_script, [self.keys.epoch(b)], [fresh]) for b in missing]
+        made = dict(zip(missing, await run_scripts(self.redis, calls), strict=True))
+        for read in reads:
+            for b in read.epochs:
+                if b in made:
+                    epoch = made[b]
+                    if isinstance(epoch, Exception):
+                        raise epoch
+                    read.epochs[b] = str(epoch)
+
+    # -- cursors ----------------------------------------------------------------------------
+
+    async def now(
+        self, service_sid: str, buckets: Collection[int] | None = None, *, snapshot: bool = False
+    ) -> FeedCursor:
+        """The cursor of the feed's present (covering ``buckets``, else all); with
+        ``snapshot``, a listing's (it records the nodes' replication IDs)."""
+        covered = sorted(range(BUCKETS) if buckets is None else set(buckets))
+        reads = await self._read_nodes(service_sid, covered, replication=snapshot)
+        watermark = min(Position.end_of(r.time_ms - 1) for r in reads)
+        # The counts were read after TIME: a change stored in between is after the watermark
+        # and counted; the first change after the watermark says how many are not.
+        after = await self._read_nodes(service_sid, covered, watermark, dict.fromkeys(covered, 1))
+        firsts = {b: entries[0] for read in after for b, entries in read.entries.items()}
+        epochs, counts = _merged(reads)
+        numbers = {b: _number(firsts[b]) - 1 if b in firsts else counts[b] for b in covered}
+        history = history_of([history_term(b, epochs[b], max(numbers[b], 0)) for b in covered])
+        ids = None
+        if snapshot:
+            ids = frozenset(r.replid for r in reads if r.replid is not None)
+        return FeedCursor(watermark, history, None if buckets is None else frozenset(covered), ids)
+
+    # -- reading ----------------------------------------------------------------------------
 
     async def read(
         self,
@@ -147,101 +250,130 @@ class FeedReader:
         *,
         limit: int,
         buckets: Collection[int] | None = None,
-        check: bool = True,
     ) -> FeedRead:
         """The changes of ``service_sid`` after ``after`` (None: from now, none), at most
         ``limit`` of them, only from ``buckets`` when given (the buckets of the identities a
-        reader follows). With ``check``, a cursor that cannot be resumed from is a reset."""
+        reader follows). A cursor whose history Redis no longer holds, or older than the
+        retention, gives a reset and the cursor of now."""
         wanted = sorted(set(range(BUCKETS) if buckets is None else buckets))
+        if after is None:
+            return FeedRead([], await self.now(service_sid, buckets))
+        if after.history is None:
+            return FeedRead([], await self.now(service_sid, buckets), ResetReason.LOST)
         # Enough per bucket to fill a page when changes are spread evenly; a bucket that
         # had more holds the watermark back to its last change read, so none is skipped.
         count = (
             limit if len(wanted) <= 8 else min(limit, max(16, math.ceil(2 * limit / len(wanted))))
         )
-        start = None if after is None else after.position
-
-        async def read_node(node: ClusterNode | None, members: list[int]) -> _NodeRead:
-            return await self._read_node(node, service_sid, members, start, count)
-
-        async with unavailable_as_store_error():
-            reads = await self._gather(self._groups(wanted), read_node)
-            epoch = await self.epoch() if check or after is None else after.lineage.epoch
-        lineage = Lineage(epoch, tuple(_node(r.replication) for r in reads if r.replication))
-        watermark = min(Position.end_of(r.time_ms - 1) for r in reads)
-        now = FeedCursor(watermark, lineage)
-        if after is None:
-            return FeedRead([], now)
-        if check:
-            reason = self._reset_reason(after, now, reads)
-            if reason is not None:
-                return FeedRead([], now, reason)
-        entries: list[FeedEntry] = []
-        more = False
-        for read in reads:
-            for bucket, items in read.entries.items():
-                if len(items) >= count:
-                    ms, seq = _parse_id(items[-1][0])
-                    watermark = min(watermark, Position(ms, seq, bucket))
-                    more = True
-                for stream_id, fields in items:
-                    ms, seq = _parse_id(stream_id)
-                    entries.append(FeedEntry.of(Position(ms, seq, bucket), service_sid, fields))
-        held = [e for e in entries if e.position > watermark]
-        entries = sorted(
-            (e for e in entries if after.position < e.position <= watermark),
-            key=lambda e: e.position,
+        # The buckets the cursor's history covers but this read does not follow: only their
+        # first change after the position is needed, to check it.
+        limits = dict.fromkeys(after.covers(), 1) | dict.fromkeys(wanted, count)
+        reads = await self._read_nodes(
+            service_sid, limits, after.position, limits, replication=after.snapshot is not None
         )
-        if len(entries) > limit:
-            entries = entries[:limit]
-            watermark = entries[-1].position
-            more = True
-        position = max(watermark, after.position)
-        return FeedRead(entries, FeedCursor(position, lineage), more=more or bool(held))
+        reason = self._reset_reason(after, reads)
+        if reason is not None:
+            return FeedRead([], await self.now(service_sid, buckets), reason)
+        return _page(service_sid, after, reads, wanted, buckets is None, limit, count)
 
-    async def _gather(self, groups: Any, read_node: Any) -> list[_NodeRead]:
-        if len(groups) == 1:
-            node, members = groups[0]
-            return [await read_node(node, members)]
-        outcomes = await on_each_node(groups, read_node)
-        for outcome in outcomes:
-            if isinstance(outcome, Exception):
-                raise outcome
-        return outcomes  # type: ignore[return-value]
-
-    def _reset_reason(
-        self, after: FeedCursor, now: FeedCursor, reads: list[_NodeRead]
-    ) -> str | None:
-        if after.lineage.epoch != now.lineage.epoch:
-            return Reset.EPOCH
-        for read in reads:
-            if read.replication is not None and not _continues(
-                after.lineage.nodes, read.replication
-            ):
-                return Reset.FAILOVER
+    def _reset_reason(self, after: FeedCursor, reads: list[_NodeRead]) -> ResetReason | None:
         newest = max(read.time_ms for read in reads)
         if after.position.ms < newest - self.retention_ms + RETENTION_SLACK_MS:
-            return Reset.RETENTION
+            return ResetReason.RETENTION
+        epochs, counts = _merged(reads)
+        seen = _numbers_at(after.covers(), reads, counts)
+        history = history_of([history_term(b, epochs[b], seen[b]) for b in after.covers()])
+        if history != after.history:
+            return ResetReason.LOST
+        # A listing's pages may show changes after its cursor: a node that restarted or
+        # failed over since (a new replication ID) may have lost them.
+        if after.snapshot and any(
+            read.replid is not None and read.replid not in after.snapshot for read in reads
+        ):
+            return ResetReason.LOST
         return None
+
+
+def _merged(reads: list[_NodeRead]) -> tuple[dict[int, str], dict[int, int]]:
+    epochs: dict[int, str] = {}
+    counts: dict[int, int] = {}
+    for read in reads:
+        epochs.update({b: str(e) for b, e in read.epochs.items()})
+        counts.update(read.counts)
+    return epochs, counts
+
+
+def _numbers_at(
+    buckets: Iterable[int], reads: list[_NodeRead], counts: dict[int, int]
+) -> dict[int, int]:
+    """How many changes each bucket's feed had up to the position the reads were made after:
+    the number of the first change after it, less one, else the bucket's count."""
+    firsts = {b: entries[0] for read in reads for b, entries in read.entries.items()}
+    return {b: max(_number(firsts[b]) - 1, 0) if b in firsts else counts.get(b, 0) for b in buckets}
+
+
+def _page(
+    service_sid: str,
+    after: FeedCursor,
+    reads: list[_NodeRead],
+    wanted: list[int],
+    everything: bool,
+    limit: int,
+    count: int,
+) -> FeedRead:
+    """The changes after ``after`` up to the watermark, at most ``limit``, each with the
+    cursor right after it."""
+    epochs, counts = _merged(reads)
+    watermark = min(Position.end_of(r.time_ms - 1) for r in reads)
+    entries: list[tuple[FeedEntry, int]] = []
+    more = False
+    wanted_set = set(wanted)
+    for read in reads:
+        for bucket, items in read.entries.items():
+            if bucket not in wanted_set:
+                continue
+            if len(items) >= count:
+                ms, seq = _parse_id(items[-1][0])
+                watermark = min(watermark, Position(ms, seq, bucket))
+                more = True
+            for item in items:
+                ms, seq = _parse_id(item[0])
+                entry = FeedEntry.of(Position(ms, seq, bucket), service_sid, item[1])
+                entries.append((entry, _number(item)))
+    beyond = [(e, n) for e, n in entries if e.position > watermark]
+    entries = sorted(
+        ((e, n) for e, n in entries if after.position < e.position <= watermark),
+        key=lambda pair: pair[0].position,
+    )
+    if len(entries) > limit:
+        beyond += entries[limit:]
+        entries = entries[:limit]
+        watermark = entries[-1][0].position
+        more = True
+    position = max(watermark, after.position)
+
+    covered = None if everything else frozenset(wanted)
+    numbers = _numbers_at(wanted, reads, counts)
+    terms = {b: history_term(b, epochs[b], numbers[b]) for b in wanted}
+    history = history_of(list(terms.values()))
+    cursors = []
+    for entry, number in entries:
+        bucket = entry.position.bucket
+        term = history_term(bucket, epochs[bucket], number)
+        history = moved(history, terms[bucket], term)
+        terms[bucket] = term
+        cursors.append(FeedCursor(entry.position, history, covered))
+    # Past the last change delivered, up to the watermark, nothing more was stored in any
+    # bucket: the history there is the one after the last change.
+    return FeedRead(
+        [e for e, _ in entries],
+        FeedCursor(position, history, covered),
+        more=more or bool(beyond),
+        cursors=cursors,
+    )
 
 
 def _checked(reply: Any) -> Any:
     if isinstance(reply, Exception):
         raise reply
     return reply
-
-
-def _node(replication: dict[str, Any] | None) -> Node:
-    assert replication is not None
-    return Node(str(replication["master_replid"]), int(replication["master_repl_offset"]))
-
-
-def _continues(seen: Sequence[Node], replication: dict[str, Any]) -> bool:
-    """True when this node's data still holds everything a cursor that saw ``seen`` read:
-    the same replication history (offsets only grow), or a replica promoted with all of it."""
-    current = str(replication["master_replid"])
-    previous = str(replication.get("master_replid2", ""))
-    promoted_at = int(replication.get("second_repl_offset", -1))
-    return any(
-        node.replid == current or (node.replid == previous and promoted_at > node.offset)
-        for node in seen
-    )

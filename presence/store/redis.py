@@ -133,14 +133,23 @@ class StoredIdentity:
         return cls(where, int(due or 0), state)
 
 
-def _pages(reply: Sequence[Any]) -> list[tuple[int, list[str]]]:
-    """The pages of a reply of list.lua, 0-based, each with its names."""
-    pages: list[tuple[int, list[str]]] = []
+def _pages(reply: Sequence[Any], versions: bool) -> list[tuple[int, dict[str, int]]]:
+    """The pages of a reply of list.lua, 0-based, each with its names (and their versions,
+    when asked for; else 0)."""
+    pages: list[tuple[int, dict[str, int]]] = []
     position = 0
+    step = 2 if versions else 1
     while position < len(reply):
         page, count = int(reply[position]), int(reply[position + 1])
-        pages.append((page - 1, list(reply[position + 2 : position + 2 + count])))
-        position += 2 + count
+        flat = reply[position + 2 : position + 2 + count * step]
+        names = flat[::step]
+        found = (
+            dict(zip(names, map(int, flat[1::2]), strict=True))
+            if versions
+            else dict.fromkeys(names, 0)
+        )
+        pages.append((page - 1, found))
+        position += 2 + count * step
     return pages
 
 
@@ -225,6 +234,7 @@ class RedisStore:
             keys.counters(bucket, service_sid),
             keys.due_pages(bucket),
             keys.feed(bucket, service_sid),
+            keys.feed_count(bucket, service_sid),
         ]
 
     def _now_arg(self) -> str:
@@ -388,7 +398,9 @@ class RedisStore:
                     found[position] = presence_of(service_sid, str(name), row)
         return found
 
-    async def online(self, service_sid: str, limit: int, cursor: str | None) -> OnlinePage:
+    async def online(
+        self, service_sid: str, limit: int, cursor: str | None, *, versions: bool = False
+    ) -> OnlinePage:
         if not self._format_ready:
             await self._prepared()
         if cursor:
@@ -397,15 +409,21 @@ class RedisStore:
             # The feed's position before anything is read: a change made while the pages are
             # read is after it, so the listing plus the feed from it is the current state.
             bucket, page, after = 0, 0, ""
-            feed = (await self.read_feed(service_sid, None, limit=1)).cursor
-        names: list[str] = []
+            feed = await self._feed.now(service_sid, snapshot=True)
+        found: dict[str, int] = {}
+
+        def done(next_cursor: str | None) -> OnlinePage:
+            return OnlinePage(
+                list(found), next_cursor, feed, list(found.values()) if versions else None
+            )
+
         while bucket < BUCKETS:
             batch = range(bucket, min(bucket + LISTING_BUCKETS_PER_TRIP, BUCKETS))
             calls = [
                 ScriptCall(
                     self.scripts.list,
                     [self.keys.page(b, service_sid, g) for g in range(PAGES)],
-                    [page + 1 if b == bucket else 1, limit - len(names)],
+                    [page + 1 if b == bucket else 1, limit - len(found), "1" if versions else ""],
                 )
                 for b in batch
             ]
@@ -415,22 +433,22 @@ class RedisStore:
             for b, reply in zip(batch, replies, strict=True):
                 if isinstance(reply, Exception):
                     raise reply
-                pages = _pages(reply)
+                pages = _pages(reply, versions)
                 for g, listed in pages:
                     # A page's names in code-point order: its part of the listing resumes
                     # after the last name given.
                     skip = after if (b, g) == (bucket, page) else None
-                    ordered = sorted(n for n in listed if skip is None or n > skip)
-                    names.extend(ordered[: limit - len(names)])
-                    if len(names) == limit:
-                        return OnlinePage(names, encode_cursor(b, g, names[-1], feed), feed)
+                    for name in sorted(n for n in listed if skip is None or n > skip):
+                        found[name] = listed[name]
+                        if len(found) == limit:
+                            return done(encode_cursor(b, g, name, feed))
                 if pages and pages[-1][0] < PAGES - 1:
                     # list.lua stopped once it had enough names, some of which were before
                     # the cursor: the rest of this bucket comes next.
                     resume = (b, pages[-1][0] + 1)
                     break
             bucket, page, after = (*resume, "") if resume else (batch.stop, 0, "")
-        return OnlinePage(names, None, feed)
+        return done(None)
 
     async def read_feed(
         self,
@@ -439,14 +457,14 @@ class RedisStore:
         *,
         limit: int,
         identities: Collection[str] | None = None,
-        check: bool = True,
     ) -> FeedRead:
         if identities is None:
-            return await self._feed.read(service_sid, after, limit=limit, check=check)
+            return await self._feed.read(service_sid, after, limit=limit)
         wanted = frozenset(identities)
         buckets = {self.keys.place_of(service_sid, name)[0] for name in wanted}
-        read = await self._feed.read(service_sid, after, limit=limit, buckets=buckets, check=check)
-        return replace(read, entries=[e for e in read.entries if e.identity in wanted])
+        read = await self._feed.read(service_sid, after, limit=limit, buckets=buckets)
+        kept = [(e, c) for e, c in read.with_cursors() if e.identity in wanted]
+        return replace(read, entries=[e for e, _ in kept], cursors=[c for _, c in kept])
 
     async def stats(self, service_sid: str) -> Stats:
         async with self._pipeline() as pipe:

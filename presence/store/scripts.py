@@ -71,7 +71,7 @@ class Scripts:
         self.apply_event: AsyncScript = redis.register_script(with_rules("apply_event"))
         self.fire_due: AsyncScript = redis.register_script(with_rules("fire_due"))
         self.read: AsyncScript = redis.register_script(with_codec("read"))
-        self.list: AsyncScript = redis.register_script(source("list"))
+        self.list: AsyncScript = redis.register_script(with_codec("list"))
         self.inspect: AsyncScript = redis.register_script(with_codec("inspect"))
         self.migrate: AsyncScript = redis.register_script(with_rules("migrate"))
         self.record: AsyncScript = redis.register_script(source("record"))

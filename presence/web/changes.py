@@ -175,9 +175,11 @@ class ChangesApi:
 
     # -- JSON pages ----------------------------------------------------------------------------
 
-    async def _read(self, query: _Query, after: FeedCursor | None, check: bool = True) -> FeedRead:
+    async def _read(self, query: _Query, after: FeedCursor | None) -> FeedRead:
+        # Every read checks its cursor, the ones after a wait included: a Redis that lost
+        # what the cursor saw while the poll waited is a reset, not an empty page.
         return await self.store.read_feed(
-            query.service_sid, after, limit=query.limit, identities=query.identities, check=check
+            query.service_sid, after, limit=query.limit, identities=query.identities
         )
 
     async def _poll(self, query: _Query) -> web.Response:
@@ -187,10 +189,10 @@ class ChangesApi:
         async with self.hub.subscription(query.service_sid, query.identities) as subscriber:
             # A change stored after the read above but before this subscriber joined is not
             # queued for it: read once more first, then wait for one that is.
-            read = await self._read(query, read.cursor, check=False)
-            if not read.entries:
+            read = await self._read(query, read.cursor)
+            if not read.entries and not read.reset:
                 await subscriber.get(query.wait)
-                read = await self._read(query, read.cursor, check=False)
+                read = await self._read(query, read.cursor)
         return self._sent(read)
 
     def _sent(self, read: FeedRead) -> web.Response:
@@ -233,16 +235,11 @@ class ChangesApi:
         process stood when it joined (or further); returns where the client is."""
         if query.since is None:
             return joined
-        position, check = query.since, True
+        position = query.since
         while True:
             read = await self.store.read_feed(
-                query.service_sid,
-                position,
-                limit=CATCH_UP_PAGE,
-                identities=query.identities,
-                check=check,
+                query.service_sid, position, limit=CATCH_UP_PAGE, identities=query.identities
             )
-            check = False
             if read.reset is not None:
                 self.metrics.feed_resets.labels(read.reset).inc()
                 await sender.reset(read.reset, read.cursor)

@@ -310,10 +310,12 @@ def _query_paths() -> Schema:
                 "invalid_service_sid",
                 "invalid_limit",
                 "invalid_cursor",
+                "invalid_versions",
                 description=(
                     "Follow `next_cursor` until it is null: every identity that stays online "
                     "throughout the walk is listed exactly once; identities pending offline "
-                    "are listed."
+                    "are listed. With `versions=true`, each is `{identity, version}`: apply "
+                    "a later change of it only when its version is higher."
                 ),
                 parameters=[
                     {
@@ -334,6 +336,13 @@ def _query_paths() -> Schema:
                         "description": "`next_cursor` of the previous page (any other value: "
                         "`invalid_cursor`); empty or absent: the first page",
                         "schema": {"type": "string"},
+                    },
+                    {
+                        "name": "versions",
+                        "in": "query",
+                        "required": False,
+                        "description": "`true`: each identity with its version",
+                        "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
                     },
                 ],
             ),

@@ -15,6 +15,7 @@ from presence.web.errors import BadRequest
 from presence.web.replies import (
     MAX_LOOKUP,
     ActivityReply,
+    ListedIdentity,
     OnlinePage,
     identity_reply,
     json_reply,
@@ -42,6 +43,13 @@ def _limit(request: web.Request) -> int:
     if not (raw.isascii() and raw.isdigit() and 1 <= int(raw) <= MAX_PAGE):
         raise BadRequest("invalid_limit", f"limit must be an integer from 1 to {MAX_PAGE}")
     return int(raw)
+
+
+def _versions(request: web.Request) -> bool:
+    raw = request.query.get("versions", "false")
+    if raw not in ("true", "false"):
+        raise BadRequest("invalid_versions", "versions must be true or false")
+    return raw == "true"
 
 
 async def _lookup_names(request: web.Request) -> list[str]:
@@ -94,13 +102,20 @@ class QueryApi:
 
     async def online(self, request: web.Request) -> web.Response:
         sid = service_sid(request)
-        limit = _limit(request)
+        limit, versions = _limit(request), _versions(request)
+        cursor = request.query.get("cursor") or None
         try:
-            page = await self.store.online(sid, limit, request.query.get("cursor") or None)
+            page = await self.store.online(sid, limit, cursor, versions=versions)
         except InvalidCursor as error:
             raise BadRequest("invalid_cursor", str(error)) from None
+        identities: list[str] | list[ListedIdentity] = page.identities
+        if page.versions is not None:
+            identities = [
+                ListedIdentity(identity=name, version=version)
+                for name, version in zip(page.identities, page.versions, strict=True)
+            ]
         reply: OnlinePage = {
-            "identities": page.identities,
+            "identities": identities,
             "next_cursor": page.next_cursor,
             "feed_cursor": page.feed_cursor.encode(),
         }

@@ -12,7 +12,7 @@ from typing_extensions import TypedDict
 
 from presence.activity import ActivityMinute
 from presence.events import MAX_NAME_LENGTH
-from presence.store.base import IdentityPresence, Outcome, Stats
+from presence.store.base import IdentityPresence, Outcome, ResetReason, Stats
 from presence.timestamps import iso_from_ms
 from presence.twilio import sid_pattern
 
@@ -77,8 +77,19 @@ class Lookups(TypedDict):
     identities: list[IdentityReply]
 
 
+class ListedIdentity(TypedDict):
+    """An identity of the listing with ``versions=true``: a later change of it is applied
+    only when its version is higher."""
+
+    identity: Identity
+    version: Annotated[int, Field(ge=1)]
+
+
 class OnlinePage(TypedDict):
-    identities: list[str]
+    identities: Annotated[
+        list[Identity] | list[ListedIdentity],
+        Field(description="names; with versions=true, {identity, version} objects"),
+    ]
     next_cursor: Annotated[
         str | None, Field(description="the cursor of the next page; null after the last")
     ]
@@ -118,7 +129,7 @@ class ChangesPage(TypedDict):
             "from data Redis lost); re-read the listing and follow on from its feed_cursor"
         ),
     ]
-    reason: NotRequired[Literal["retention", "epoch", "failover"]]
+    reason: NotRequired[ResetReason]
 
 
 class FeedFilter(TypedDict):

@@ -219,6 +219,11 @@ local function answer_of(value)
     changed_at ~= 0 and changed_at, endpoints
 end
 
+-- Its version, without decoding the rest of it (the listing with versions).
+local function version_of(value)
+  return (unpack_at('>I4', value, 8))
+end
+
 -- When a stored value is next due (0: never), without decoding the rest of it.
 local function due_of(value)
   return (unpack_at('>I6', value, 2))

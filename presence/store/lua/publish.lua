@@ -29,8 +29,13 @@ local function publish(ctx, s, online, reason, event_id)
   if first then
     ctx.kept = fmt(server_ms() - ctx.retention)
   end
+  -- Numbered: the bucket's count of the service's changes goes up, and the entry carries it,
+  -- so a reader tells from the data whether Redis still holds what its cursor saw
+  -- (presence/store/feed.py).
+  local number = redis.call('INCR', ctx.count)
   redis.call('XADD', ctx.feed, 'MINID', '~', ctx.kept, '*', 'i', ctx.identity,
-    'o', online and 1 or 0, 'r', reason, 'e', event_id or '', 'v', s.version, 't', ctx.now)
+    'o', online and 1 or 0, 'r', reason, 'e', event_id or '', 'v', s.version, 't', ctx.now,
+    'n', number)
   if first then
     redis.call('PEXPIRE', ctx.feed, ctx.retention)
   end

@@ -5,6 +5,7 @@
 -- The identity scripts share their KEYS:
 --   1 the page (hash: identity -> state)   2 the page's graveyard (string)   3 counters (hash)
 --   4 due pages (zset: page -> when it is next due)   5 the service's change feed (stream)
+--   6 how many changes that feed has ever had (string)
 -- and the ARGV of the page (fire_due.lua's first, apply_event.lua's after the identity):
 --   1 ServiceSid   2 page   3 offline grace (ms)   4 endpoint TTL (ms, 0: never)   5 now (ms;
 --   '' for the Redis server's clock)   6 channel of every change (an identity's channel is
@@ -28,6 +29,7 @@ local function context(argv, first)
     sid = sid, member = sid .. ':' .. argv[first + 1], grace = tonumber(argv[first + 2]),
     ttl = tonumber(argv[first + 3]), now = clock(argv[first + 4]), all = argv[first + 5],
     retention = tonumber(argv[first + 6]), messages = {}, expired = 0, feed = KEYS[5],
+    count = KEYS[6],
   }
 end
 
