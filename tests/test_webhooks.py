@@ -423,6 +423,29 @@ async def test_behind_a_proxy_the_public_url_is_what_is_signed(start_service: St
     assert (await service.post_signed(params)).status == 403
 
 
+async def test_a_webhook_url_with_connection_overrides_is_signed_without_them(
+    start_service: Start,
+) -> None:
+    """Twilio's connection overrides (``#rc=3&rp=ct,rt,5xx``) "do not make it into the
+    signature computation": the URL without its fragment is what is checked, and nothing
+    else (JSON bodies too, whose ``bodySHA256`` query goes where Twilio puts it)."""
+    public = "https://presence.example.com/webhooks/sync"
+    service = await start_service(webhook_url=public + "#rc=3&rp=ct,rt,5xx")
+
+    async def post(signed_url: str, event_id: int) -> int:
+        params = reachability("alice", "E1", event_id, True, connected=True)
+        headers = FORM | {"X-Twilio-Signature": sign(signed_url, params)}
+        response = await service.client.post(
+            "/webhooks/sync", data=urlencode(params), headers=headers
+        )
+        return response.status
+
+    assert await post(public, 1) == 200
+    assert await post(public + "#rc=3&rp=ct,rt,5xx", 2) == 403
+    assert await post(public + "#", 2) == 403
+    assert await post(str(service.client.make_url("/webhooks/sync")), 2) == 403
+
+
 async def test_a_signature_by_sha256_settings_is_accepted(start_service: Start) -> None:
     from twilio.request_validator import RequestValidator
 

@@ -145,7 +145,9 @@ class WebhookReceiver:
 
     def signed_url(self, request: web.Request) -> str:
         """The URL Twilio signed: ``PRESENCE_WEBHOOK_URL`` (with the request's query, where
-        Twilio puts ``bodySHA256``), else the URL this request was sent to."""
+        Twilio puts ``bodySHA256``), else the URL this request was sent to; never a fragment
+        (Twilio's connection overrides, ``#rc=3&rp=...``, "do not make it into the signature
+        computation": https://www.twilio.com/docs/usage/webhooks/webhooks-connection-overrides)."""
         if self.public_url is None:
             return f"{request.scheme}://{request.host}{request.raw_path}"
         query = request.raw_path.partition("?")[2]
