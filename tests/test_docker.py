@@ -854,6 +854,16 @@ def test_haproxy_passes_streams_unbuffered_and_waits_out_long_polls(
     poller.join(timeout=LONG_POLL + 60)
 
     texts = [text for _, text in lines]
+    if texts[4:] == [] or not polled:
+        # Both cut short: what HAProxy logged of them (it logs only what ended abnormally),
+        # with the times the lines came.
+        name = f"{PROJECT}-feed"
+        logs = "".join(
+            run(["docker", "logs", "--tail", "50", container], timeout=60, check=False).stdout
+            + run(["docker", "logs", "--tail", "50", container], timeout=60, check=False).stderr
+            for container in (f"{name}-haproxy", f"{name}-replica")
+        )
+        raise AssertionError(f"stream lines {lines}, long-poll {polled}:\n{logs}")
     assert texts == [
         "id: 1", "event: change", 'data: {"version": 1}', "",
         ": still here", "",
