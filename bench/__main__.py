@@ -63,33 +63,43 @@ def parse(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
-def main(argv: list[str] | None = None) -> None:
-    cfg = parse(argv)
+def pin(cfg: argparse.Namespace) -> None:
+    """Where the processes run: the server alone on the last core, everything else on the
+    others (none with --no-pin, or without taskset)."""
     support.PINNING = not cfg.no_pin and shutil.which("taskset") is not None and os.cpu_count() == 2
     if not cfg.no_pin and os.cpu_count() != 2:
-        # Pin the server alone on the last core, everything else on the others.
         last = (os.cpu_count() or 1) - 1
         support.PINNING = last > 0 and shutil.which("taskset") is not None
         support.PIN.update(server=str(last), other=f"0-{last - 1}" if last > 1 else "0")
+
+
+def run_config(cfg: argparse.Namespace) -> dict[str, Any]:
+    """How the run is made, as the results record it."""
+    return {
+        "duration_s": cfg.duration,
+        "warmup_s": cfg.warmup,
+        "connections": cfg.connections,
+        "generator": "wrk" if loads.have_wrk() else "python-pacer (wrk missing)",
+        "pinning": (
+            f"server on core {support.PIN['server']}; load generator, Redis and harness "
+            f"on core {support.PIN['other']}"
+            if support.PINNING
+            else "none"
+        ),
+        "rows": sorted(cfg.rows),
+        "quick": cfg.quick,
+    }
+
+
+def main(argv: list[str] | None = None) -> None:
+    cfg = parse(argv)
+    pin(cfg)
     cfg.workdir = Path(tempfile.mkdtemp(prefix="presence-bench-"))
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     started = time.time()
     results: dict[str, Any] = {
         "machine": support.machine(),
-        "config": {
-            "duration_s": cfg.duration,
-            "warmup_s": cfg.warmup,
-            "connections": cfg.connections,
-            "generator": "wrk" if loads.have_wrk() else "python-pacer (wrk missing)",
-            "pinning": (
-                f"server on core {support.PIN['server']}; load generator, Redis and harness "
-                f"on core {support.PIN['other']}"
-                if support.PINNING
-                else "none"
-            ),
-            "rows": sorted(cfg.rows),
-            "quick": cfg.quick,
-        },
+        "config": run_config(cfg),
         "targets": TARGETS,
     }
     other, server_core = cores("other"), cores("server")

@@ -466,9 +466,6 @@ class RedisClusterNodes:
         """A URL naming the first node: a cluster client finds the others by itself."""
         return f"redis://127.0.0.1:{self.ports[0]}"
 
-    def url_of(self, port: int) -> str:
-        return f"redis://127.0.0.1:{port}"
-
     def start_node(self, port: int) -> None:
         bus_port = self.bus_ports[self.ports.index(port)]
         directory = self.directory / str(port)

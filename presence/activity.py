@@ -21,7 +21,8 @@ from typing import Annotated
 from pydantic import Field
 from typing_extensions import TypedDict
 
-from presence.store.base import PresenceStore, StoreUnavailable
+from presence.model import StoreUnavailable
+from presence.store.base import PresenceStore
 
 log = logging.getLogger("presence.activity")
 

@@ -13,10 +13,10 @@ from collections.abc import Sequence
 
 from presence.keys import Keyspace
 from presence.logs import configure_logging
+from presence.model import StoreUnavailable
 from presence.serve import StartupError, migrate_store, run, serve
 from presence.settings import Settings, SettingsError, check_serve, env_name, load_settings
 from presence.simulate import command as simulate_command
-from presence.store.base import StoreUnavailable
 from presence.store.connections import settings_client
 from presence.store.migrate import FormatError
 from presence.watch import WatchRefused, watch, watch_url

@@ -26,7 +26,7 @@ import orjson
 from aiohttp import web
 from aiohttp.abc import AbstractAccessLogger
 
-from presence.store.base import Change
+from presence.model import Change
 
 _now = time.time  # AccessLogger.log's argument named time hides the module
 

@@ -23,7 +23,8 @@ from prometheus_client import (
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.process_collector import ProcessCollector
 
-from presence.store.base import Change, ResetReason
+from presence.feed.entries import ResetReason
+from presence.model import Change
 
 MULTIPROCESS_DIR_VARIABLE = "PROMETHEUS_MULTIPROC_DIR"
 
@@ -56,6 +57,28 @@ class Metrics:
             ProcessCollector(registry=self.registry)
             into = self.registry
 
+        self._webhook_metrics(into)
+        self._redis_metrics(into)
+        self._sweeper_metrics(into)
+        self._feed_metrics(into)
+
+        # Series that exist before their first event, so that rate() and alerts see a 0.
+        for reason in CHANGE_REASONS:
+            self.changes.labels(reason)
+        for operation in ("webhook", "query", "readiness", "sweep", "feed"):
+            self.redis_errors.labels(operation)
+        for reason in ResetReason:
+            self.feed_resets.labels(reason)
+        for operation in ("webhook", "sweep"):
+            self.redis_wait_timeouts.labels(operation)
+
+        # Children of the labelled series counted on every webhook and change, bound once:
+        # labels() is a dictionary lookup under a lock, each time.
+        self._webhooks: dict[tuple[str, str], Any] = {}
+        self._changes = {reason: self.changes.labels(reason) for reason in CHANGE_REASONS}
+
+    def _webhook_metrics(self, into: CollectorRegistry | None) -> None:
+        """Webhooks, and the presence changes they and the sweeper publish."""
         self.webhooks = Counter(
             "presence_webhooks",
             "Webhooks received, by EventType and outcome (applied, duplicate, stale, ignored, "
@@ -97,6 +120,9 @@ class Metrics:
             "Endpoints dropped because no event named them for PRESENCE_ENDPOINT_TTL_SECONDS.",
             registry=into,
         )
+
+    def _redis_metrics(self, into: CollectorRegistry | None) -> None:
+        """Redis out of reach, failing over, or its replicas behind."""
         self.redis_errors = Counter(
             "presence_redis_errors",
             "Times Redis could not be reached or refused a command, by what was being done "
@@ -118,6 +144,9 @@ class Metrics:
             ["operation"],
             registry=into,
         )
+
+    def _sweeper_metrics(self, into: CollectorRegistry | None) -> None:
+        """The sweeper of deadlines and expiries."""
         self.sweeper_lag = Gauge(
             "presence_sweeper_lag_seconds",
             "How late the sweeper's last pass was for the most overdue deadline or expiry.",
@@ -130,6 +159,8 @@ class Metrics:
             registry=into,
         )
 
+    def _feed_metrics(self, into: CollectorRegistry | None) -> None:
+        """The change feed's clients."""
         self.feed_streams = Gauge(
             "presence_feed_streams_open",
             "Change-feed streams open (Server-Sent Events, and long-polls waiting).",
@@ -152,21 +183,6 @@ class Metrics:
             "Change-feed streams closed because the client read too slowly.",
             registry=into,
         )
-
-        # Series that exist before their first event, so that rate() and alerts see a 0.
-        for reason in CHANGE_REASONS:
-            self.changes.labels(reason)
-        for operation in ("webhook", "query", "readiness", "sweep", "feed"):
-            self.redis_errors.labels(operation)
-        for reason in ResetReason:
-            self.feed_resets.labels(reason)
-        for operation in ("webhook", "sweep"):
-            self.redis_wait_timeouts.labels(operation)
-
-        # Children of the labelled series counted on every webhook and change, bound once:
-        # labels() is a dictionary lookup under a lock, each time.
-        self._webhooks: dict[tuple[str, str], Any] = {}
-        self._changes = {reason: self.changes.labels(reason) for reason in CHANGE_REASONS}
 
     def webhook(self, event_type: str, outcome: str) -> None:
         """One webhook of ``event_type`` (a listed EventType or ``unknown``) had ``outcome``."""

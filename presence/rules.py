@@ -48,16 +48,12 @@ The readings of the points the rules leave open (README, "How presence is decide
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from enum import StrEnum
+
+from presence.model import Change, EventResult, Outcome
+from presence.timestamps import iso_from_ms
 
 MAX_TOMBSTONES = 64
 """Disconnected endpoints remembered per identity; beyond, the oldest is forgotten."""
-
-
-class Outcome(StrEnum):
-    APPLIED = "applied"
-    DUPLICATE = "duplicate"
-    STALE = "stale"
 
 
 @dataclass(frozen=True)
@@ -72,16 +68,13 @@ class Event:
     connected: bool
 
 
-@dataclass(frozen=True)
-class Change:
-    """One published presence change, without the service SID."""
+class Published(list[Change]):
+    """The changes an operation publishes, in order, for one service (publish.lua writes
+    each as a message with the service's SID)."""
 
-    identity: str
-    online: bool
-    reason: str
-    event_id: int | None
-    version: int
-    at_ms: int
+    def __init__(self, service_sid: str) -> None:
+        super().__init__()
+        self.service_sid = service_sid
 
 
 @dataclass
@@ -90,14 +83,6 @@ class Mark:
 
     event_id: int
     at_ms: int
-
-
-@dataclass
-class Result:
-    outcome: Outcome
-    changes: list[Change]
-    flap_suppressed: bool = False
-    endpoints_expired: int = 0
 
 
 @dataclass
@@ -173,7 +158,7 @@ def due_at(s: Identity, ttl: int) -> int | None:
 
 
 def publish(
-    s: Identity, online: bool, reason: str, event_id: int | None, now: int, out: list[Change]
+    s: Identity, online: bool, reason: str, event_id: int | None, now: int, out: Published
 ) -> None:
     """Rule 5: every change gets the next version; it ends any pending offline."""
     assert online != s.published_online, "a change always flips online"
@@ -182,7 +167,9 @@ def publish(
     s.changed_at = now
     s.deadline = None
     s.deadline_event = None
-    out.append(Change(s.name, online, reason, event_id, s.version, now))
+    out.append(
+        Change(out.service_sid, s.name, online, reason, event_id, s.version, iso_from_ms(now))
+    )
 
 
 # -- endpoints.lua -----------------------------------------------------------------------
@@ -289,7 +276,7 @@ def expire(s: Identity, now: int, ttl: int) -> tuple[int, bool]:
 # -- deadline.lua ------------------------------------------------------------------------
 
 
-def fire_deadline(s: Identity, now: int, expired: bool, out: list[Change]) -> None:
+def fire_deadline(s: Identity, now: int, expired: bool, out: Published) -> None:
     """Rules 3 and 4: a passed deadline publishes offline (``disconnected``) if the identity
     is still not live; otherwise, if expiry alone left a published-online identity with
     nothing, offline is published at once (``expired``)."""
@@ -313,7 +300,7 @@ def compact(s: Identity, now: int, ttl: int) -> None:
     s.compacted = True
 
 
-def advance(s: Identity, now: int, ttl: int, out: list[Change]) -> int:
+def advance(s: Identity, now: int, ttl: int, out: Published) -> int:
     """What the passage of time made due; returns how many connected endpoints expired."""
     endpoints, expired = expire(s, now, ttl)
     fire_deadline(s, now, expired, out)
@@ -324,7 +311,7 @@ def advance(s: Identity, now: int, ttl: int, out: list[Change]) -> int:
 # -- flap.lua ----------------------------------------------------------------------------
 
 
-def settle(s: Identity, event_id: int, now: int, grace: int, out: list[Change]) -> bool:
+def settle(s: Identity, event_id: int, now: int, grace: int, out: Published) -> bool:
     """Rule 3 after an applied event: going online is published at once; going offline waits
     for the grace deadline, and coming back before it (the hourly rebalancing flap) cancels
     the deadline without a word. Returns True when a flap was suppressed so."""
@@ -350,7 +337,8 @@ def settle(s: Identity, event_id: int, now: int, grace: int, out: list[Change]) 
 class Model:
     """Every identity of one service, with the store's grace and TTL (ms; TTL 0: never)."""
 
-    def __init__(self, grace_ms: int, ttl_ms: int) -> None:
+    def __init__(self, service_sid: str, grace_ms: int, ttl_ms: int) -> None:
+        self.service_sid = service_sid
         self.grace = grace_ms
         self.ttl = ttl_ms
         self.identities: dict[str, Identity] = {}
@@ -360,18 +348,18 @@ class Model:
             self.identities[name] = Identity(name)
         return self.identities[name]
 
-    def deliver(self, event: Event, now: int) -> Result:
+    def deliver(self, event: Event, now: int) -> EventResult:
         """One webhook (``apply_event.lua``): first what time made due, then the event if it
-        is new."""
+        is new; what the store answers for it."""
         s = self.get(event.identity)
-        out: list[Change] = []
+        out = Published(self.service_sid)
         expired = advance(s, now, self.ttl, out)
         outcome = classify(s, event)
         flap = False
         if outcome is Outcome.APPLIED:
             apply(s, event, now)
             flap = settle(s, event.event_id, now, self.grace, out)
-        return Result(outcome, out, flap, expired)
+        return EventResult(outcome, tuple(out), flap, expired)
 
     def anything_due(self, now: int) -> bool:
         return any(
@@ -381,7 +369,7 @@ class Model:
 
     def sweep(self, now: int) -> tuple[list[Change], int]:
         """The sweeper's visits (``fire_due.lua``): every identity with something due."""
-        out: list[Change] = []
+        out = Published(self.service_sid)
         expired = 0
         for name in sorted(self.identities):
             s = self.identities[name]

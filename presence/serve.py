@@ -13,8 +13,9 @@ from aiohttp import web
 from presence.logs import ACCESS_LOGGER, AccessLogger
 from presence.metrics import Metrics
 from presence.settings import Settings
+from presence.store.base import Migration
 from presence.store.connections import open_store, without_password
-from presence.store.migrate import FormatError, Migration, StorageFormat
+from presence.store.migrate import FormatError
 from presence.sweeper import Sweeper
 from presence.web.app import create_app
 
@@ -70,7 +71,7 @@ async def migrate_store(settings: Settings) -> Migration:
     """``presence migrate``: moves whatever format-1 keys Redis holds into this format."""
     store = open_store(settings)
     try:
-        return await StorageFormat(store).migrate()
+        return await store.migrate()
     finally:
         await store.close()
 

@@ -13,7 +13,8 @@ import logging
 
 from presence.logs import log_changes
 from presence.metrics import Metrics
-from presence.store.base import PresenceStore, StoreUnavailable, SweepResult
+from presence.model import StoreUnavailable, SweepResult
+from presence.store.base import PresenceStore
 
 log = logging.getLogger("presence.sweeper")
 

@@ -16,14 +16,13 @@ from typing import Any, TypeVar
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 import pytest
-from multidict import CIMultiDict, MultiDict
+from multidict import CIMultiDict
 from redis.asyncio import Redis
-from twilio.request_validator import RequestValidator
 
 from harness.processes import RedisServer
 from presence.events import EVENT_TYPES
 from presence.twilio.samples import ACCOUNT_SID, SERVICE_SID, collection_event, reachability
-from tests.support import AUTH_TOKEN, RunningApp
+from tests.support import AUTH_TOKEN, RunningApp, sign
 
 T = TypeVar("T")
 Start = Callable[..., Any]
@@ -244,15 +243,10 @@ def form_pairs(body: bytes) -> list[tuple[str, str]] | None:
         return None
 
 
-def twilio_signature(url: str, pairs: list[tuple[str, str]], token: str = AUTH_TOKEN) -> str:
-    signature: str = RequestValidator(token).compute_signature(url, MultiDict(pairs))
-    return signature
-
-
 def json_request(url: str, body: bytes, token: str = AUTH_TOKEN) -> tuple[str, str]:
     """The query and the signature Twilio sends with a JSON body (``bodySHA256``)."""
     query = "?bodySHA256=" + hashlib.sha256(body).hexdigest()
-    return query, twilio_signature(url + query, [], token)
+    return query, sign(url + query, [], token)
 
 
 def other_url(url: str, how: str) -> str:

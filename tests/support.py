@@ -9,7 +9,7 @@ import contextlib
 import json
 import sys
 import time
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
@@ -17,6 +17,7 @@ from urllib.parse import urlencode
 import aiohttp
 from aiohttp import ClientResponse, web
 from aiohttp.test_utils import TestClient
+from multidict import MultiDict
 from redis.asyncio import Redis, RedisCluster
 from twilio.request_validator import RequestValidator
 
@@ -93,9 +94,21 @@ class ManualClock:
         self.now_ms += round(seconds * 1000)
 
 
-def sign(url: str, params: Mapping[str, str] | None, token: str = AUTH_TOKEN) -> str:
-    """X-Twilio-Signature as Twilio's own helper library computes it."""
-    signature: str = RequestValidator(token).compute_signature(url, dict(params or {}))
+def sign(
+    url: str,
+    params: Mapping[str, str] | Sequence[tuple[str, str]] | None,
+    token: str = AUTH_TOKEN,
+    algorithm: str | None = None,
+) -> str:
+    """X-Twilio-Signature as Twilio's own helper library computes it, for every test: the
+    parameters as a mapping, or as pairs (a name may come more than once); HMAC-SHA1 unless
+    ``algorithm`` says ``HMAC_SHA256``."""
+    pairs = list(params.items()) if isinstance(params, Mapping) else list(params or [])
+    validator = RequestValidator(token)
+    if algorithm is None:
+        signature: str = validator.compute_signature(url, MultiDict(pairs))
+    else:
+        signature = validator.compute_signature(url, MultiDict(pairs), algorithm)
     return signature
 
 

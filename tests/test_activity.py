@@ -13,7 +13,7 @@ from redis.asyncio import Redis
 
 from harness.processes import RedisServer
 from presence.activity import Activity, minute_label, minute_of
-from presence.store.base import StoreUnavailable
+from presence.model import StoreUnavailable
 from presence.twilio.samples import SERVICE_SID, reachability
 from tests.support import RunningApp, make_store, sign, wait_until
 

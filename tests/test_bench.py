@@ -16,7 +16,7 @@ from bench.fill import NAME_LENGTHS, Step, apply_batches, endpoint_of, identity_
 from bench.report import render
 from harness.processes import RedisServer
 from presence.events import ReachabilityEvent, parse_event
-from presence.store.base import Outcome
+from presence.model import Outcome
 from presence.twilio.samples import SERVICE_SID
 
 UUID = re.compile(r"^[0-9a-f]{8}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{4}-[0-9a-f]{12}$")

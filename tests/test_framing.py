@@ -15,9 +15,9 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from presence.web.webhooks import _form_pairs
-from tests.hostile import FORM, MALLORY, World, form_body, form_pairs, twilio_signature
+from tests.hostile import FORM, MALLORY, World, form_body, form_pairs
 from tests.hostile import world as world  # the alias keeps this fixture where pytest finds it
-from tests.support import RunningApp
+from tests.support import RunningApp, sign
 
 
 async def raw_exchange(service: RunningApp, request: bytes, wait: float = 1.0) -> bytes:
@@ -36,7 +36,7 @@ async def raw_exchange(service: RunningApp, request: bytes, wait: float = 1.0) -
 
 
 def _head(world: World, body: bytes, *extra: bytes) -> bytes:
-    signature = twilio_signature(world.url(), form_pairs(body) or [])
+    signature = sign(world.url(), form_pairs(body) or [])
     lines = [
         b"POST /webhooks/sync HTTP/1.1",
         b"Host: " + urlsplit(world.url()).netloc.encode(),

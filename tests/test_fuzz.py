@@ -23,8 +23,6 @@ from urllib.parse import urlencode
 
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
-from multidict import MultiDict
-from twilio.request_validator import RequestValidator
 
 from presence.events import EVENT_TYPES, InvalidPayload, ReachabilityEvent, parse_event
 from presence.twilio.samples import SERVICE_SID, collection_event, reachability
@@ -40,11 +38,10 @@ from tests.hostile import (
     form_pairs,
     json_request,
     other_url,
-    twilio_signature,
     typed,
 )
 from tests.hostile import world as world  # the alias keeps this fixture where pytest finds it
-from tests.support import AUTH_TOKEN
+from tests.support import AUTH_TOKEN, sign
 
 BUCKETS = 128
 PAGES = 64
@@ -504,22 +501,20 @@ def attack_headers(world: World, hostile: Hostile) -> list[tuple[str, str]]:
     pairs = form_pairs(hostile.body) or []
     if hostile.query.startswith("?bodySHA256="):
         pairs = []
-    valid = twilio_signature(url, pairs)
+    valid = sign(url, pairs)
     signature = {
         "none": None,
         "empty": "",
         "garbage": "bm90IGEgc2lnbmF0dXJlIGF0IGFsbA==",
         "huge": "A" * 8000,
-        "wrong_token": twilio_signature(url, pairs, WRONG_TOKEN),
-        "other_body": twilio_signature(url, [*pairs, ("Extra", "1")]),
-        "sha256_unannounced": RequestValidator(AUTH_TOKEN).compute_signature(
-            url, MultiDict(pairs), "HMAC_SHA256"
-        ),
+        "wrong_token": sign(url, pairs, WRONG_TOKEN),
+        "other_body": sign(url, [*pairs, ("Extra", "1")]),
+        "sha256_unannounced": sign(url, pairs, algorithm="HMAC_SHA256"),
         "truncated": valid[:-2],
         "invalid_then_valid": "invalid",
     }.get(hostile.signature, "")
     if hostile.signature in ("other_path", "other_host", "https", "other_query"):
-        signature = twilio_signature(other_url(url, hostile.signature), pairs)
+        signature = sign(other_url(url, hostile.signature), pairs)
     headers: list[tuple[str, str]] = []
     if isinstance(hostile.content_type, tuple):
         headers += [("Content-Type", value) for value in hostile.content_type]
@@ -558,7 +553,7 @@ async def only_its_own(world: World, signed: Signed) -> tuple[int, Any]:
     else:
         query = signed.query
         pairs = form_pairs(signed.body)
-        signature = twilio_signature(world.url(query), pairs or [], signed.signer)
+        signature = sign(world.url(query), pairs or [], signed.signer)
     event: Any = None
     if pairs is not None:
         try:

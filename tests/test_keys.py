@@ -14,8 +14,7 @@ from redis.crc import key_slot
 from presence.events import ReachabilityEvent, parse_event
 from presence.feed.cursor import MAX_SEQ, FeedCursor, InvalidFeedCursor, Position
 from presence.keys import BUCKETS, PAGES, Keyspace, page_member
-from presence.store.base import InvalidCursor
-from presence.store.cursor import decode_cursor, encode_cursor
+from presence.store.listing import InvalidListingCursor, ListingCursor
 from presence.store.scripts import source
 from presence.timestamps import iso_from_ms
 from presence.twilio.samples import SERVICE_SID, collection_event, reachability
@@ -29,9 +28,9 @@ def test_every_key_of_an_identity_script_is_in_one_slot(identity: str) -> None:
     assert isinstance(event, ReachabilityEvent)
     bucket, page = store.keys.place_of(SERVICE_SID, identity)
     calls = [
-        store._event_call(event),
-        store._fire_call(page_member(SERVICE_SID, page), bucket),
-        *(call for call, _ in store._read_calls(SERVICE_SID, [identity, identity + "-2"])),
+        store.pages.event_call(event),
+        store.pages.fire_call(page_member(SERVICE_SID, page), bucket),
+        *(call for call, _ in store.reads.read_calls(SERVICE_SID, [identity, identity + "-2"])),
     ]
 
     for call in calls:
@@ -42,7 +41,7 @@ def test_every_key_of_an_identity_script_is_in_one_slot(identity: str) -> None:
         for n in (f"u{i}" for i in range(2000))
         if store.keys.place_of(SERVICE_SID, n)[0] == bucket
     ]
-    ((read, positions),) = store._read_calls(SERVICE_SID, same_bucket)
+    ((read, positions),) = store.reads.read_calls(SERVICE_SID, same_bucket)
     assert len({key_slot(key.encode()) for key in read.keys}) == 1
     assert positions == list(range(len(same_bucket)))
 
@@ -136,7 +135,8 @@ def test_a_feed_cursor_not_handed_out_is_refused(text: str) -> None:
 
 @pytest.mark.parametrize("after", ["", "alice", "a\u0000b", "é{}:/%"])
 def test_cursors_round_trip(after: str) -> None:
-    assert decode_cursor(encode_cursor(17, 63, after, FEED)) == (17, 63, after, FEED)
+    cursor = ListingCursor(17, 63, after, FEED)
+    assert ListingCursor.decode(cursor.encode()) == cursor
 
 
 @pytest.mark.parametrize(
@@ -145,17 +145,17 @@ def test_cursors_round_trip(after: str) -> None:
         "",
         "!!!",
         "bnVsbA",
-        encode_cursor(BUCKETS, 0, "a", FEED),
-        encode_cursor(0, PAGES, "a", FEED),
-        encode_cursor(0, -1, "a", FEED),
+        ListingCursor(BUCKETS, 0, "a", FEED).encode(),
+        ListingCursor(0, PAGES, "a", FEED).encode(),
+        ListingCursor(0, -1, "a", FEED).encode(),
         "WzEsMl0",
         "WyIxIiwiYSJd",
-        encode_cursor(1, 2, "a", FEED)[:-3],
+        ListingCursor(1, 2, "a", FEED).encode()[:-3],
     ],
 )
 def test_a_cursor_not_handed_out_is_refused(cursor: str) -> None:
-    with pytest.raises(InvalidCursor):
-        decode_cursor(cursor)
+    with pytest.raises(InvalidListingCursor):
+        ListingCursor.decode(cursor)
 
 
 async def test_lua_writes_times_as_python_does(backend: Redis) -> None:

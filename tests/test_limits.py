@@ -23,10 +23,9 @@ from tests.hostile import (
     event_params,
     form_body,
     json_request,
-    twilio_signature,
 )
 from tests.hostile import world as world  # the alias keeps this fixture where pytest finds it
-from tests.support import RunningApp
+from tests.support import RunningApp, sign
 
 
 async def _stream(body: bytes, size: int = 1000) -> Any:
@@ -46,16 +45,14 @@ async def test_the_body_limit_is_exact_and_named(
     assert len(at_limit) == 4096
     headers = {
         "Content-Type": FORM,
-        "X-Twilio-Signature": twilio_signature(url, parse_qsl(at_limit.decode())),
+        "X-Twilio-Signature": sign(url, parse_qsl(at_limit.decode())),
     }
     async with Observer(redis_server.url) as observer:
         response = await service.client.post(PATH, data=at_limit, headers=headers)
         assert (response.status, await response.json()) == (200, {"status": "applied"})
         await observer.published()
         over = at_limit + b"x"
-        over_headers = headers | {
-            "X-Twilio-Signature": twilio_signature(url, parse_qsl(over.decode()))
-        }
+        over_headers = headers | {"X-Twilio-Signature": sign(url, parse_qsl(over.decode()))}
         before = await observer.snapshot()
         for data in (over, _stream(over), _stream(b"x" * 10_000_000, 65536)):
             response = await service.client.post(PATH, data=data, headers=over_headers)
@@ -77,7 +74,7 @@ async def test_the_parameter_limit_is_exact_and_named(world: World) -> None:
     status, reply = await world.post(
         "",
         form_body(padded),
-        [("Content-Type", FORM), ("X-Twilio-Signature", twilio_signature(url, padded))],
+        [("Content-Type", FORM), ("X-Twilio-Signature", sign(url, padded))],
     )
     assert (status, reply) == (200, {"status": "applied"})
     await world.observer.published()
@@ -91,7 +88,7 @@ async def test_the_parameter_limit_is_exact_and_named(world: World) -> None:
     status, reply = await world.post(
         "",
         form_body(too_many),
-        [("Content-Type", FORM), ("X-Twilio-Signature", twilio_signature(url, too_many))],
+        [("Content-Type", FORM), ("X-Twilio-Signature", sign(url, too_many))],
     )
     assert (status, reply) == (400, over)
     body = json.dumps(dict(too_many)).encode()
@@ -117,7 +114,7 @@ async def test_the_name_limit_counts_characters_and_names_the_field(
         status, reply = await world.post(
             "",
             form_body(pairs),
-            [("Content-Type", FORM), ("X-Twilio-Signature", twilio_signature(url, pairs))],
+            [("Content-Type", FORM), ("X-Twilio-Signature", sign(url, pairs))],
         )
         assert status == expected, reply
         if expected == 400:

@@ -14,7 +14,7 @@ import pytest
 from redis.asyncio import Redis
 
 from presence.events import ReachabilityEvent, parse_event
-from presence.store.base import EventResult, IdentityPresence, Outcome
+from presence.model import EventResult, IdentityPresence, Outcome
 from presence.store.redis import RedisStore
 from presence.timestamps import iso_from_ms
 from presence.twilio.samples import SERVICE_SID, reachability

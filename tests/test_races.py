@@ -103,7 +103,7 @@ def history(identity: str, rng: random.Random) -> list[Event]:
 def final_state(events: list[Event]) -> dict[str, tuple[bool, tuple[str, ...], int | None]]:
     """(online, endpoints, last EventId) of each identity once everything arrived and the
     grace passed, by the model, delivering ``events`` in this order at one moment."""
-    model = Model(grace_ms=GRACE_SECONDS * 1000, ttl_ms=7200 * 1000)
+    model = Model(SERVICE_SID, grace_ms=GRACE_SECONDS * 1000, ttl_ms=7200 * 1000)
     for event in events:
         model.deliver(event, 0)
     model.sweep(GRACE_SECONDS * 1000)

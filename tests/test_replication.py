@@ -14,7 +14,7 @@ from redis.asyncio import Redis
 from harness.processes import RedisSentinels
 from presence.events import ReachabilityEvent, parse_event
 from presence.keys import BUCKETS, Keyspace, barrier_beside
-from presence.store.base import Outcome, ReplicasBehind
+from presence.model import Outcome, ReplicasBehind
 from presence.store.connections import redis_client
 from presence.store.redis import RedisStore
 from presence.store.replication import ReplicaWait

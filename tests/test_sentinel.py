@@ -22,8 +22,8 @@ from redis.asyncio import Redis
 from harness.processes import RedisSentinels, RedisServer, Service, redis_cli
 from presence.events import ReachabilityEvent, parse_event
 from presence.keys import Keyspace
+from presence.model import Outcome, StoreUnavailable
 from presence.settings import SettingsError, check_serve, load_settings
-from presence.store.base import Outcome, StoreUnavailable
 from presence.store.connections import open_store
 from presence.store.sentinel import connection_options
 from presence.twilio.samples import SERVICE_SID, reachability

@@ -12,7 +12,7 @@ from redis.asyncio import Redis
 from harness.processes import RedisServer
 from presence.events import ReachabilityEvent, parse_event
 from presence.keys import BUCKETS
-from presence.store.base import SweepResult
+from presence.model import SweepResult
 from presence.store.redis import RedisStore
 from presence.sweeper import Sweeper
 from presence.twilio.samples import SERVICE_SID, reachability

@@ -1,2 +1,3 @@
-"""The change feed: every published change kept in Redis for a while, readable from a cursor
-(``cursor``), and followed live by many clients of one process (``hub``)."""
+"""The change feed: its cursors (``cursor``), what it holds and what a read of it returns
+(``entries``), and the fan-out of one process to many followers (``hub``). Reading it from
+Redis is ``presence.store.feed``: the store imports these types, never the other way."""

@@ -19,10 +19,12 @@ import logging
 from collections import deque
 from collections.abc import AsyncIterator, Callable, Collection
 from dataclasses import dataclass, field
+from typing import Protocol
 
 from presence.feed.cursor import FeedCursor
+from presence.feed.entries import FeedEntry, FeedRead, ResetReason
 from presence.metrics import Metrics
-from presence.store.base import FeedEntry, PresenceStore, ResetReason, StoreUnavailable
+from presence.model import StoreUnavailable
 
 log = logging.getLogger("presence.feed")
 
@@ -38,6 +40,19 @@ QUEUE_SIZE = 4 * READ_LIMIT
 """Changes waiting for one subscriber at most; beyond, it is dropped as too slow. Room for a
 few reads: a client that keeps up is never dropped by one burst."""
 MAX_READERS = 4
+
+
+class FeedSource(Protocol):
+    """Where the hub reads the feed from (the store: it implements this and more)."""
+
+    async def read_feed(
+        self,
+        service_sid: str,
+        after: FeedCursor | None,
+        *,
+        limit: int,
+        identities: Collection[str] | None = None,
+    ) -> FeedRead: ...
 
 
 class TooManyStreams(Exception):
@@ -156,7 +171,7 @@ class FeedHub:
 
     def __init__(
         self,
-        store: PresenceStore,
+        store: FeedSource,
         metrics: Metrics,
         *,
         max_streams: int,

@@ -1,9 +1,9 @@
 """``presence simulate``: realistic Twilio Sync webhook traffic for any deployment.
 
 ``traffic`` generates it (pure, deterministic for a seed; ``documents`` for the collection
-events) along with the truth it should leave behind (``expected``: the service's rules,
-mirrored); ``send`` delivers it signed and paced; ``report`` sums it up; ``command`` is the
-command line's side.
+events) along with the truth it should leave behind (predicted by the rules themselves,
+``presence.rules``); ``send`` delivers it signed and paced; ``report`` sums it up;
+``command`` is the command line's side.
 
 ``--storm`` is a reconnect storm instead: ``storm`` plans it (pure), ``delivery`` sends it as
 Twilio's delivery queue would, ``flickers`` counts the offline announcements on the change

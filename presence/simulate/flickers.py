@@ -21,10 +21,6 @@ log = logging.getLogger("presence.simulate")
 RECONNECT_SECONDS = 0.2
 
 
-class FeedRefused(Exception):
-    """The service refused the stream (a wrong API token, say): counting is impossible."""
-
-
 class FeedCount:
     """Counts the changes of one service's feed from ``since``, until cancelled."""
 

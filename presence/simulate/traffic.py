@@ -25,6 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 
 from presence import rules
+from presence.model import Outcome
 from presence.simulate.documents import Collection, collection_params
 from presence.twilio import IDEMPOTENCY_HEADER, REACHABILITY_EVENT_TYPES, SYSTEM_IDENTITY
 from presence.twilio.samples import reachability
@@ -292,7 +293,7 @@ class Traffic:
                 connected=params["EventType"] == REACHABILITY_EVENT_TYPES[0],
             )
             outcome = rules.classify(person.view, event).value
-            if outcome == rules.Outcome.APPLIED:
+            if outcome == Outcome.APPLIED:
                 rules.apply(person.view, event, now=0)
         else:
             # Every collection webhook has a token of its own; a copy has the same.

@@ -15,7 +15,8 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from presence.keys import Keyspace
 from presence.settings import Settings
-from presence.store.redis import Clock, RedisStore
+from presence.store.pages import Clock
+from presence.store.redis import RedisStore
 from presence.store.replication import ReplicaWait
 from presence.store.scripts import Client
 from presence.store.sentinel import sentinel_client

@@ -9,7 +9,7 @@ from typing import NoReturn
 
 from redis import exceptions as redis_errors
 
-from presence.store.base import StoreUnavailable
+from presence.model import StoreUnavailable
 
 UNAVAILABLE = (
     redis_errors.ConnectionError,

@@ -36,8 +36,8 @@ from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import ResponseError
 
 from presence.feed.cursor import FeedCursor, Position, history_of, history_term, moved
+from presence.feed.entries import FeedEntry, FeedRead, ResetReason
 from presence.keys import BUCKETS, Keyspace
-from presence.store.base import FeedEntry, FeedRead, ResetReason
 from presence.store.errors import unavailable_as_store_error
 from presence.store.nodes import by_node, on_each_node
 from presence.store.scripts import Client, ScriptCall, run_scripts, source
@@ -72,6 +72,76 @@ class _NodeRead:
     replid: str | None = None
 
 
+@dataclass
+class _NodeQuery:
+    """What one read asks one node (None: the one Redis): the counts of ``buckets``, and,
+    ``after`` a position, at most ``limits[bucket]`` changes of each after it."""
+
+    node: ClusterNode | None
+    service_sid: str
+    buckets: Sequence[int]
+    after: Position | None
+    limits: dict[int, int]
+
+    def counts(self, keys: Keyspace) -> list[tuple[Any, ...]]:
+        sid = self.service_sid
+        if self.node is None:
+            return [("MGET", *(k for b in self.buckets for k in _tally_keys(keys, b, sid)))]
+        return [("MGET", *_tally_keys(keys, b, sid)) for b in self.buckets]  # one slot each
+
+    def changes(self, keys: Keyspace) -> list[tuple[Any, ...]]:
+        after, sid = self.after, self.service_sid
+        if after is None:
+            return []
+        if self.node is not None:
+            return [
+                ("XRANGE", keys.feed(b, sid), after.first_after_in(b), "+", "COUNT", self.limits[b])
+                for b in self.buckets
+            ]
+        # One command per limit: a single Redis serves every bucket.
+        commands: list[tuple[Any, ...]] = []
+        for limit in sorted({self.limits[b] for b in self.buckets}):
+            these = [b for b in self.buckets if self.limits[b] == limit]
+            streams = [keys.feed(b, sid) for b in these]
+            starts = [after.last_before_in(b) for b in these]
+            commands.append(("XREAD", "COUNT", limit, "STREAMS", *streams, *starts))
+        return commands
+
+    def parse(self, keys: Keyspace, replies: list[Any]) -> tuple[_NodeRead, list[Any]]:
+        """What the replies to ``counts`` then ``changes`` say (its time set by the caller),
+        and the replies after them."""
+        counted = len(self.counts(keys))
+        if self.node is None:
+            flat = _checked(replies[0])
+            pairs = [(flat[2 * i], flat[2 * i + 1]) for i in range(len(self.buckets))]
+        else:
+            pairs = [_checked(reply) for reply in replies[:counted]]
+        read = _NodeRead(
+            0,
+            {b: epoch for b, (epoch, _) in zip(self.buckets, pairs, strict=True)},
+            {b: int(count or 0) for b, (_, count) in zip(self.buckets, pairs, strict=True)},
+        )
+        read_changes = len(self.changes(keys))
+        replies = replies[counted:]
+        if self.node is None:
+            found: dict[str, list[Entry]] = {}
+            for reply in replies[:read_changes]:
+                found.update(dict(_checked(reply) or []))
+            for b in self.buckets:
+                if found.get(keys.feed(b, self.service_sid)):
+                    read.entries[b] = found[keys.feed(b, self.service_sid)]
+        else:
+            for b, items in zip(self.buckets, replies[:read_changes], strict=False):
+                if _checked(items):
+                    read.entries[b] = items
+        return read, replies[read_changes:]
+
+
+def _tally_keys(keys: Keyspace, bucket: int, service_sid: str) -> tuple[str, str]:
+    """A bucket's epoch and the count of its feed's changes (one slot)."""
+    return keys.epoch(bucket), keys.feed_count(bucket, service_sid)
+
+
 class FeedReader:
     """Reads the feed of any service from ``redis`` (a Redis, the embedded one, a Cluster)."""
 
@@ -92,81 +162,25 @@ class FeedReader:
         groups = by_node(self.redis, [[self.keys.epoch(b)] for b in buckets])
         return [(node, [buckets[i] for i in members]) for node, members in groups]
 
-    async def _read_node(
-        self,
-        node: ClusterNode | None,
-        service_sid: str,
-        buckets: Sequence[int],
-        after: Position | None,
-        limits: dict[int, int],
-        replication: bool,
-    ) -> _NodeRead:
-        """The node's time, its buckets' epochs and counts, then (``after`` a position) the
-        changes after it, at most ``limits[bucket]`` per bucket, then its replication ID."""
-        target: dict[str, Any] = {} if node is None else {"target_nodes": node}
-        keys = self.keys
+    async def _read_node(self, query: _NodeQuery, replication: bool) -> _NodeRead:
+        """The node's time, its buckets' epochs and counts, then (a position to read after)
+        the changes after it, then (``replication``) its replication ID."""
+        target: dict[str, Any] = {} if query.node is None else {"target_nodes": query.node}
         async with self.redis.pipeline(transaction=False) as pipe:
             # TIME first: what is stored after it has an ID of at least this time. The counts
             # next, then the changes: a change stored between them is one read after the
             # position, never one counted before it and missed.
             pipe.execute_command("TIME", **target)
-            if node is None:
-                tallies = [
-                    k for b in buckets for k in (keys.epoch(b), keys.feed_count(b, service_sid))
-                ]
-                pipe.execute_command("MGET", *tallies)
-            else:
-                for b in buckets:  # one slot each
-                    pipe.execute_command(
-                        "MGET", keys.epoch(b), keys.feed_count(b, service_sid), **target
-                    )
-            if after is not None:
-                if node is None:
-                    # One command per limit: a single Redis serves every bucket.
-                    for limit in sorted({limits[b] for b in buckets}):
-                        these = [b for b in buckets if limits[b] == limit]
-                        starts = [after.last_before_in(b) for b in these]
-                        ids = [keys.feed(b, service_sid) for b in these]
-                        pipe.execute_command("XREAD", "COUNT", limit, "STREAMS", *ids, *starts)
-                else:
-                    for b in buckets:
-                        pipe.execute_command(
-                            "XRANGE", keys.feed(b, service_sid), after.first_after_in(b), "+",
-                            "COUNT", limits[b], **target,
-                        )  # fmt: skip
+            for command in query.counts(self.keys):
+                pipe.execute_command(*command, **target)
+            for command in query.changes(self.keys):
+                pipe.execute_command(*command, **target)
             if replication and self._replication is not False:
                 pipe.execute_command("INFO", "replication", **target)
             replies: list[Any] = await pipe.execute(raise_on_error=False)
         seconds, micros = _checked(replies[0])
-        if node is None:
-            flat = _checked(replies[1])
-            pairs = [(flat[2 * i], flat[2 * i + 1]) for i in range(len(buckets))]
-            rest = replies[2:]
-        else:
-            pairs = [_checked(reply) for reply in replies[1 : 1 + len(buckets)]]
-            rest = replies[1 + len(buckets) :]
-        read = _NodeRead(
-            int(seconds) * 1000 + int(micros) // 1000,
-            {b: epoch for b, (epoch, _) in zip(buckets, pairs, strict=True)},
-            {b: int(count or 0) for b, (_, count) in zip(buckets, pairs, strict=True)},
-        )
-        if after is not None:
-            if node is None:
-                reads = len({limits[b] for b in buckets})
-                found: dict[str, list[Entry]] = {}
-                for reply in rest[:reads]:
-                    found.update(dict(_checked(reply) or []))
-                read.entries = {
-                    b: found[k]
-                    for b in buckets
-                    if (k := keys.feed(b, service_sid)) in found and found[k]
-                }
-                rest = rest[reads:]
-            else:
-                for b, items in zip(buckets, rest[: len(buckets)], strict=True):
-                    if _checked(items):
-                        read.entries[b] = items
-                rest = rest[len(buckets) :]
+        read, rest = query.parse(self.keys, replies[1:])
+        read.time_ms = int(seconds) * 1000 + int(micros) // 1000
         if rest:
             info = rest[0]
             if isinstance(info, ResponseError) and "unknown command" in str(info).lower():
@@ -185,9 +199,8 @@ class FeedReader:
         replication: bool = False,
     ) -> list[_NodeRead]:
         async def read_node(node: ClusterNode | None, members: list[int]) -> _NodeRead:
-            return await self._read_node(
-                node, service_sid, members, after, limits or {}, replication
-            )
+            query = _NodeQuery(node, service_sid, members, after, limits or {})
+            return await self._read_node(query, replication)
 
         groups = self._groups(buckets)
         async with unavailable_as_store_error():

@@ -19,15 +19,12 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
 from presence.keys import BUCKETS, FORMAT, page_member, v1_due_member
+from presence.store.base import Migration
 from presence.store.errors import unavailable_as_store_error
-from presence.store.scripts import ScriptCall, run_scripts
-
-if TYPE_CHECKING:
-    from presence.store.redis import RedisStore
+from presence.store.pages import Pages
+from presence.store.scripts import Client, ScriptCall, run_scripts
 
 log = logging.getLogger("presence.store")
 
@@ -41,37 +38,23 @@ class FormatError(Exception):
     """The keyspace holds a format this release cannot serve as it is."""
 
 
-@dataclass(frozen=True)
-class Migration:
-    """What a migration did."""
-
-    found: int
-    """Format-1 identity hashes found."""
-    moved: int
-    """Moved into their pages."""
-    kept: int
-    """Already in their pages (written there after an earlier migration): the hash went."""
-    seconds: float
-    format_before: str | None
-    """The keyspace's format key before (None: format 1, or an empty keyspace)."""
-
-
 class StorageFormat:
-    """Checks and migrates the keyspace of a ``RedisStore``."""
+    """Checks and migrates the keyspace of ``redis`` (the identity pages of ``pages``)."""
 
-    def __init__(self, store: RedisStore) -> None:
-        self.store = store
-        self.keys = store.keys
+    def __init__(self, redis: Client, pages: Pages) -> None:
+        self.redis = redis
+        self.pages = pages
+        self.keys = pages.keys
 
     async def current(self) -> str | None:
         async with unavailable_as_store_error():
-            value = await self.store.redis.get(self.keys.format)
+            value = await self.redis.get(self.keys.format)
         return None if value is None else str(value)
 
     async def v1_writers(self) -> bool:
         """Whether format-1 due sets exist: an old replica has written since the migration
         (every online identity of format 1 had a due entry while its TTL ran)."""
-        async with unavailable_as_store_error(), self.store.redis.pipeline(False) as pipe:
+        async with unavailable_as_store_error(), self.redis.pipeline(False) as pipe:
             for bucket in range(BUCKETS):
                 pipe.exists(self.keys.v1_due(bucket))
             found: list[int] = await pipe.execute()
@@ -107,7 +90,7 @@ class StorageFormat:
         last_said = started
         outcomes: list[str] = []
         batch: list[tuple[int, str, str]] = []
-        hashes = self.store.redis.scan_iter(match=self.keys.v1_identities(), count=1000)
+        hashes = self.redis.scan_iter(match=self.keys.v1_identities(), count=1000)
         async with unavailable_as_store_error():
             async for key in hashes:
                 place = self.keys.split_v1_identity(key)
@@ -121,7 +104,7 @@ class StorageFormat:
                     log.info("migrating to storage format %s: %d so far", FORMAT, len(outcomes))
             outcomes += await self._move(batch)
             await self._drop_v1_indexes()
-            await self.store.redis.set(self.keys.format, FORMAT)
+            await self.redis.set(self.keys.format, FORMAT)
         migration = Migration(
             found=len(outcomes),
             moved=outcomes.count("moved"),
@@ -142,14 +125,14 @@ class StorageFormat:
         return migration
 
     async def _move(self, batch: Sequence[tuple[int, str, str]]) -> list[str]:
-        store, keys = self.store, self.keys
+        pages, keys = self.pages, self.keys
         calls = []
         for bucket, service_sid, identity in batch:
             _, page = keys.place_of(service_sid, identity)
-            page_keys = store.page_keys(service_sid, bucket, page)[:4]
+            page_keys = pages.keys_of(service_sid, bucket, page)[:4]
             calls.append(
                 ScriptCall(
-                    store.scripts.migrate,
+                    pages.scripts.migrate,
                     [
                         *page_keys,
                         keys.v1_identity(bucket, service_sid, identity),
@@ -159,12 +142,12 @@ class StorageFormat:
                     [
                         identity,
                         page_member(service_sid, page),
-                        store.endpoint_ttl_ms,
+                        pages.endpoint_ttl_ms,
                         v1_due_member(service_sid, identity),
                     ],
                 )
             )
-        replies = await run_scripts(store.redis, calls)
+        replies = await run_scripts(self.redis, calls)
         for reply in replies:
             if isinstance(reply, Exception):
                 raise reply
@@ -173,7 +156,7 @@ class StorageFormat:
     async def _drop_v1_indexes(self) -> None:
         """The format-1 online indexes and due sets: empty by now but for entries of
         identities whose hash had already gone."""
-        redis = self.store.redis
+        redis = self.redis
         names = [self.keys.v1_due(bucket) for bucket in range(BUCKETS)]
         names += [key async for key in redis.scan_iter(match=self.keys.v1_onlines(), count=1000)]
         for name in names:

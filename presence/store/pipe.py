@@ -133,22 +133,7 @@ class Pipe:
                 if not data:
                     raise RedisConnectionError("Connection closed by Redis")
                 parser.feed(data)
-                while self._in_flight:
-                    batch = self._in_flight[0]
-                    while len(replies) < len(batch.commands):
-                        reply = parser.gets()
-                        if reply is False:
-                            break
-                        replies.append(reply)
-                    if len(replies) < len(batch.commands):
-                        break
-                    self._in_flight.popleft()
-                    if not batch.replies.done():
-                        batch.replies.set_result(replies)
-                    demoted = any(reply.__class__ is ReadOnlyError for reply in replies)
-                    replies = []
-                    if demoted:
-                        raise _Demoted
+                replies = self._complete(parser, replies)
         except asyncio.CancelledError:
             raise
         except _Demoted:
@@ -164,6 +149,26 @@ class Pipe:
             await self._fail(connection, error, retry=True)
         except Exception as error:
             await self._fail(connection, error)
+
+    def _complete(self, parser: hiredis.Reader, replies: list[Any]) -> list[Any]:
+        """Hands each batch in flight whose replies have all come its replies, in order;
+        returns the replies read of the next batch so far. Raises ``_Demoted`` after a batch
+        a demoted master refused."""
+        while self._in_flight:
+            batch = self._in_flight[0]
+            while len(replies) < len(batch.commands):
+                reply = parser.gets()
+                if reply is False:
+                    return replies
+                replies.append(reply)
+            self._in_flight.popleft()
+            if not batch.replies.done():
+                batch.replies.set_result(replies)
+            demoted = any(reply.__class__ is ReadOnlyError for reply in replies)
+            replies = []
+            if demoted:
+                raise _Demoted
+        return replies
 
     async def _fail(
         self, connection: AbstractConnection, error: BaseException, *, retry: bool = False

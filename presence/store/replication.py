@@ -23,12 +23,9 @@ from dataclasses import dataclass
 from typing import Any
 
 from presence.keys import barrier_beside
-from presence.store.base import ReplicasBehind
+from presence.model import ReplicasBehind
 
 Command = tuple[str | int, ...]
-
-WAIT_COMMANDS = 2
-"""Commands added to a batch: the barrier, then WAIT (no barrier: a placeholder PING)."""
 
 
 @dataclass(frozen=True)

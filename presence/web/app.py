@@ -13,8 +13,9 @@ from presence.activity import Activity
 from presence.events import MAX_NAME_LENGTH
 from presence.feed.hub import FeedHub
 from presence.metrics import CONTENT_TYPE, Metrics
+from presence.model import StoreUnavailable
 from presence.settings import Settings
-from presence.store.base import PresenceStore, StoreUnavailable
+from presence.store.base import PresenceStore
 from presence.sweeper import Sweeper
 from presence.web.auth import require_api_token
 from presence.web.changes import ChangesApi

@@ -23,9 +23,11 @@ from aiohttp_sse import EventSourceResponse
 
 from presence.events import name_problem
 from presence.feed.cursor import FeedCursor, InvalidFeedCursor
+from presence.feed.entries import FeedRead
 from presence.feed.hub import Closed, FeedHub, Reset, Subscriber, TooManyStreams
 from presence.metrics import Metrics
-from presence.store.base import FeedRead, PresenceStore, StoreUnavailable
+from presence.model import StoreUnavailable
+from presence.store.base import PresenceStore
 from presence.web.errors import BadRequest, json_error
 from presence.web.queries import service_sid
 from presence.web.replies import MAX_LOOKUP

@@ -9,7 +9,7 @@ from aiohttp import web
 from aiohttp.typedefs import Handler, Middleware
 
 from presence.metrics import Metrics
-from presence.store.base import StoreUnavailable
+from presence.model import StoreUnavailable
 from presence.web.replies import json_reply
 
 log = logging.getLogger("presence.web")

@@ -9,7 +9,8 @@ from aiohttp import web
 
 from presence.activity import Activity
 from presence.events import name_problem
-from presence.store.base import InvalidCursor, PresenceStore
+from presence.store.base import PresenceStore
+from presence.store.listing import InvalidListingCursor
 from presence.twilio import is_sid, sid_problem
 from presence.web.errors import BadRequest
 from presence.web.replies import (
@@ -106,7 +107,7 @@ class QueryApi:
         cursor = request.query.get("cursor") or None
         try:
             page = await self.store.online(sid, limit, cursor, versions=versions)
-        except InvalidCursor as error:
+        except InvalidListingCursor as error:
             raise BadRequest("invalid_cursor", str(error)) from None
         identities: list[str] | list[ListedIdentity] = page.identities
         if page.versions is not None:

@@ -12,7 +12,8 @@ from typing_extensions import TypedDict
 
 from presence.activity import ActivityMinute
 from presence.events import MAX_NAME_LENGTH
-from presence.store.base import IdentityPresence, Outcome, ResetReason, Stats
+from presence.feed.entries import ResetReason
+from presence.model import IdentityPresence, Outcome, Stats
 from presence.timestamps import iso_from_ms
 from presence.twilio import sid_pattern
 

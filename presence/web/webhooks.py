@@ -27,14 +27,9 @@ from presence.events import (
 )
 from presence.logs import WEBHOOK_OUTCOME, log_changes
 from presence.metrics import UNKNOWN, Metrics
+from presence.model import EventResult, Outcome, ReplicasBehind, StoreUnavailable
 from presence.settings import Settings
-from presence.store.base import (
-    EventResult,
-    Outcome,
-    PresenceStore,
-    ReplicasBehind,
-    StoreUnavailable,
-)
+from presence.store.base import PresenceStore
 from presence.twilio import (
     FORM,
     IDEMPOTENCY_HEADER,
