@@ -1,4 +1,4 @@
-"""The presence rules (README, "How presence is decided"), stated once in plain Python.
+"""The presence rules (docs/presence.md), stated once in plain Python.
 
 This is the executable statement of what the Lua scripts in ``presence/store/lua/`` do
 atomically in Redis: each function here has a Lua twin of the same name, in the file named
@@ -22,7 +22,7 @@ function                Lua file                     what it decides
 with it, and the tests compare the real store with it step by step (``tests/test_model.py``).
 Times are milliseconds. Nothing here is clever on purpose: each function is one rule.
 
-The readings of the points the rules leave open (README, "How presence is decided"):
+The readings of the points the rules leave open (docs/presence.md):
 
 * an ``IsIdentityOnline=false`` event drops every endpoint and tombstone with an EventId up to
   its own (its own endpoint too, even on an ``endpoint_connected``) and becomes a floor: no

@@ -40,7 +40,7 @@ DOCKERFILE = ROOT / "Dockerfile"
 DOCKERIGNORE = ROOT / ".dockerignore"
 ENV_EXAMPLE = ROOT / ".env.example"
 HAPROXY_CFG = ROOT / "deploy" / "haproxy.cfg"
-README = ROOT / "README.md"
+DEPLOYING = ROOT / "docs" / "deploying.md"
 
 # The secrets the tests put in their copy of .env.example: distinct from every other test's.
 TWILIO_TOKEN = "compose0123456789abcdef01234567"
@@ -248,7 +248,7 @@ def test_the_published_address_is_documented_in_the_same_words_everywhere() -> N
     above = list(reversed(example[:setting]))
     block = list(reversed(comment_block(above, 0)))
     assert words("\n".join(block)) == documented
-    assert documented in words(README.read_text(encoding="utf-8"))
+    assert documented in words(DEPLOYING.read_text(encoding="utf-8"))
 
 
 # -- deploy/haproxy.cfg ----------------------------------------------------------------------

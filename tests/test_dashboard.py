@@ -6,7 +6,8 @@ Each test opens the page in a fresh tab (an empty sessionStorage: the token is a
 again) on a ServiceSid of its own, and ends by checking Chrome's network log: every request
 the page made went to the service's own origin. Screenshots of each state go to
 ``test-artifacts/dashboard/``; with ``PRESENCE_SCREENSHOT_DOCS=1`` the busy-service test also
-writes ``docs/dashboard.png``, the README's picture (never in CI: it rewrites a tracked file).
+writes ``docs/dashboard.png``, the picture of docs/dashboard.md (never in CI: it rewrites a
+tracked file).
 """
 
 from __future__ import annotations

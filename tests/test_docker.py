@@ -13,8 +13,8 @@ Requests go to 127.0.0.1 only (the published address); everything else runs insi
 containers, on the network the engine made for the project. The engine is the local one, and
 the base images must be in it: on machines without Docker Hub, the stand-ins of
 scripts/docker-standins/build, which scripts/test runs. ``PRESENCE_TEST_DOCKER=0`` skips the
-module, for a contributor without Docker. How long it took, and the figures the README quotes,
-are printed at the end of pytest's output.
+module, for a contributor without Docker. How long it took, and the figures docs/deploying.md
+quotes, are printed at the end of pytest's output.
 """
 
 from __future__ import annotations
@@ -398,7 +398,7 @@ def test_a_webhook_signed_for_the_public_url_is_applied_queried_and_published(
 ) -> None:
     stack.ensure_up()
     project = stack.project
-    # Two subscribers, as in the README: redis-cli on Redis, and `presence watch` in a replica.
+    # Two subscribers, as in docs/changes.md: redis-cli on Redis, and `presence watch` in a replica.
     cli = Lines(
         project.exec_args("redis", "timeout", "120", "redis-cli", "SUBSCRIBE", "presence:changes"),
         project.root,
@@ -644,7 +644,7 @@ def test_scaling_to_three_and_back_to_one_changes_nothing_for_clients(stack: Sta
         lost = traffic.failures()
         assert len(lost) <= 1, lost
         assert all(killed <= at <= killed + 2 for at, _, _ in lost), lost
-        # As the README says to: the killed replica started again before scaling down.
+        # As docs/deploying.md says to: the killed replica started again before scaling down.
         # Compose keeps the lowest-numbered replicas and starts them if stopped: scaling down
         # with a stopped one kept leaves no replica answering for seconds.
         scale_to_three(project)

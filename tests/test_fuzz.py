@@ -45,7 +45,7 @@ from tests.support import AUTH_TOKEN, sign
 
 BUCKETS = 128
 PAGES = 64
-"""Part of the documented key layout (README, "Redis keys"); recomputed here on purpose."""
+"""Part of the documented key layout (docs/redis.md, "Redis keys"); recomputed here on purpose."""
 
 CI = bool(os.environ.get("CI"))
 FUZZ = settings(deadline=None, derandomize=CI, suppress_health_check=list(HealthCheck))

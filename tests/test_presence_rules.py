@@ -1,4 +1,4 @@
-"""The presence rules (README, "How presence is decided"), as what a user sees: on a real Redis,
+"""The presence rules (docs/presence.md), as what a user sees: on a real Redis,
 the embedded store and a Redis Cluster.
 
 Time is a manual clock handed to the store, and the sweeper's work is done by calling

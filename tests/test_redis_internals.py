@@ -1,6 +1,6 @@
 """What presence relies on inside redis-py beyond its public API, pinned one by one, so that a
 refresh of the lock (scripts/lock) that changes any of it fails here, by name, rather than
-somewhere deep in a webhook's path. README, "Development", lists the same parts.
+somewhere deep in a webhook's path. docs/development.md lists the same parts.
 
 - ``presence/store/pipe.py`` writes packed commands straight to a connection's
   ``_writer`` (an ``asyncio.StreamWriter``) and reads replies from its ``_reader`` (an

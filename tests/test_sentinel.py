@@ -319,7 +319,7 @@ async def test_a_failover_resets_exactly_the_consumers_that_saw_what_it_lost(
 
 WAIT_TIMEOUT_MS = 1000
 REFUSAL_BOUND = 2 * WAIT_TIMEOUT_MS / 1000 + 0.5
-"""README, "High availability": with no replica to confirm, a webhook is answered 503
+"""docs/redis.md, "High availability": with no replica to confirm, a webhook is answered 503
 within twice PRESENCE_REDIS_WAIT_TIMEOUT_MS (the batch ahead of it, then its own) and the
 time Redis takes."""
 

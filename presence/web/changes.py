@@ -3,8 +3,8 @@ JSON pages (with long-poll).
 
 A client resumes from a cursor (``since``, or ``Last-Event-ID`` for a stream) and receives
 every change of the service after it, each once, each identity's in version order; when that
-is impossible the reply says ``reset`` (README, "Following changes"). A stream first reads
-what it missed straight from Redis, then takes the changes the process's reader of the
+is impossible the reply says ``reset`` (docs/changes.md, "Following changes"). A stream first
+reads what it missed straight from Redis, then takes the changes the process's reader of the
 service hands it (``presence.feed.hub``), skipping any it already sent.
 """
 

@@ -449,7 +449,7 @@ def _changes_path() -> Schema:
     )
     description = (
         "Every change of the service after `since`, each once, each identity's in version "
-        'order; `reset` when that is impossible (README, "Following changes").'
+        'order; `reset` when that is impossible (docs/changes.md, "Following changes").'
     )
 
     def operation(operation_id: str, summary: str, *more_codes: str, **fields: Any) -> Schema:
@@ -612,7 +612,7 @@ def _dashboard_paths() -> Schema:
                     "and webhook outcomes, updating live. The page itself needs no token: it "
                     "reads `/v1/` like any client, asking for the API token when `/v1/` "
                     "answers `401`. Its `Content-Security-Policy` allows only this service's "
-                    'own origin (README, "Dashboard").'
+                    "own origin (docs/dashboard.md)."
                 ),
                 "responses": {
                     "200": {

@@ -1,6 +1,6 @@
 // presence dashboard: who is online in one Twilio Sync service, updated live.
 //
-// How the page stays exact (README, "Dashboard" and "Following changes"):
+// How the page stays exact (docs/dashboard.md and docs/changes.md, "Following changes"):
 //   1. The snapshot: every page of GET /online, keeping the listing's feed_cursor.
 //   2. The change feed from that cursor, read as Server-Sent Events through fetch (an
 //      EventSource cannot send the Authorization header). Every event's id is kept as the
