@@ -46,6 +46,7 @@ from presence.twilio import (
     is_sid,
 )
 from presence.twilio.signing import SignatureValidator
+from presence.web import openapi
 from presence.web.errors import json_error, store_unavailable
 from presence.web.replies import json_reply
 
@@ -154,6 +155,63 @@ def _note_service(request: web.Request, params: dict[str, Any]) -> None:
         request[_SERVICE] = service
 
 
+_RECEIVE_SYNC_WEBHOOK = openapi.Operation(
+    operation_id="receiveSyncWebhook",
+    summary="A Twilio Sync webhook",
+    tag="webhooks",
+    description=(
+        "Checked in this order: content type (415), size (413), signature (403; a form must be "
+        "UTF-8 to be checked, else 400), AccountSid (403, when `PRESENCE_ACCOUNT_SID` is set), "
+        "parameters (400), then Redis (503). A 200 is sent only once the event's effect is "
+        "stored."
+    ),
+    parameters=(
+        openapi.header_parameter(
+            SIGNATURE_HEADER,
+            "Twilio's signature of the request, checked against every token of "
+            "`PRESENCE_TWILIO_AUTH_TOKEN` (missing or wrong: 403). Not needed when "
+            "`PRESENCE_ALLOW_UNSIGNED_WEBHOOKS` is true.",
+        ),
+        openapi.header_parameter(
+            SIGNATURE_SETTINGS_HEADER,
+            "`algorithm=HMAC_SHA256` to sign with SHA-256 (default HMAC_SHA1)",
+        ),
+        openapi.header_parameter(
+            IDEMPOTENCY_HEADER,
+            "Twilio's retry token: a document, list or map event whose token was already "
+            "recorded is a duplicate",
+        ),
+        openapi.query_parameter(
+            "bodySHA256",
+            {"type": "string"},
+            "hex SHA-256 of a JSON body, which the signature covers",
+        ),
+    ),
+    request_body=openapi.sync_event_body(),
+    responses={
+        "200": openapi.reply(
+            "`applied`: stored; `duplicate`: seen before; `stale`: superseded; `ignored`: an "
+            "EventType not listed, or a reachability event of Identity=system",
+            openapi.ref("WebhookOutcome"),
+        ),
+        "400": openapi.reply(
+            "missing or malformed parameters (each one named), a listed parameter given twice, "
+            f"a body that is not UTF-8 or JSON, or over {MAX_PARAMETERS} parameters",
+            openapi.ref("InvalidPayload"),
+        ),
+        "403": openapi.error(
+            "a bad signature, or an AccountSid not accepted",
+            "invalid_signature",
+            "account_not_allowed",
+        ),
+        "413": openapi.error("the body is over `PRESENCE_MAX_BODY_BYTES`", "payload_too_large"),
+        "415": openapi.error("neither a form nor JSON", "unsupported_media_type"),
+        "503": openapi.response_ref("StoreUnavailable"),
+    },
+    schemas=openapi.sync_event_schemas(MAX_PARAMETERS),
+)
+
+
 class WebhookReceiver:
     """Verifies, validates and applies Sync webhooks."""
 
@@ -203,6 +261,7 @@ class WebhookReceiver:
             settings_header=request.headers.get(SIGNATURE_SETTINGS_HEADER),
         )
 
+    @openapi.documented(post=_RECEIVE_SYNC_WEBHOOK)
     async def handle(self, request: web.Request) -> web.Response:
         metrics = self.metrics
         started = time.perf_counter()
