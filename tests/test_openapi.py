@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import io
 import json
+import re
 import sys
 from collections import Counter
 from collections.abc import Awaitable, Callable
@@ -30,8 +31,12 @@ from referencing.jsonschema import DRAFT202012
 from harness.processes import free_port
 from presence.events import EVENT_TYPES, CollectionEvent, ReachabilityEvent
 from presence.keys import Keyspace
+from presence.settings import load_settings
+from presence.store.connections import open_store
 from presence.twilio.samples import SERVICE_SID, reachability
-from presence.web.openapi import openapi_document
+from presence.web import openapi
+from presence.web.app import create_app, healthz
+from presence.web.openapi import UndocumentedRoute, openapi_document
 from presence.web.queries import MAX_LOOKUP_BYTES
 from tests.support import RunningApp, sign
 
@@ -40,7 +45,15 @@ Start = Callable[..., Awaitable[RunningApp]]
 API_TOKEN = "open-sesame"
 BEARER = {"Authorization": f"Bearer {API_TOKEN}"}
 BASE = f"/v1/services/{SERVICE_SID}"
-DOCUMENT = openapi_document()
+
+
+def service_routes() -> web.UrlDispatcher:
+    """The service's route table, from an app never started (its Redis is never asked)."""
+    settings = load_settings(redis_url=f"redis://127.0.0.1:{free_port()}/0")
+    return create_app(settings, open_store(settings)).router
+
+
+DOCUMENT = openapi_document(service_routes())
 DOCUMENT_URI = "urn:presence:openapi"
 REGISTRY: Registry[Any] = Registry().with_resource(
     DOCUMENT_URI, Resource.from_contents(DOCUMENT, default_specification=DRAFT202012)
@@ -217,11 +230,13 @@ async def test_the_document_is_served_as_valid_openapi_3_1(start_service: Start)
 
 
 def test_each_caller_gets_its_own_copy_of_the_document() -> None:
-    first = openapi_document()
+    routes = service_routes()
+    first = openapi_document(routes)
     first["paths"].clear()
+    first["components"]["schemas"]["Error"].clear()
 
-    assert openapi_document() == DOCUMENT
-    assert openapi_document()["paths"]
+    assert openapi_document(routes) == DOCUMENT
+    assert openapi_document(routes)["paths"]
 
 
 async def test_every_route_is_documented_and_every_documented_operation_is_routed(
@@ -238,6 +253,47 @@ async def test_every_route_is_documented_and_every_documented_operation_is_route
     }
 
     assert routed == documented_operations()
+
+
+async def undocumented(request: web.Request) -> web.Response:
+    return web.Response()
+
+
+@openapi.documented(get=openapi.query_operation("stats", "Counts", {"description": "counts"}))
+async def documented_under_a_service(request: web.Request) -> web.Response:
+    return web.Response()
+
+
+@pytest.mark.parametrize(
+    ("method", "path", "handler"),
+    [
+        ("GET", "/undocumented", undocumented),
+        ("POST", "/healthz", healthz),  # documented for GET only
+        # Its operation does not declare the path's parameters: one more, one less.
+        ("GET", "/v1/services/{service_sid}/stats/{identity}", documented_under_a_service),
+        ("GET", "/stats", documented_under_a_service),
+    ],
+)
+def test_a_route_without_its_declared_operation_fails_the_document(
+    method: str, path: str, handler: Any
+) -> None:
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    app.router.add_route(method, path, handler)
+
+    with pytest.raises(UndocumentedRoute, match=re.escape(path)):
+        openapi_document(app.router)
+
+
+def test_the_service_is_not_built_with_an_undocumented_route(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(
+        "presence.web.app.dashboard_routes", lambda: [web.get("/dashboard", undocumented)]
+    )
+
+    with pytest.raises(UndocumentedRoute, match="GET /dashboard"):
+        service_routes()
 
 
 def test_the_query_api_needs_the_bearer_token_and_nothing_else_does() -> None:

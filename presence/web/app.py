@@ -17,11 +17,12 @@ from presence.model import StoreUnavailable
 from presence.settings import Settings
 from presence.store.base import PresenceStore
 from presence.sweeper import Sweeper
+from presence.twilio import JSON
+from presence.web import openapi
 from presence.web.auth import require_api_token
 from presence.web.changes import ChangesApi
 from presence.web.dashboard import routes as dashboard_routes
 from presence.web.errors import json_errors, store_unavailable
-from presence.web.openapi import serve_openapi
 from presence.web.queries import MAX_LOOKUP_BYTES, QueryApi
 from presence.web.replies import json_reply
 from presence.web.webhooks import WebhookReceiver
@@ -38,12 +39,35 @@ SWEEPER = web.AppKey("sweeper", Sweeper)
 METRICS = web.AppKey("metrics", Metrics)
 HUB = web.AppKey("feed_hub", FeedHub)
 ACTIVITY = web.AppKey("activity", Activity)
+OPENAPI = web.AppKey("openapi", str)
+"""The OpenAPI document of the app's routes, as ``/openapi.json`` sends it."""
 
 
+def _operation(operation_id: str, summary: str, responses: openapi.Schema) -> openapi.Operation:
+    return openapi.Operation(operation_id, summary, "operations", responses)
+
+
+@openapi.documented(
+    get=_operation(
+        "healthz",
+        "Liveness: 200 while the process runs",
+        {"200": openapi.reply("alive", openapi.ref("Alive"))},
+    )
+)
 async def healthz(request: web.Request) -> web.Response:
     return json_reply({"status": "ok"})
 
 
+@openapi.documented(
+    get=_operation(
+        "readyz",
+        "Readiness: 200 when Redis answers",
+        {
+            "200": openapi.reply("Redis answers", openapi.ref("Ready")),
+            "503": openapi.response_ref("StoreUnavailable"),
+        },
+    )
+)
 async def readyz(request: web.Request) -> web.Response:
     try:
         await request.app[STORE].ping()
@@ -53,12 +77,35 @@ async def readyz(request: web.Request) -> web.Response:
     return json_reply({"status": "ready"})
 
 
+@openapi.documented(
+    get=_operation(
+        "metrics",
+        "Prometheus metrics",
+        {
+            "200": {
+                "description": f"the Prometheus text exposition format, as `{CONTENT_TYPE}`",
+                "content": {"text/plain": {"schema": {"type": "string"}}},
+            }
+        },
+    )
+)
 async def serve_metrics(request: web.Request) -> web.Response:
     # The exposition content type carries its own version parameter, so it goes in as a
     # header rather than through content_type=.
     return web.Response(
         body=request.app[METRICS].exposition(), headers={"Content-Type": CONTENT_TYPE}
     )
+
+
+@openapi.documented(
+    get=_operation(
+        "openapi",
+        "This document",
+        {"200": openapi.reply("the OpenAPI 3.1 document", {"type": "object"})},
+    )
+)
+async def serve_openapi(request: web.Request) -> web.Response:
+    return web.Response(text=request.app[OPENAPI], content_type=JSON)
 
 
 async def _run_store(app: web.Application) -> AsyncIterator[None]:
@@ -139,4 +186,6 @@ def create_app(
     app.router.add_get("/openapi.json", serve_openapi)
     app.router.add_get("/metrics", serve_metrics)
     app.router.add_routes(dashboard_routes())
+    # Built now, from the routes just added: a route without its operation stops the app here.
+    app[OPENAPI] = openapi.openapi_json(app.router)
     return app

@@ -28,6 +28,7 @@ from presence.feed.hub import Closed, FeedHub, Reset, Subscriber, TooManyStreams
 from presence.metrics import Metrics
 from presence.model import StoreUnavailable
 from presence.store.base import PresenceStore
+from presence.web import openapi
 from presence.web.errors import BadRequest, json_error
 from presence.web.queries import service_sid
 from presence.web.replies import MAX_LOOKUP
@@ -145,6 +146,79 @@ def _too_many(error: TooManyStreams) -> web.Response:
     return reply
 
 
+_FEED_PARAMETERS = (
+    openapi.query_parameter(
+        "since",
+        {"type": "string"},
+        "a cursor (a page's `cursor`, an event's `id`, a listing's `feed_cursor`); absent: from "
+        "now. A stream's `Last-Event-ID` overrides it",
+    ),
+    openapi.query_parameter(
+        "identity",
+        {"type": "array", "items": openapi.ref("Identity"), "maxItems": MAX_FILTER},
+        f"only the changes of these identities (repeat it: `identity=a&identity=b`; at most "
+        f"{MAX_FILTER})",
+    )
+    | {"style": "form", "explode": True},
+    openapi.query_parameter(
+        "limit",
+        {"type": "integer", "minimum": 1, "maximum": MAX_LIMIT, "default": DEFAULT_LIMIT},
+        "JSON only: changes per page at most",
+    ),
+    openapi.query_parameter(
+        "wait",
+        {"type": "number", "minimum": 0, "maximum": MAX_WAIT_SECONDS, "default": 0},
+        "JSON only: seconds to wait for a change when there is none yet (long-poll)",
+    ),
+    openapi.header_parameter(
+        "Last-Event-ID",
+        "a stream's last event `id`, sent by an EventSource client when it reconnects",
+    ),
+)
+
+_FEED_REPLY = {
+    "description": "`Accept: text/event-stream`: a stream of `event: change` (its `id:` a "
+    'cursor, its `data:` the change) and `event: reset` (`data: {"reason": ...}`, then from '
+    f"now), with a comment line at least every {HEARTBEAT_SECONDS:g} s; otherwise a JSON page",
+    "content": {
+        EVENT_STREAM: {"schema": {"type": "string"}},
+        **openapi.json_content(openapi.ref("ChangesPage")),
+    },
+}
+
+_FEED_UNAVAILABLE = openapi.error(
+    "Redis cannot be reached (`store_unavailable`), or `PRESENCE_MAX_STREAMS` streams are open "
+    "in this process (`too_many_streams`, with `Retry-After`)",
+    "store_unavailable",
+    "too_many_streams",
+    headers={
+        "Retry-After": {
+            "description": "with `too_many_streams`: seconds to wait before trying again",
+            "schema": {"type": "integer", "example": RETRY_AFTER_SECONDS},
+        }
+    },
+)
+
+
+def _feed_operation(
+    operation_id: str, summary: str, *codes: str, request_body: openapi.Schema | None = None
+) -> openapi.Operation:
+    """``GET`` or ``POST`` of the change feed: the same parameters, replies and errors."""
+    return openapi.query_operation(
+        operation_id,
+        summary,
+        _FEED_REPLY,
+        *("invalid_service_sid", "invalid_cursor", "invalid_identity", "invalid_limit", *codes),
+        description=(
+            "Every change of the service after `since`, each once, each identity's in version "
+            'order; `reset` when that is impossible (docs/changes.md, "Following changes").'
+        ),
+        parameters=_FEED_PARAMETERS,
+        request_body=request_body,
+        more_responses={"503": _FEED_UNAVAILABLE},
+    )
+
+
 class ChangesApi:
     """The change feed over HTTP, read from ``store`` and followed through ``hub``."""
 
@@ -157,6 +231,19 @@ class ChangesApi:
         path = "/v1/services/{service_sid}/changes"
         return [web.get(path, self.changes), web.post(path, self.changes)]
 
+    @openapi.documented(
+        get=_feed_operation("followChanges", "The change feed", "invalid_wait"),
+        post=_feed_operation(
+            "followChangesOf",
+            f"The change feed of up to {MAX_FILTER} identities",
+            "invalid_wait",
+            "invalid_body",
+            request_body={
+                "required": True,
+                "content": openapi.json_content(openapi.ref("FeedFilter")),
+            },
+        ),
+    )
     async def changes(self, request: web.Request) -> web.StreamResponse:
         sid = service_sid(request)
         streaming = _streaming(request)

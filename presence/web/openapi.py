@@ -1,9 +1,16 @@
-"""The OpenAPI 3.1 document of the HTTP API, served at ``/openapi.json``.
+"""The OpenAPI 3.1 document of the HTTP API, served at ``/openapi.json``, assembled from the
+application's route table.
 
-The schemas are generated from the types the service validates and answers with: the event
-models of ``presence.events`` (a JSON body as they are, a form body as text where a form
-carries text) and the reply types of ``replies.py``. Written here by hand is only what a
-type cannot say: the routes, their parameters, which reply comes when, and prose.
+Each handler declares its operation beside it, in the module that holds it
+(``@openapi.documented(get=Operation(...))``); the document takes every route's method and
+path from ``app.router`` and its operation from the route's handler, and is not built at all
+while a route has none (``UndocumentedRoute``), so a route cannot exist without its entry.
+
+Kept here is what the operations share: the schemas generated from the types the service
+validates and answers with (the event models of ``presence.events``, a JSON body as they are,
+a form body as text where a form carries text, and the reply types of ``replies.py``), the
+builders of parameters, replies and ``$ref``s, and the document's info. Written by hand is
+only what a type cannot say: parameters, which reply comes when, and prose.
 ``tests/test_openapi.py`` checks the document against the router and real replies.
 """
 
@@ -11,22 +18,21 @@ from __future__ import annotations
 
 import copy
 import json
+import re
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
 from functools import cache
 from importlib.metadata import PackageNotFoundError, version
-from typing import Any
+from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import TypeAdapter
 from pydantic.json_schema import models_json_schema
 
-from presence.events import MAX_NAME_LENGTH, MODELS, event_types, parse_event
-from presence.metrics import CONTENT_TYPE as METRICS_TYPE
-from presence.twilio import FORM, IDEMPOTENCY_HEADER, JSON, SIGNATURE_HEADER
-from presence.twilio import SIGNATURE_SETTINGS_HEADER as SETTINGS_HEADER
+from presence.events import MODELS, event_types, parse_event
+from presence.twilio import FORM, JSON
 from presence.twilio.samples import sample
-from presence.web import changes, dashboard, replies
-from presence.web.queries import DEFAULT_PAGE, MAX_LOOKUP_BYTES, MAX_PAGE
-from presence.web.webhooks import MAX_PARAMETERS
+from presence.web import replies
 
 Schema = dict[str, Any]
 
@@ -38,6 +44,14 @@ from Redis. Every error is JSON, `{"error": code, "message": text}`: besides the
 listed for each operation, an unknown path is answered `404` (`not_found`) and a method a
 path does not serve `405` (`method_not_allowed`, with `Allow`). When `PRESENCE_API_TOKEN` is
 set, every `/v1/` request needs `Authorization: Bearer <token>` (else `401`)."""
+
+TAGS = {
+    "query": "Who is online",
+    "webhooks": "Twilio Sync's events in",
+    "operations": "Health, readiness, metrics",
+    "dashboard": "The live page for operators",
+}
+"""The groups of operations, in the document's order: each operation names one."""
 
 REF = "#/components/schemas/{model}"
 
@@ -56,6 +70,92 @@ REPLY_TYPES: tuple[type, ...] = (
     replies.Alive,
     replies.Ready,
 )
+
+# ---------------------------------------------------------------------------------------------
+# Operations, declared beside their handlers
+
+
+@dataclass(frozen=True)
+class Operation:
+    """One operation of the document, declared beside its handler with ``documented``: all
+    of it but its method and path, which the route table gives."""
+
+    operation_id: str
+    summary: str
+    tag: str
+    """One of ``TAGS``."""
+    responses: Mapping[str, Schema]
+    """By status code, as strings."""
+    description: str | None = None
+    parameters: Sequence[Schema] = ()
+    """The operation's own query and header parameters."""
+    path_parameters: Sequence[Schema] = ()
+    """The parameters of its path: every operation on one path declares the same."""
+    request_body: Schema | None = None
+    bearer: bool = False
+    """Needs ``Authorization: Bearer <PRESENCE_API_TOKEN>``, as all of ``/v1/`` does."""
+    schemas: Mapping[str, Schema] = field(default_factory=dict)
+    """Components that only this operation's own limits can say (the webhook's)."""
+
+    def spec(self) -> Schema:
+        """The OpenAPI operation object."""
+        spec: Schema = {
+            "operationId": self.operation_id,
+            "summary": self.summary,
+            "tags": [self.tag],
+        }
+        if self.bearer:
+            spec["security"] = [{"bearerAuth": []}]
+        if self.description is not None:
+            spec["description"] = self.description
+        if self.parameters:
+            spec["parameters"] = list(self.parameters)
+        if self.request_body is not None:
+            spec["requestBody"] = self.request_body
+        spec["responses"] = dict(self.responses)
+        return spec
+
+
+HandlerT = TypeVar("HandlerT", bound=Callable[..., Any])
+
+_OPERATIONS = "__openapi_operations__"
+"""The attribute of a documented handler: its operation for each method, lower case."""
+
+
+def documented(
+    *,
+    get: Operation | None = None,
+    post: Operation | None = None,
+    put: Operation | None = None,
+    patch: Operation | None = None,
+    delete: Operation | None = None,
+) -> Callable[[HandlerT], HandlerT]:
+    """Declares the operation a handler serves under each method it is routed with. A
+    ``GET`` documents aiohttp's ``HEAD`` beside it; a route under any other method fails
+    the document."""
+    given = {"get": get, "post": post, "put": put, "patch": patch, "delete": delete}
+    operations = {method: found for method, found in given.items() if found is not None}
+    if not operations:
+        raise TypeError("documented() needs the operation of at least one method")
+
+    def declare(handler: HandlerT) -> HandlerT:
+        setattr(handler, _OPERATIONS, operations)
+        return handler
+
+    return declare
+
+
+def _declared(handler: object) -> Mapping[str, Operation]:
+    # A bound method reads its function's attributes: a method declared in its class is
+    # found through the bound method the route holds.
+    operations = getattr(handler, _OPERATIONS, None)
+    return operations if isinstance(operations, dict) else {}
+
+
+class UndocumentedRoute(Exception):
+    """A route whose handler declares no operation for its method, or whose operation does
+    not name its path's parameters: the document is not built."""
+
 
 # ---------------------------------------------------------------------------------------------
 # Schemas from types
@@ -97,35 +197,65 @@ def _event_schemas() -> dict[str, Schema]:
 
 def _reply_schemas() -> dict[str, Schema]:
     schemas: dict[str, Schema] = {}
-    for reply in REPLY_TYPES:
-        generated = TypeAdapter(reply).json_schema(ref_template=REF)
+    for reply_type in REPLY_TYPES:
+        generated = TypeAdapter(reply_type).json_schema(ref_template=REF)
         for name, schema in generated.pop("$defs", {}).items():
             schemas[name] = _tidy(schema)
-        schemas[reply.__name__] = _tidy(generated)
+        schemas[reply_type.__name__] = _tidy(generated)
     return schemas
 
 
-def _ref(name: str) -> Schema:
+def _all_event_types() -> list[str]:
+    return [event_type for model in MODELS for event_type in event_types(model)]
+
+
+@cache
+def _shared_schemas() -> dict[str, Schema]:
+    """The component schemas of the types, whichever routes the document has."""
+    return {
+        **_reply_schemas(),
+        "ServiceSid": TypeAdapter(replies.ServiceSid).json_schema(),
+        "Identity": TypeAdapter(replies.Identity).json_schema(),
+        "EventType": {"type": "string", "enum": _all_event_types()},
+        **_event_schemas(),
+    }
+
+
+def ref(name: str) -> Schema:
+    """A reference to the component schema ``name``."""
     return {"$ref": REF.format(model=name)}
 
 
-def _webhook(suffix: str) -> Schema:
+# ---------------------------------------------------------------------------------------------
+# The webhook's events
+
+
+def _sync_event(suffix: str, max_parameters: int) -> Schema:
     """Every listed event type (one model each, its EventTypes in an enum), or any other
     EventType, accepted and ignored."""
     other = {
         "type": "object",
         "required": ["EventType"],
-        "properties": {"EventType": {"type": "string", "minLength": 1, "not": _ref("EventType")}},
+        "properties": {"EventType": {"type": "string", "minLength": 1, "not": ref("EventType")}},
         "description": "An EventType the reference does not list: answered `ignored`.",
     }
     return {
         "type": "object",
-        "maxProperties": MAX_PARAMETERS,
+        "maxProperties": max_parameters,
         "description": (
             "The parameters of one Sync event. Parameters the reference does not list are "
             "ignored; a listed parameter given twice is refused."
         ),
-        "oneOf": [*(_ref(model.__name__ + suffix) for model in MODELS), other],
+        "oneOf": [*(ref(model.__name__ + suffix) for model in MODELS), other],
+    }
+
+
+def sync_event_schemas(max_parameters: int) -> dict[str, Schema]:
+    """``SyncEventForm`` and ``SyncEventJson``: the parameters of one Sync event, at most
+    ``max_parameters`` of them, as a form and as JSON."""
+    return {
+        "SyncEventForm": _sync_event("Form", max_parameters),
+        "SyncEventJson": _sync_event("", max_parameters),
     }
 
 
@@ -135,10 +265,6 @@ def _form_value(value: Any, schema: Schema) -> Any:
     if schema.get("type") == "string" and not isinstance(value, str):
         return json.dumps(value)
     return value
-
-
-def _all_event_types() -> list[str]:
-    return [event_type for model in MODELS for event_type in event_types(model)]
 
 
 def _examples(*, form: bool) -> Schema:
@@ -156,323 +282,73 @@ def _examples(*, form: bool) -> Schema:
     return examples
 
 
+def sync_event_body() -> Schema:
+    """The request body of a Sync webhook, a form or JSON (``sync_event_schemas``), with a
+    valid event of each type as an example."""
+    return {
+        "required": True,
+        "content": {
+            FORM: {"schema": ref("SyncEventForm"), "examples": _examples(form=True)},
+            JSON: {"schema": ref("SyncEventJson"), "examples": _examples(form=False)},
+        },
+    }
+
+
 # ---------------------------------------------------------------------------------------------
-# Replies
+# Parameters and replies
 
 
-def _json(schema: Schema) -> Schema:
+def json_content(schema: Schema) -> Schema:
+    """A JSON body of this schema."""
     return {JSON: {"schema": schema}}
 
 
-def _reply(description: str, schema: Schema, headers: Schema | None = None) -> Schema:
-    reply: Schema = {"description": description, "content": _json(schema)}
+def reply(description: str, schema: Schema, headers: Schema | None = None) -> Schema:
+    """A JSON reply."""
+    found: Schema = {"description": description, "content": json_content(schema)}
     if headers:
-        reply["headers"] = headers
-    return reply
+        found["headers"] = headers
+    return found
 
 
-def _error(description: str, *codes: str, headers: Schema | None = None) -> Schema:
+def error(description: str, *codes: str, headers: Schema | None = None) -> Schema:
     """An error reply whose ``error`` is one of ``codes``."""
-    schema = {"allOf": [_ref("Error"), {"properties": {"error": {"enum": list(codes)}}}]}
-    return _reply(description, schema, headers)
+    schema = {"allOf": [ref("Error"), {"properties": {"error": {"enum": list(codes)}}}]}
+    return reply(description, schema, headers)
 
 
-def _required_header(example: str) -> Schema:
+def required_header(example: str) -> Schema:
+    """A header every such reply carries."""
     return {"required": True, "schema": {"type": "string", "example": example}}
 
 
-def _response_ref(name: str) -> Schema:
+def response_ref(name: str) -> Schema:
+    """A reference to the shared reply ``name`` (``Unauthorized``, ``NotFound``,
+    ``MethodNotAllowed``, ``StoreUnavailable``)."""
     return {"$ref": f"#/components/responses/{name}"}
 
 
-def _components() -> Schema:
+def path_parameter(name: str, description: str, schema: Schema) -> Schema:
     return {
-        "securitySchemes": {
-            "bearerAuth": {
-                "type": "http",
-                "scheme": "bearer",
-                "description": "`PRESENCE_API_TOKEN`, needed by `/v1/` when it is set.",
-            }
-        },
-        "schemas": {
-            **_reply_schemas(),
-            "ServiceSid": TypeAdapter(replies.ServiceSid).json_schema(),
-            "Identity": TypeAdapter(replies.Identity).json_schema(),
-            "EventType": {"type": "string", "enum": _all_event_types()},
-            **_event_schemas(),
-            "SyncEventForm": _webhook("Form"),
-            "SyncEventJson": _webhook(""),
-        },
-        "responses": {
-            "Unauthorized": _error(
-                "`PRESENCE_API_TOKEN` is set and the request lacks "
-                "`Authorization: Bearer <token>` (`unauthorized`)",
-                "unauthorized",
-                headers={"WWW-Authenticate": _required_header('Bearer realm="presence"')},
-            ),
-            "NotFound": _error("no such path (`not_found`)", "not_found"),
-            "MethodNotAllowed": _error(
-                "the path does not serve this method (`method_not_allowed`)",
-                "method_not_allowed",
-                headers={"Allow": _required_header("GET,HEAD")},
-            ),
-            "StoreUnavailable": _error(
-                "Redis cannot be reached (`store_unavailable`); the request took effect in full "
-                "or not at all, so a retry is safe",
-                "store_unavailable",
-            ),
-        },
+        "name": name,
+        "in": "path",
+        "required": True,
+        "description": description,
+        "schema": schema,
     }
 
 
-# ---------------------------------------------------------------------------------------------
-# Paths
-
-_SERVICE_SID = {
-    "name": "service_sid",
-    "in": "path",
-    "required": True,
-    "description": "the Sync service: IS + 32 hex digits",
-    "schema": _ref("ServiceSid"),
-}
+def query_parameter(name: str, schema: Schema, description: str | None = None) -> Schema:
+    """An optional query parameter."""
+    parameter: Schema = {"name": name, "in": "query", "required": False}
+    if description is not None:
+        parameter["description"] = description
+    parameter["schema"] = schema
+    return parameter
 
 
-def _query(
-    operation_id: str,
-    summary: str,
-    ok: Schema,
-    *codes: str,
-    more_responses: Schema | None = None,
-    **fields: Any,
-) -> Schema:
-    """An operation of the query API: bearer auth, and the error codes of its 400."""
-    return {
-        "operationId": operation_id,
-        "summary": summary,
-        "tags": ["query"],
-        "security": [{"bearerAuth": []}],
-        **fields,
-        "responses": {
-            "200": ok,
-            "400": _error("a malformed request: " + ", ".join(codes), *codes),
-            "401": _response_ref("Unauthorized"),
-            **(more_responses or {}),
-            "503": _response_ref("StoreUnavailable"),
-        },
-    }
-
-
-def _query_paths() -> Schema:
-    base = "/v1/services/{service_sid}"
-    return {
-        base + "/identities/{identity}": {
-            "parameters": [
-                _SERVICE_SID,
-                {
-                    "name": "identity",
-                    "in": "path",
-                    "required": True,
-                    "description": "percent-encoded; any Unicode text of 1 to "
-                    f"{MAX_NAME_LENGTH} characters (`.` and `..` only through a lookup)",
-                    "schema": TypeAdapter(replies.Identity).json_schema(),
-                },
-            ],
-            "get": _query(
-                "getIdentity",
-                "Is this identity online? (never seen: offline, version 0)",
-                _reply("the identity's presence", _ref("IdentityReply")),
-                "invalid_service_sid",
-                "invalid_identity",
-            ),
-        },
-        base + "/lookup": {
-            "parameters": [_SERVICE_SID],
-            "post": _query(
-                "lookupIdentities",
-                f"Which of these (1 to {replies.MAX_LOOKUP}) are online? Answered in request order",
-                _reply("each identity's presence, in request order", _ref("Lookups")),
-                "invalid_service_sid",
-                "invalid_body",
-                requestBody={"required": True, "content": _json(_ref("Lookup"))},
-                more_responses={
-                    "413": _error(
-                        f"the body is over {MAX_LOOKUP_BYTES // 2**20} MiB", "payload_too_large"
-                    )
-                },
-            ),
-        },
-        base + "/online": {
-            "parameters": [_SERVICE_SID],
-            "get": _query(
-                "listOnline",
-                "Who is online, a page at a time",
-                _reply("a page of identity names", _ref("OnlinePage")),
-                "invalid_service_sid",
-                "invalid_limit",
-                "invalid_cursor",
-                "invalid_versions",
-                description=(
-                    "Follow `next_cursor` until it is null: every identity that stays online "
-                    "throughout the walk is listed exactly once; identities pending offline "
-                    "are listed. With `versions=true`, each is `{identity, version}`: apply "
-                    "a later change of it only when its version is higher."
-                ),
-                parameters=[
-                    {
-                        "name": "limit",
-                        "in": "query",
-                        "required": False,
-                        "schema": {
-                            "type": "integer",
-                            "minimum": 1,
-                            "maximum": MAX_PAGE,
-                            "default": DEFAULT_PAGE,
-                        },
-                    },
-                    {
-                        "name": "cursor",
-                        "in": "query",
-                        "required": False,
-                        "description": "`next_cursor` of the previous page (any other value: "
-                        "`invalid_cursor`); empty or absent: the first page",
-                        "schema": {"type": "string"},
-                    },
-                    {
-                        "name": "versions",
-                        "in": "query",
-                        "required": False,
-                        "description": "`true`: each identity with its version",
-                        "schema": {"type": "string", "enum": ["true", "false"], "default": "false"},
-                    },
-                ],
-            ),
-        },
-        base + "/changes": _changes_path(),
-        base + "/activity": {
-            "parameters": [_SERVICE_SID],
-            "get": _query(
-                "getActivity",
-                "Webhook outcomes of the last hour, a minute at a time (every replica's)",
-                _reply("sixty minutes, oldest first", _ref("ActivityReply")),
-                "invalid_service_sid",
-                description=(
-                    "Counted once a webhook's signature holds (a webhook refused before, "
-                    "its ServiceSid unproven, is counted only in `/metrics`); each process "
-                    "adds its counts to Redis every 2 s."
-                ),
-            ),
-        },
-        base + "/stats": {
-            "parameters": [_SERVICE_SID],
-            "get": _query(
-                "getStats",
-                "How many identities are online and pending offline, and endpoints connected",
-                _reply("the service's counts", _ref("StatsReply")),
-                "invalid_service_sid",
-            ),
-        },
-    }
-
-
-def _changes_path() -> Schema:
-    query = [
-        {
-            "name": "since",
-            "in": "query",
-            "required": False,
-            "description": "a cursor (a page's `cursor`, an event's `id`, a listing's "
-            "`feed_cursor`); absent: from now. A stream's `Last-Event-ID` overrides it",
-            "schema": {"type": "string"},
-        },
-        {
-            "name": "identity",
-            "in": "query",
-            "required": False,
-            "description": "only the changes of these identities (repeat it: "
-            f"`identity=a&identity=b`; at most {changes.MAX_FILTER})",
-            "style": "form",
-            "explode": True,
-            "schema": {"type": "array", "items": _ref("Identity"), "maxItems": changes.MAX_FILTER},
-        },
-        {
-            "name": "limit",
-            "in": "query",
-            "required": False,
-            "description": "JSON only: changes per page at most",
-            "schema": {
-                "type": "integer",
-                "minimum": 1,
-                "maximum": changes.MAX_LIMIT,
-                "default": changes.DEFAULT_LIMIT,
-            },
-        },
-        {
-            "name": "wait",
-            "in": "query",
-            "required": False,
-            "description": "JSON only: seconds to wait for a change when there is none yet "
-            "(long-poll)",
-            "schema": {
-                "type": "number",
-                "minimum": 0,
-                "maximum": changes.MAX_WAIT_SECONDS,
-                "default": 0,
-            },
-        },
-        _header(
-            "Last-Event-ID",
-            "a stream's last event `id`, sent by an EventSource client when it reconnects",
-        ),
-    ]
-    ok = {
-        "description": "`Accept: text/event-stream`: a stream of `event: change` (its `id:` a "
-        'cursor, its `data:` the change) and `event: reset` (`data: {"reason": ...}`, then '
-        f"from now), with a comment line at least every {changes.HEARTBEAT_SECONDS:g} s; otherwise "
-        "a JSON page",
-        "content": {
-            changes.EVENT_STREAM: {"schema": {"type": "string"}},
-            JSON: {"schema": _ref("ChangesPage")},
-        },
-    }
-    codes = ("invalid_service_sid", "invalid_cursor", "invalid_identity", "invalid_limit")
-    unavailable = _error(
-        "Redis cannot be reached (`store_unavailable`), or `PRESENCE_MAX_STREAMS` streams are "
-        "open in this process (`too_many_streams`, with `Retry-After`)",
-        "store_unavailable",
-        "too_many_streams",
-        headers={
-            "Retry-After": {
-                "description": "with `too_many_streams`: seconds to wait before trying again",
-                "schema": {"type": "integer", "example": changes.RETRY_AFTER_SECONDS},
-            }
-        },
-    )
-    description = (
-        "Every change of the service after `since`, each once, each identity's in version "
-        'order; `reset` when that is impossible (docs/changes.md, "Following changes").'
-    )
-
-    def operation(operation_id: str, summary: str, *more_codes: str, **fields: Any) -> Schema:
-        found = _query(operation_id, summary, ok, *codes, *more_codes, **fields)
-        found["description"] = description
-        found["parameters"] = query
-        found["responses"]["503"] = unavailable
-        return found
-
-    return {
-        "parameters": [_SERVICE_SID],
-        "get": operation("followChanges", "The change feed", "invalid_wait"),
-        "post": operation(
-            "followChangesOf",
-            "The change feed of up to 1000 identities",
-            "invalid_wait",
-            "invalid_body",
-            requestBody={"required": True, "content": _json(_ref("FeedFilter"))},
-        ),
-    }
-
-
-def _header(name: str, description: str) -> Schema:
+def header_parameter(name: str, description: str) -> Schema:
+    """An optional request header."""
     return {
         "name": name,
         "in": "header",
@@ -482,176 +358,136 @@ def _header(name: str, description: str) -> Schema:
     }
 
 
-def _webhook_path() -> Schema:
-    return {
-        "post": {
-            "operationId": "receiveSyncWebhook",
-            "summary": "A Twilio Sync webhook",
-            "tags": ["webhooks"],
-            "description": (
-                "Checked in this order: content type (415), size (413), signature (403; a form "
-                "must be UTF-8 to be checked, else 400), AccountSid (403, when "
-                "`PRESENCE_ACCOUNT_SID` is set), parameters (400), then Redis (503). A 200 is "
-                "sent only once the event's effect is stored."
-            ),
-            "parameters": [
-                _header(
-                    SIGNATURE_HEADER,
-                    "Twilio's signature of the request, checked against every token of "
-                    "`PRESENCE_TWILIO_AUTH_TOKEN` (missing or wrong: 403). Not needed when "
-                    "`PRESENCE_ALLOW_UNSIGNED_WEBHOOKS` is true.",
-                ),
-                _header(
-                    SETTINGS_HEADER,
-                    "`algorithm=HMAC_SHA256` to sign with SHA-256 (default HMAC_SHA1)",
-                ),
-                _header(
-                    IDEMPOTENCY_HEADER,
-                    "Twilio's retry token: a document, list or map event whose token was "
-                    "already recorded is a duplicate",
-                ),
-                {
-                    "name": "bodySHA256",
-                    "in": "query",
-                    "required": False,
-                    "description": "hex SHA-256 of a JSON body, which the signature covers",
-                    "schema": {"type": "string"},
-                },
-            ],
-            "requestBody": {
-                "required": True,
-                "content": {
-                    FORM: {"schema": _ref("SyncEventForm"), "examples": _examples(form=True)},
-                    JSON: {"schema": _ref("SyncEventJson"), "examples": _examples(form=False)},
-                },
-            },
-            "responses": {
-                "200": _reply(
-                    "`applied`: stored; `duplicate`: seen before; `stale`: superseded; "
-                    "`ignored`: an EventType not listed, or a reachability event of "
-                    "Identity=system",
-                    _ref("WebhookOutcome"),
-                ),
-                "400": _reply(
-                    "missing or malformed parameters (each one named), a listed parameter "
-                    f"given twice, a body that is not UTF-8 or JSON, or over {MAX_PARAMETERS} "
-                    "parameters",
-                    _ref("InvalidPayload"),
-                ),
-                "403": _error(
-                    "a bad signature, or an AccountSid not accepted",
-                    "invalid_signature",
-                    "account_not_allowed",
-                ),
-                "413": _error("the body is over `PRESENCE_MAX_BODY_BYTES`", "payload_too_large"),
-                "415": _error("neither a form nor JSON", "unsupported_media_type"),
-                "503": _response_ref("StoreUnavailable"),
-            },
-        }
+SERVICE_SID = path_parameter(
+    "service_sid", "the Sync service: IS + 32 hex digits", ref("ServiceSid")
+)
+"""The first parameter of every path of the query API."""
+
+
+def query_operation(
+    operation_id: str,
+    summary: str,
+    ok: Schema,
+    *codes: str,
+    description: str | None = None,
+    parameters: Sequence[Schema] = (),
+    path_parameters: Sequence[Schema] = (SERVICE_SID,),
+    request_body: Schema | None = None,
+    more_responses: Mapping[str, Schema] | None = None,
+) -> Operation:
+    """An operation of the query API: bearer auth, its ``ok`` reply, the error codes of its
+    400, then 401 and 503; ``more_responses`` adds replies or replaces those."""
+    responses = {
+        "200": ok,
+        "400": error("a malformed request: " + ", ".join(codes), *codes),
+        "401": response_ref("Unauthorized"),
+        **(more_responses or {}),
     }
+    responses.setdefault("503", response_ref("StoreUnavailable"))
+    return Operation(
+        operation_id,
+        summary,
+        "query",
+        responses,
+        description=description,
+        parameters=parameters,
+        path_parameters=path_parameters,
+        request_body=request_body,
+        bearer=True,
+    )
 
 
-def _operations_paths() -> Schema:
-    def get(operation_id: str, summary: str, responses: Schema) -> Schema:
-        return {
-            "get": {
-                "operationId": operation_id,
-                "summary": summary,
-                "tags": ["operations"],
-                "responses": responses,
-            }
-        }
-
+def _shared_responses() -> Schema:
     return {
-        "/healthz": get(
-            "healthz",
-            "Liveness: 200 while the process runs",
-            {"200": _reply("alive", _ref("Alive"))},
+        "Unauthorized": error(
+            "`PRESENCE_API_TOKEN` is set and the request lacks "
+            "`Authorization: Bearer <token>` (`unauthorized`)",
+            "unauthorized",
+            headers={"WWW-Authenticate": required_header('Bearer realm="presence"')},
         ),
-        "/readyz": get(
-            "readyz",
-            "Readiness: 200 when Redis answers",
-            {
-                "200": _reply("Redis answers", _ref("Ready")),
-                "503": _response_ref("StoreUnavailable"),
-            },
+        "NotFound": error("no such path (`not_found`)", "not_found"),
+        "MethodNotAllowed": error(
+            "the path does not serve this method (`method_not_allowed`)",
+            "method_not_allowed",
+            headers={"Allow": required_header("GET,HEAD")},
         ),
-        "/metrics": get(
-            "metrics",
-            "Prometheus metrics",
-            {
-                "200": {
-                    "description": f"the Prometheus text exposition format, as `{METRICS_TYPE}`",
-                    "content": {"text/plain": {"schema": {"type": "string"}}},
-                }
-            },
-        ),
-        "/openapi.json": get(
-            "openapi",
-            "This document",
-            {"200": _reply("the OpenAPI 3.1 document", {"type": "object"})},
+        "StoreUnavailable": error(
+            "Redis cannot be reached (`store_unavailable`); the request took effect in full "
+            "or not at all, so a retry is safe",
+            "store_unavailable",
         ),
     }
 
 
-def _dashboard_paths() -> Schema:
-    headers = {
-        name: _required_header(value)
-        for name, value in dashboard.HEADERS.items()
-        if name == "Content-Security-Policy"
-    }
-    not_modified = {"description": "unchanged since the `ETag` sent in `If-None-Match`"}
+# ---------------------------------------------------------------------------------------------
+# The document, from the route table
+
+
+def _routed_operations(router: web.UrlDispatcher) -> dict[str, dict[str, Operation]]:
+    """Each routed path's operations by method; raises ``UndocumentedRoute`` for a route
+    whose handler declares none for it."""
+    gets = {route.resource for route in router.routes() if route.method == "GET"}
+    paths: dict[str, dict[str, Operation]] = {}
+    for route in router.routes():
+        resource = route.resource
+        assert resource is not None  # a route table's routes all have their resource
+        if route.method == "HEAD" and resource in gets:
+            continue  # aiohttp's HEAD beside a GET, which the GET documents
+        method = route.method.lower()
+        operation = _declared(route.handler).get(method)
+        if operation is None:
+            handler = getattr(route.handler, "__qualname__", repr(route.handler))
+            raise UndocumentedRoute(
+                f"{route.method} {resource.canonical}: its handler {handler} declares no "
+                f"operation for {route.method} (@openapi.documented)"
+            )
+        paths.setdefault(resource.canonical, {})[method] = operation
+    return paths
+
+
+def _path_parameters(path: str, operations: Mapping[str, Operation]) -> list[Schema]:
+    """The parameters of ``path``: every operation on it declares the same, named as the path
+    names them."""
+    declared = [list(operation.path_parameters) for operation in operations.values()]
+    names = sorted(parameter["name"] for parameter in declared[0])
+    if names != sorted(re.findall(r"\{([^}]+)\}", path)) or any(
+        other != declared[0] for other in declared
+    ):
+        raise UndocumentedRoute(f"{path}: its operations do not all declare its parameters")
+    return declared[0]
+
+
+def _path_item(path: str, operations: Mapping[str, Operation]) -> Schema:
+    """The path's item: its parameters, then an operation per method."""
+    parameters = _path_parameters(path, operations)
+    item: Schema = {"parameters": parameters} if parameters else {}
+    for method, operation in operations.items():
+        if operation.tag not in TAGS:
+            raise ValueError(f"{method.upper()} {path}: tag {operation.tag!r} is not in TAGS")
+        item[method] = operation.spec()
+    return item
+
+
+def _component_schemas(operations: Iterable[Operation]) -> dict[str, Schema]:
+    schemas = dict(_shared_schemas())
+    for operation in operations:
+        for name, schema in operation.schemas.items():
+            if schemas.setdefault(name, schema) != schema:
+                raise ValueError(f"two different component schemas are named {name}")
+    return schemas
+
+
+def _components(operations: Iterable[Operation]) -> Schema:
     return {
-        "/dashboard": {
-            "get": {
-                "operationId": "dashboard",
-                "summary": "The live dashboard: an HTML page for operators",
-                "tags": ["dashboard"],
-                "description": (
-                    "Who is online in a service, pending offline, endpoints, recent changes "
-                    "and webhook outcomes, updating live. The page itself needs no token: it "
-                    "reads `/v1/` like any client, asking for the API token when `/v1/` "
-                    "answers `401`. Its `Content-Security-Policy` allows only this service's "
-                    "own origin (docs/dashboard.md)."
-                ),
-                "responses": {
-                    "200": {
-                        "description": "the page",
-                        "headers": headers,
-                        "content": {"text/html": {"schema": {"type": "string"}}},
-                    },
-                    "304": not_modified,
-                },
+        "securitySchemes": {
+            "bearerAuth": {
+                "type": "http",
+                "scheme": "bearer",
+                "description": "`PRESENCE_API_TOKEN`, needed by `/v1/` when it is set.",
             }
         },
-        "/dashboard/{asset}": {
-            "parameters": [
-                {
-                    "name": "asset",
-                    "in": "path",
-                    "required": True,
-                    "description": "a file of the page",
-                    "schema": {"type": "string", "enum": sorted(dashboard.ASSETS)},
-                }
-            ],
-            "get": {
-                "operationId": "dashboardAsset",
-                "summary": "The dashboard's style sheet, script and icon",
-                "tags": ["dashboard"],
-                "responses": {
-                    "200": {
-                        "description": "the file",
-                        "headers": headers,
-                        "content": {
-                            media: {"schema": {"type": "string"}}
-                            for media in sorted(set(dashboard.ASSETS.values()))
-                        },
-                    },
-                    "304": not_modified,
-                    "404": _response_ref("NotFound"),
-                },
-            },
-        },
+        "schemas": _component_schemas(operations),
+        "responses": _shared_responses(),
     }
 
 
@@ -662,8 +498,13 @@ def _version() -> str:
         return "0+unknown"
 
 
-@cache
-def _document() -> Schema:
+def _assemble(router: web.UrlDispatcher) -> Schema:
+    """The document, sharing its parts with the declarations: never to be changed."""
+    routed = _routed_operations(router)
+    operations = [operation for methods in routed.values() for operation in methods.values()]
+    ids = [operation.operation_id for operation in operations]
+    if len(set(ids)) != len(ids):
+        raise ValueError(f"an operationId is declared twice: {sorted(ids)}")
     return {
         "openapi": "3.1.0",
         "info": {
@@ -672,32 +513,20 @@ def _document() -> Schema:
             "description": DESCRIPTION,
             "license": {"name": "MIT", "identifier": "MIT"},
         },
-        "tags": [
-            {"name": "query", "description": "Who is online"},
-            {"name": "webhooks", "description": "Twilio Sync's events in"},
-            {"name": "operations", "description": "Health, readiness, metrics"},
-            {"name": "dashboard", "description": "The live page for operators"},
-        ],
-        "paths": {
-            "/webhooks/sync": _webhook_path(),
-            **_query_paths(),
-            **_operations_paths(),
-            **_dashboard_paths(),
-        },
-        "components": _components(),
+        "tags": [{"name": name, "description": text} for name, text in TAGS.items()],
+        "paths": {path: _path_item(path, methods) for path, methods in routed.items()},
+        "components": _components(operations),
     }
 
 
-@cache
-def _document_json() -> str:
-    return json.dumps(_document(), indent=1)
+def openapi_document(router: web.UrlDispatcher) -> dict[str, Any]:
+    """The OpenAPI 3.1 document of the routes of ``router`` (the query API, the webhook
+    receiver, health, metrics and the dashboard, in the service's), the caller's own copy.
+
+    Raises ``UndocumentedRoute`` for a route whose handler declares no operation for it."""
+    return copy.deepcopy(_assemble(router))
 
 
-def openapi_document() -> dict[str, Any]:
-    """The OpenAPI 3.1 document: the query API, the webhook receiver, health, metrics and the
-    dashboard."""
-    return copy.deepcopy(_document())
-
-
-async def serve_openapi(request: web.Request) -> web.Response:
-    return web.Response(text=_document_json(), content_type=JSON)
+def openapi_json(router: web.UrlDispatcher) -> str:
+    """``openapi_document(router)`` as the text ``/openapi.json`` sends."""
+    return json.dumps(_assemble(router), indent=1)

@@ -19,6 +19,7 @@ from aiohttp import web
 from presence.activity import Activity
 from presence.events import (
     EVENT_TYPES,
+    CollectionEvent,
     FieldError,
     InvalidPayload,
     ReachabilityEvent,
@@ -40,6 +41,7 @@ from presence.twilio import (
     is_sid,
 )
 from presence.twilio.signing import SignatureValidator
+from presence.web import openapi
 from presence.web.errors import json_error, store_unavailable
 from presence.web.replies import json_reply
 
@@ -114,8 +116,95 @@ def _form_pairs(body: bytes) -> list[tuple[str, str]]:
     return pairs
 
 
+def _forged() -> _Verdict:
+    return _reject(403, "invalid_signature", f"{SIGNATURE_HEADER} does not match")
+
+
+def _json_pairs(body: bytes) -> list[tuple[str, Any]] | _Verdict:
+    """A JSON body's members in order, repeats included; the verdict refusing anything but
+    an object."""
+    try:
+        document = loads_strict(body, object_pairs_hook=_JsonObject)
+    except (ValueError, RecursionError):
+        return _body_error("is not valid JSON")
+    if not isinstance(document, _JsonObject):
+        return _body_error("must be a JSON object")
+    return document.pairs
+
+
+def _event_type_label(params: dict[str, Any]) -> str:
+    """The webhook's EventType when the reference lists it, else ``unknown``."""
+    listed = params.get("EventType")
+    return listed if isinstance(listed, str) and listed in EVENT_TYPES else UNKNOWN
+
+
 _SERVICE = web.RequestKey("webhook_service", str)
 """The ServiceSid of a webhook whose signature holds: its outcome counts for that service."""
+
+
+def _note_service(request: web.Request, params: dict[str, Any]) -> None:
+    # Counted for its service only once signed: an unsigned ServiceSid could be anything.
+    service = params.get("ServiceSid")
+    if is_sid(service, "IS"):
+        assert isinstance(service, str)
+        request[_SERVICE] = service
+
+
+_RECEIVE_SYNC_WEBHOOK = openapi.Operation(
+    operation_id="receiveSyncWebhook",
+    summary="A Twilio Sync webhook",
+    tag="webhooks",
+    description=(
+        "Checked in this order: content type (415), size (413), signature (403; a form must be "
+        "UTF-8 to be checked, else 400), AccountSid (403, when `PRESENCE_ACCOUNT_SID` is set), "
+        "parameters (400), then Redis (503). A 200 is sent only once the event's effect is "
+        "stored."
+    ),
+    parameters=(
+        openapi.header_parameter(
+            SIGNATURE_HEADER,
+            "Twilio's signature of the request, checked against every token of "
+            "`PRESENCE_TWILIO_AUTH_TOKEN` (missing or wrong: 403). Not needed when "
+            "`PRESENCE_ALLOW_UNSIGNED_WEBHOOKS` is true.",
+        ),
+        openapi.header_parameter(
+            SIGNATURE_SETTINGS_HEADER,
+            "`algorithm=HMAC_SHA256` to sign with SHA-256 (default HMAC_SHA1)",
+        ),
+        openapi.header_parameter(
+            IDEMPOTENCY_HEADER,
+            "Twilio's retry token: a document, list or map event whose token was already "
+            "recorded is a duplicate",
+        ),
+        openapi.query_parameter(
+            "bodySHA256",
+            {"type": "string"},
+            "hex SHA-256 of a JSON body, which the signature covers",
+        ),
+    ),
+    request_body=openapi.sync_event_body(),
+    responses={
+        "200": openapi.reply(
+            "`applied`: stored; `duplicate`: seen before; `stale`: superseded; `ignored`: an "
+            "EventType not listed, or a reachability event of Identity=system",
+            openapi.ref("WebhookOutcome"),
+        ),
+        "400": openapi.reply(
+            "missing or malformed parameters (each one named), a listed parameter given twice, "
+            f"a body that is not UTF-8 or JSON, or over {MAX_PARAMETERS} parameters",
+            openapi.ref("InvalidPayload"),
+        ),
+        "403": openapi.error(
+            "a bad signature, or an AccountSid not accepted",
+            "invalid_signature",
+            "account_not_allowed",
+        ),
+        "413": openapi.error("the body is over `PRESENCE_MAX_BODY_BYTES`", "payload_too_large"),
+        "415": openapi.error("neither a form nor JSON", "unsupported_media_type"),
+        "503": openapi.response_ref("StoreUnavailable"),
+    },
+    schemas=openapi.sync_event_schemas(MAX_PARAMETERS),
+)
 
 
 class WebhookReceiver:
@@ -167,6 +256,7 @@ class WebhookReceiver:
             settings_header=request.headers.get(SIGNATURE_SETTINGS_HEADER),
         )
 
+    @openapi.documented(post=_RECEIVE_SYNC_WEBHOOK)
     async def handle(self, request: web.Request) -> web.Response:
         metrics = self.metrics
         started = time.perf_counter()
@@ -187,6 +277,8 @@ class WebhookReceiver:
         return verdict.response
 
     async def _handle(self, request: web.Request) -> _Verdict:
+        """The checks in the module's order, the first to fail giving the verdict; then the
+        event, applied."""
         if request.content_type not in (FORM, JSON):
             return _reject(415, "unsupported_media_type", f"send {FORM} (as Twilio does) or {JSON}")
         body = await self._read_body(request)
@@ -194,58 +286,55 @@ class WebhookReceiver:
             return _reject(
                 413, "payload_too_large", f"the body is larger than {self.max_body} bytes"
             )
-
-        # A JSON body is signed as bytes (bodySHA256) and checked before it is parsed; a form
-        # is signed as its decoded parameters, so it must be decoded first.
-        pairs: list[tuple[str, Any]]
-        if request.content_type == FORM:
-            try:
-                pairs = _form_pairs(body)
-            except UnicodeDecodeError:
-                return _body_error("is not valid UTF-8")
-            signed = self._signed(request, pairs, body)
-        else:
-            signed = self._signed(request, None, body)
-            if signed:
-                try:
-                    document = loads_strict(body, object_pairs_hook=_JsonObject)
-                except (ValueError, RecursionError):
-                    return _body_error("is not valid JSON")
-                if not isinstance(document, _JsonObject):
-                    return _body_error("must be a JSON object")
-                pairs = document.pairs
-        if not signed:
-            return _reject(403, "invalid_signature", "X-Twilio-Signature does not match")
+        pairs = self._signed_pairs(request, body)
+        if isinstance(pairs, _Verdict):
+            return pairs
         if len(pairs) > MAX_PARAMETERS:
             return _body_error(f"has more than {MAX_PARAMETERS} parameters")
         params = dict(pairs)
-        # Counted for its service only once signed: an unsigned ServiceSid could be anything.
-        service = params.get("ServiceSid")
-        if is_sid(service, "IS"):
-            assert isinstance(service, str)
-            request[_SERVICE] = service
-        listed = params.get("EventType")
-        event_type = listed if isinstance(listed, str) and listed in EVENT_TYPES else UNKNOWN
-        if self.account_sid is not None:
-            account = params.get("AccountSid")
-            if not isinstance(account, str) or account.lower() != self.account_sid.lower():
-                return _reject(
-                    403, "account_not_allowed", "AccountSid is not accepted here", event_type
-                )
-
+        _note_service(request, params)
+        event_type = _event_type_label(params)
+        if not self._account_accepted(params):
+            return _reject(
+                403, "account_not_allowed", "AccountSid is not accepted here", event_type
+            )
         try:
             event = parse_event(pairs)
         except InvalidPayload as error:
             return _invalid(error.errors, event_type)
         if event is None:
             return _done(Outcome.IGNORED, event_type)
+        return await self._apply(request, event, event_type)
+
+    def _signed_pairs(self, request: web.Request, body: bytes) -> list[tuple[str, Any]] | _Verdict:
+        """The body's parameters once its signature holds, else the verdict refusing it.
+
+        A JSON body is signed as bytes (bodySHA256) and checked before it is parsed; a form
+        is signed as its decoded parameters, so it must be decoded first."""
+        if request.content_type == FORM:
+            try:
+                pairs = _form_pairs(body)
+            except UnicodeDecodeError:
+                return _body_error("is not valid UTF-8")
+            return pairs if self._signed(request, pairs, body) else _forged()
+        if not self._signed(request, None, body):
+            return _forged()
+        return _json_pairs(body)
+
+    def _account_accepted(self, params: dict[str, Any]) -> bool:
+        """True unless ``PRESENCE_ACCOUNT_SID`` is set and the webhook's AccountSid is another."""
+        if self.account_sid is None:
+            return True
+        account = params.get("AccountSid")
+        return isinstance(account, str) and account.lower() == self.account_sid.lower()
+
+    async def _apply(
+        self, request: web.Request, event: ReachabilityEvent | CollectionEvent, event_type: str
+    ) -> _Verdict:
+        """The event stored, and its outcome; a 503 when Redis cannot take it."""
         try:
             if isinstance(event, ReachabilityEvent):
-                if event.identity == SYSTEM_IDENTITY:
-                    return _done(Outcome.IGNORED, event_type)
-                result = await self.store.apply_reachability(event)
-                self._observe(result, event.service_sid)
-                return _done(result.outcome, event_type)
+                return await self._apply_reachability(event, event_type)
             return _done(await self.store.record(event, self._token(request)), event_type)
         except ReplicasBehind as error:
             # Applied on the master only: Twilio's retry is answered duplicate or stale.
@@ -256,6 +345,13 @@ class WebhookReceiver:
             log.warning("store unavailable for a webhook: %s", error)
             self.metrics.redis_error("webhook")
             return _Verdict(store_unavailable(), event_type, rejection="store_unavailable")
+
+    async def _apply_reachability(self, event: ReachabilityEvent, event_type: str) -> _Verdict:
+        if event.identity == SYSTEM_IDENTITY:
+            return _done(Outcome.IGNORED, event_type)
+        result = await self.store.apply_reachability(event)
+        self._observe(result, event.service_sid)
+        return _done(result.outcome, event_type)
 
     def _observe(self, result: EventResult, service_sid: str) -> None:
         log_changes(result.changes)

@@ -15,6 +15,8 @@ from importlib.resources import files
 
 from aiohttp import web
 
+from presence.web import openapi
+
 PAGE = "index.html"
 ASSETS = {
     "dashboard.css": "text/css",
@@ -64,10 +66,63 @@ def _reply(request: web.Request, found: _File) -> web.Response:
     )
 
 
+_SECURITY_HEADERS = {
+    name: openapi.required_header(value)
+    for name, value in HEADERS.items()
+    if name == "Content-Security-Policy"
+}
+_NOT_MODIFIED = {"description": "unchanged since the `ETag` sent in `If-None-Match`"}
+
+
+@openapi.documented(
+    get=openapi.Operation(
+        operation_id="dashboard",
+        summary="The live dashboard: an HTML page for operators",
+        tag="dashboard",
+        description=(
+            "Who is online in a service, pending offline, endpoints, recent changes and webhook "
+            "outcomes, updating live. The page itself needs no token: it reads `/v1/` like any "
+            "client, asking for the API token when `/v1/` answers `401`. Its "
+            "`Content-Security-Policy` allows only this service's own origin "
+            "(docs/dashboard.md)."
+        ),
+        responses={
+            "200": {
+                "description": "the page",
+                "headers": _SECURITY_HEADERS,
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            },
+            "304": _NOT_MODIFIED,
+        },
+    )
+)
 async def page(request: web.Request) -> web.Response:
     return _reply(request, _file(PAGE, "text/html"))
 
 
+@openapi.documented(
+    get=openapi.Operation(
+        operation_id="dashboardAsset",
+        summary="The dashboard's style sheet, script and icon",
+        tag="dashboard",
+        path_parameters=(
+            openapi.path_parameter(
+                "asset", "a file of the page", {"type": "string", "enum": sorted(ASSETS)}
+            ),
+        ),
+        responses={
+            "200": {
+                "description": "the file",
+                "headers": _SECURITY_HEADERS,
+                "content": {
+                    media: {"schema": {"type": "string"}} for media in sorted(set(ASSETS.values()))
+                },
+            },
+            "304": _NOT_MODIFIED,
+            "404": openapi.response_ref("NotFound"),
+        },
+    )
+)
 async def asset(request: web.Request) -> web.Response:
     name = request.match_info["asset"]
     if name not in ASSETS:
