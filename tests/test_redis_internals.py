@@ -7,8 +7,9 @@ somewhere deep in a webhook's path. docs/development.md lists the same parts.
   ``asyncio.StreamReader``) with a hiredis reader whose error replies are made by
   ``redis._parsers.base.BaseParser.parse_error``;
 - ``presence/store/nodes.py`` sets a ``RedisCluster``'s ``_initialize`` to make it ask the
-  cluster for its layout before its next command, and moves a failed node last with
-  ``nodes_manager.move_node_to_end_of_cached_nodes``;
+  cluster for its layout before its next command (once the client's
+  ``topology_refresh_min_interval``, new in redis-py 8.2, has passed), and moves a failed
+  node last with ``nodes_manager.move_node_to_end_of_cached_nodes``;
 - ``presence/store/sentinel.py`` overrides ``SentinelConnectionPool.get_master_address``,
   which every new connection of the pool awaits, and closes ``sentinel_manager``.
 """
@@ -17,17 +18,20 @@ from __future__ import annotations
 
 import asyncio
 import inspect
+import time
 from typing import Any
 
 import pytest
 from redis._parsers.base import BaseParser
-from redis.asyncio import Redis, RedisCluster
+from redis.asyncio import Redis
 from redis.asyncio.cluster import NodesManager
 from redis.asyncio.connection import AbstractConnection
 from redis.asyncio.sentinel import Sentinel, SentinelConnectionPool, SentinelManagedConnection
 from redis.exceptions import NoScriptError, ReadOnlyError, ResponseError
 
-from harness.processes import RedisServer
+from harness.processes import RedisClusterNodes, RedisServer
+from presence.store.connections import cluster_client
+from presence.store.nodes import REFRESH_SECONDS
 from presence.store.resp import pack
 
 
@@ -74,28 +78,44 @@ def test_the_parser_makes_the_exceptions_redis_py_raises(
 
 
 @pytest.mark.slow
-async def test_a_cluster_asked_to_initialize_asks_for_its_layout_again(
-    redis_cluster: RedisCluster, monkeypatch: pytest.MonkeyPatch
+async def test_a_cluster_asked_to_initialize_asks_for_its_layout_again_once_due(
+    redis_cluster_nodes: RedisClusterNodes, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    await redis_cluster.ping()
-    manager = redis_cluster.nodes_manager
-    asked = []
-    initialize = type(manager).initialize
+    """``node_failed`` sets ``_initialize``; redis-py runs the refresh it asks for on the next
+    command once ``topology_refresh_min_interval`` has passed since the last one, and
+    collapses the requests made in between into that one."""
+    redis_cluster_nodes.wait_until_ok()
+    redis_cluster = cluster_client(redis_cluster_nodes.url)
+    try:
+        await redis_cluster.ping()
+        manager = redis_cluster.nodes_manager
+        assert manager._topology_refresh_min_interval == REFRESH_SECONDS
+        asked = []
+        initialize = type(manager).initialize
 
-    async def counted(self: NodesManager, *args: Any, **kwargs: Any) -> None:
-        asked.append(True)
-        await initialize(self, *args, **kwargs)
+        async def counted(self: NodesManager, *args: Any, **kwargs: Any) -> None:
+            asked.append(True)
+            await initialize(self, *args, **kwargs)
 
-    monkeypatch.setattr(type(manager), "initialize", counted)
-    assert redis_cluster._initialize is False
-    redis_cluster._initialize = True
-    await redis_cluster.set("internals", "1")
-    assert asked == [True]
-    assert redis_cluster._initialize is False
-    # A node moved last is the last of the cached nodes (not asked first when starting over).
-    first = next(iter(manager.nodes_cache))
-    manager.move_node_to_end_of_cached_nodes(first)
-    assert list(manager.nodes_cache)[-1] == first
+        monkeypatch.setattr(type(manager), "initialize", counted)
+        assert redis_cluster._initialize is False
+        asked_at = time.monotonic()
+        redis_cluster._initialize = True
+        deadline = asked_at + 5
+        while not asked and time.monotonic() < deadline:
+            await redis_cluster.set("internals", "1")
+            redis_cluster._initialize = True  # asked again and again: still one refresh
+            await asyncio.sleep(0.01)
+        assert asked == [True]
+        # The interval runs from the first initialization, just before the request.
+        assert time.monotonic() - asked_at <= REFRESH_SECONDS + 1
+        # A node moved last is the last of the cached nodes (not asked first when starting
+        # over).
+        first = next(iter(manager.nodes_cache))
+        manager.move_node_to_end_of_cached_nodes(first)
+        assert list(manager.nodes_cache)[-1] == first
+    finally:
+        await redis_cluster.aclose()
 
 
 def test_a_sentinel_pool_asks_for_the_master_through_the_method_presence_overrides() -> None:

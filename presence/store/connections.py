@@ -15,6 +15,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 
 from presence.keys import Keyspace
 from presence.settings import Settings
+from presence.store.nodes import REFRESH_SECONDS
 from presence.store.pages import Clock
 from presence.store.redis import RedisStore
 from presence.store.replication import ReplicaWait
@@ -106,6 +107,7 @@ def cluster_client(url: str, *, socket_timeout: float = SOCKET_TIMEOUT_SECONDS) 
         socket_connect_timeout=CONNECT_TIMEOUT_SECONDS,
         health_check_interval=30,
         retry=Retry(NoBackoff(), 0),
+        topology_refresh_min_interval=REFRESH_SECONDS,
         # Slots of a node that is down (and has no replica to take over) answer 503; the
         # others keep working if the cluster runs with cluster-require-full-coverage no.
         require_full_coverage=False,

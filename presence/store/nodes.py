@@ -5,8 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-import weakref
 from collections.abc import Awaitable, Callable, Sequence
 from typing import TypeVar
 
@@ -19,21 +17,18 @@ T = TypeVar("T")
 log = logging.getLogger("presence.store")
 
 REFRESH_SECONDS = 0.5
-"""While a node is down, the cluster's layout is asked for again at most this often."""
-
-_refreshed: weakref.WeakKeyDictionary[RedisCluster, float] = weakref.WeakKeyDictionary()
+"""While a node is down, the cluster's layout is asked for again at most this often (the
+client's ``topology_refresh_min_interval``: requests in between are collapsed into one)."""
 
 
 def node_failed(cluster: RedisCluster, node: ClusterNode) -> None:
     """What redis-py does when a command meets a connection error, for a pipeline of ours:
     the node goes last (so it is not picked as the node that answers COMMAND when the
     client starts over, which would fail every call), and the client asks the cluster for
-    its layout again before its next command (a replica that took over is found so)."""
+    its layout again before its next command once ``REFRESH_SECONDS`` have passed since the
+    last time (a replica that took over is found so)."""
     cluster.nodes_manager.move_node_to_end_of_cached_nodes(node.name)
-    now = time.monotonic()
-    if now - _refreshed.get(cluster, 0.0) >= REFRESH_SECONDS:
-        _refreshed[cluster] = now
-        cluster._initialize = True
+    cluster._initialize = True
 
 
 Group = tuple[ClusterNode, list[int]]
