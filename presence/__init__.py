@@ -1,3 +1,3 @@
 """presence: who is online on Twilio Sync, right now, and reliably."""
 
-__version__ = "0.1.0"
+__version__ = "0.2.0"

@@ -42,6 +42,7 @@ import pytest
 from packaging.utils import canonicalize_name
 
 from harness.compose import (
+    USED_PROJECTS,
     ComposeProject,
     base_images,
     engine_problem,
@@ -51,6 +52,7 @@ from harness.compose import (
     run,
 )
 from harness.processes import free_port
+from presence import __version__
 from presence.twilio.samples import ACCOUNT_SID, SERVICE_SID, reachability
 from tests.lock import in_environment, marker_environment
 from tests.support import signed_form
@@ -320,7 +322,8 @@ def test_the_image_holds_exactly_what_the_lock_pins_for_its_python(stack: Stack)
     locked = in_environment("service.txt", marker_environment(python))
     wanted = {name: str(pin.version) for name, pin in locked.items()}
     base = {"pip", "setuptools", "wheel"}  # the base image's own installer
-    assert {n: v for n, v in installed.items() if n not in base} == {**wanted, "presence": "0.1.0"}
+    project = {"presence": __version__}
+    assert {n: v for n, v in installed.items() if n not in base} == {**wanted, **project}
 
 
 def test_up_makes_the_stack_healthy_and_reachable_at_one_address_without_metrics(
@@ -776,6 +779,7 @@ def haproxy_before_a_feed(figures: Figures) -> Iterator[int]:
         pytest.fail(f"{problem}: see tests/test_docker.py", pytrace=False)
     haproxy = image_of("haproxy")
     name = f"{PROJECT}-feed"
+    USED_PROJECTS.add(name)
     port = free_port()
     label = ["--label", f"com.docker.compose.project={name}"]
     try:

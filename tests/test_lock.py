@@ -15,6 +15,7 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 from packaging.version import Version
 
+from presence import __version__
 from tests.lock import LOCK, in_environment, marker_environment, pins
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -120,3 +121,11 @@ def test_the_venv_holds_what_the_lock_pins() -> None:
     assert sorted(set(installed) - set(locked)) == []
     assert sorted(set(locked) - set(installed)) == []
     assert {n: (v, locked[n].version) for n, v in installed.items() if v != locked[n].version} == {}
+
+
+def test_the_project_states_one_version() -> None:
+    """pyproject.toml's version (what pip installs, and the lock's fingerprint, so a new
+    version reinstalls the project) is the code's ``__version__`` (the OpenAPI document's
+    and the push requests' user-agent)."""
+    assert PYPROJECT["project"]["version"] == __version__
+    assert metadata.version("presence") == __version__

@@ -22,13 +22,13 @@ import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from functools import cache
-from importlib.metadata import PackageNotFoundError, version
 from typing import Any, TypeVar
 
 from aiohttp import web
 from pydantic import TypeAdapter
 from pydantic.json_schema import models_json_schema
 
+from presence import __version__
 from presence.events import MODELS, event_types, parse_event
 from presence.twilio import FORM, JSON
 from presence.twilio.samples import sample
@@ -47,6 +47,7 @@ set, every `/v1/` request needs `Authorization: Bearer <token>` (else `401`)."""
 
 TAGS = {
     "query": "Who is online",
+    "push": "Push subscriptions: presence changes POSTed to your backend",
     "webhooks": "Twilio Sync's events in",
     "operations": "Health, readiness, metrics",
     "dashboard": "The live page for operators",
@@ -69,6 +70,14 @@ REPLY_TYPES: tuple[type, ...] = (
     replies.WebhookOutcome,
     replies.Alive,
     replies.Ready,
+    replies.NewSubscription,
+    replies.SubscriptionChange,
+    replies.Rotation,
+    replies.SubscriptionObject,
+    replies.SubscriptionWithSecret,
+    replies.SubscriptionList,
+    replies.AttemptList,
+    replies.PingOutcome,
 )
 
 # ---------------------------------------------------------------------------------------------
@@ -491,13 +500,6 @@ def _components(operations: Iterable[Operation]) -> Schema:
     }
 
 
-def _version() -> str:
-    try:
-        return version("presence")
-    except PackageNotFoundError:
-        return "0+unknown"
-
-
 def _assemble(router: web.UrlDispatcher) -> Schema:
     """The document, sharing its parts with the declarations: never to be changed."""
     routed = _routed_operations(router)
@@ -509,7 +511,7 @@ def _assemble(router: web.UrlDispatcher) -> Schema:
         "openapi": "3.1.0",
         "info": {
             "title": "presence",
-            "version": _version(),
+            "version": __version__,
             "description": DESCRIPTION,
             "license": {"name": "MIT", "identifier": "MIT"},
         },
