@@ -119,11 +119,17 @@ def poll(condition: Callable[[], bool], within: float, what: str, every: float =
     return time.monotonic() - started
 
 
+USED_PROJECTS: set[str] = set()
+"""The compose projects (and labels) this process has made containers, networks or volumes
+under: what its run must leave nothing of (harness/leaks.py), and nothing else."""
+
+
 class ComposeProject:
     """docker-compose.yml of ``root``, as the project ``name``, with the settings of
     ``env_file`` (read instead of ``root``/.env)."""
 
     def __init__(self, root: Path, name: str, env_file: Path) -> None:
+        USED_PROJECTS.add(name)
         self.root = root
         self.name = name
         self.env_file = env_file

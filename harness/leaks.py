@@ -6,7 +6,7 @@ when the run begins and inherited by every child, grandchild and orphan: an orph
 away from pytest is not its child any more, but its environment still says whose it is).
 When the run ends, every process started through ``harness.processes`` still running is
 killed by its pid; then any other process bearing the mark, and any Docker container, network
-or volume of the tests' compose projects, is a leak: it is named, removed, and the run fails.
+or volume of the compose projects it used, is a leak: it is named, removed, and the run fails.
 The Docker engine itself is not the run's: ``scripts/test`` starts it before pytest.
 """
 
@@ -23,14 +23,12 @@ from pathlib import Path
 
 import pytest
 
+from harness.compose import USED_PROJECTS
 from harness.processes import stop_all
 
 MARK = "HARNESS_RUN"
 """The environment variable of the mark: the ids of the runs a process belongs to,
 comma-separated (a run started by a test of another run belongs to both)."""
-
-DOCKER_PROJECTS = "presence-dockertest-"
-"""The prefix of every compose project (and its label) the tests create."""
 
 SETTLE_SECONDS = 5.0
 """How long a process stopped at the end may take to be gone before it counts as left."""
@@ -75,8 +73,9 @@ def leftover_processes(run: str, within: float = SETTLE_SECONDS) -> dict[int, st
 
 
 def docker_leftovers() -> list[str]:
-    """Containers, networks and volumes of the tests' compose projects ([] without an engine)."""
-    if shutil.which("docker") is None:
+    """Containers, networks and volumes of the compose projects this run used ([] without an
+    engine, or when it used none: another run of the same checkout may be using them)."""
+    if shutil.which("docker") is None or not USED_PROJECTS:
         return []
     listings = {
         "container": ["docker", "ps", "--all", "--format", '{{.Names}} {{.Label "%s"}}'],
@@ -94,7 +93,7 @@ def docker_leftovers() -> list[str]:
             return found  # no engine answering: nothing of ours can be in it
         for line in listing.splitlines():
             name, _, project = line.partition(" ")
-            if project.startswith(DOCKER_PROJECTS):
+            if project in USED_PROJECTS:
                 found.append(f"{kind} {name} (project {project})")
     return found
 

@@ -1,5 +1,5 @@
-"""The ``presence`` command: ``serve``, ``watch``, ``simulate`` and ``migrate``. It only
-parses, then calls."""
+"""The ``presence`` command: ``serve``, ``watch``, ``simulate``, ``migrate`` and
+``subscriptions``. It only parses, then calls."""
 
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ from collections.abc import Sequence
 from presence.keys import Keyspace
 from presence.logs import configure_logging
 from presence.model import StoreUnavailable
+from presence.push import command as subscriptions_command
 from presence.serve import StartupError, migrate_store, run, serve
 from presence.settings import Settings, SettingsError, check_serve, env_name, load_settings
 from presence.simulate import command as simulate_command
@@ -76,6 +77,12 @@ def _parser() -> argparse.ArgumentParser:
         "it on start; this is for after stopping old replicas)",
     )
     _add_setting_flags(migrate_parser, _MIGRATE_SETTINGS)
+    subscriptions_command.add_arguments(
+        commands.add_parser(
+            "subscriptions",
+            help="manage a running service's push subscriptions (token: $PRESENCE_ADMIN_TOKEN)",
+        )
+    )
     return parser
 
 
@@ -93,6 +100,8 @@ def main(argv: Sequence[str] | None = None) -> None:
         except simulate_command.UsageError as error:
             _fail(str(error))
         raise SystemExit(simulate_command.run(chosen))
+    if command == "subscriptions":
+        raise SystemExit(subscriptions_command.run(args))
     service, url, since = args.pop("service", None), args.pop("url", None), args.pop("since", None)
     names = args.pop("identity", None)
     identities = frozenset(names) if names else None

@@ -15,6 +15,17 @@ Layout (``p`` is ``PRESENCE_KEY_PREFIX``, ``b`` a bucket, ``g`` a page, ``IS..``
     p:{b}:w                   string  written before each WAIT (store/replication.py)
     p:format                  string  the storage format of this keyspace (migrate.py)
 
+Push subscriptions (presence/store/push.py), every key of one service's in one slot::
+
+    p:{push:IS..}:ids            zset    subscription id -> when it was created (ms)
+    p:{push:IS..}:sub:<id>       hash    a subscription: its URL, secrets, state, committed
+                                         cursor and delivery status
+    p:{push:IS..}:lease:<id>     string  the replica delivering it, and its fencing token (10 s)
+    p:{push:IS..}:fence:<id>     string  the last fencing token handed out
+    p:{push:IS..}:attempts:<id>  list    its last 50 attempts, newest first
+    p:push:services              set     the services that have (or had) subscriptions
+    p:push:replicas              zset    replica id -> until when it said it is alive (ms)
+
 Storage format 1 (releases before format 2; read only by ``presence migrate``)::
 
     p:{b}:i:IS..:<identity>   hash    one identity (fields: presence/store/lua/migrate.lua)
@@ -107,6 +118,31 @@ class Keyspace:
         """Webhook outcomes of one minute (by the epoch second it starts at): one key a
         minute, so the last hour is 60 reads and older minutes simply expire."""
         return f"{self.prefix}:act:{service_sid}:{minute}"
+
+    # -- push subscriptions -----------------------------------------------------------------
+
+    def push_ids(self, service_sid: str) -> str:
+        return f"{self.prefix}:{{push:{service_sid}}}:ids"
+
+    def push_subscription(self, service_sid: str, subscription_id: str) -> str:
+        return f"{self.prefix}:{{push:{service_sid}}}:sub:{subscription_id}"
+
+    def push_lease(self, service_sid: str, subscription_id: str) -> str:
+        return f"{self.prefix}:{{push:{service_sid}}}:lease:{subscription_id}"
+
+    def push_fence(self, service_sid: str, subscription_id: str) -> str:
+        return f"{self.prefix}:{{push:{service_sid}}}:fence:{subscription_id}"
+
+    def push_attempts(self, service_sid: str, subscription_id: str) -> str:
+        return f"{self.prefix}:{{push:{service_sid}}}:attempts:{subscription_id}"
+
+    @property
+    def push_services(self) -> str:
+        return f"{self.prefix}:push:services"
+
+    @property
+    def push_replicas(self) -> str:
+        return f"{self.prefix}:push:replicas"
 
     def identity_channel(self, service_sid: str, identity: str) -> str:
         """The channel of one identity's changes (state.lua's ``about`` names it alike)."""

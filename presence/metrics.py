@@ -37,6 +37,17 @@ UNKNOWN = "unknown"
 
 CHANGE_REASONS = ("connected", "disconnected", "expired")
 
+PUSH_OUTCOMES = (
+    "delivered",
+    "http_error",
+    "gone",
+    "timeout",
+    "connect",
+    "tls",
+    "dns",
+    "address_refused",
+)
+
 # The *_created series double the output and tell a scraper nothing it needs here.
 disable_created_metrics()  # type: ignore[no-untyped-call]
 
@@ -61,6 +72,7 @@ class Metrics:
         self._redis_metrics(into)
         self._sweeper_metrics(into)
         self._feed_metrics(into)
+        self._push_metrics(into)
 
         # Series that exist before their first event, so that rate() and alerts see a 0.
         for reason in CHANGE_REASONS:
@@ -183,6 +195,51 @@ class Metrics:
             "Change-feed streams closed because the client read too slowly.",
             registry=into,
         )
+
+    def _push_metrics(self, into: CollectorRegistry | None) -> None:
+        """Push subscriptions' deliveries and leases."""
+        self.push_deliveries = Counter(
+            "presence_push_deliveries",
+            "Attempts to deliver a push event, by outcome (delivered: a 2xx; http_error: "
+            "another status; gone: 410; timeout, connect, tls, dns, address_refused).",
+            ["outcome"],
+            registry=into,
+        )
+        self.push_lag = Gauge(
+            "presence_push_lag_seconds",
+            "The largest lag of the push subscriptions this process delivers: from the oldest "
+            "change not yet acknowledged.",
+            registry=into,
+            multiprocess_mode="livemax",
+        )
+        self.push_subscriptions = Gauge(
+            "presence_push_subscriptions",
+            "Push subscriptions of every service, by state (active, failing, disabled), as "
+            "this process last counted them (every process counts them all).",
+            ["state"],
+            registry=into,
+            multiprocess_mode="livemax",
+        )
+        self.push_leases = Gauge(
+            "presence_push_leases",
+            "Push subscriptions this process delivers (holds the lease of).",
+            registry=into,
+            multiprocess_mode="livesum",
+        )
+        for outcome in PUSH_OUTCOMES:
+            self.push_deliveries.labels(outcome)
+        for state in ("active", "failing", "disabled"):
+            self.push_subscriptions.labels(state)
+
+    def push_delivery(self, status: int | None, error: str | None) -> None:
+        """One attempt of a push event: its HTTP status, or its failure."""
+        if status is None:
+            outcome = error or "connect"
+        elif 200 <= status < 300:
+            outcome = "delivered"
+        else:
+            outcome = "gone" if status == 410 else "http_error"
+        self.push_deliveries.labels(outcome).inc()
 
     def webhook(self, event_type: str, outcome: str) -> None:
         """One webhook of ``event_type`` (a listed EventType or ``unknown``) had ``outcome``."""

@@ -63,6 +63,10 @@ class Settings(BaseSettings):
         default=86400.0, ge=60, le=30 * 86400, allow_inf_nan=False
     )
     max_streams: int = Field(default=1000, ge=1, le=1_000_000)
+    admin_token: str | None = None
+    push_concurrency: int = Field(default=16, ge=1, le=256)
+    push_timeout_seconds: float = Field(default=10.0, ge=1, le=30, allow_inf_nan=False)
+    push_allow_private: bool = False
 
     @field_validator("redis_url")
     @classmethod

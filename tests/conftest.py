@@ -19,6 +19,7 @@ from presence.store.redis import RedisStore
 from presence.store.scripts import Client
 from presence.sweeper import Sweeper
 from presence.web.app import create_app
+from tests.receiver import Receiver
 from tests.support import AUTH_TOKEN, ManualClock, RunningApp, manual_clock
 
 # Whatever the run starts ends with it, or the run fails (harness/leaks.py).
@@ -133,3 +134,11 @@ def start_service(
         return RunningApp(client, store)
 
     return start
+
+
+@pytest.fixture
+async def receiver() -> AsyncIterator[Receiver]:
+    """A push receiver of the test's own, listening (tests/receiver.py)."""
+    found = await Receiver().start()
+    yield found
+    await found.close()

@@ -11,7 +11,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import importlib
 import io
+import pkgutil
 import time
 from collections import Counter
 from collections.abc import AsyncIterator, Iterator, Sequence
@@ -23,9 +25,11 @@ import pytest
 from redis.asyncio import RedisCluster
 from redis.crc import key_slot
 
+import presence.store
 from harness.processes import RedisClusterNodes, Service
 from presence.events import CollectionEvent, ReachabilityEvent, parse_event
 from presence.keys import BUCKETS, Keyspace
+from presence.push.records import Subscription
 from presence.store.scripts import Client, ScriptCall, run_scripts
 from presence.twilio.samples import SERVICE_SID, collection_event, reachability
 from presence.watch import watch
@@ -43,6 +47,29 @@ pytestmark = pytest.mark.slow  # a three-node Redis Cluster and several `presenc
 
 KEYSPACE = Keyspace()
 IDENTITIES = [f"user-{n:02}" for n in range(24)]
+
+
+# Every module of presence.store that calls run_scripts (found, so that a new one is
+# watched too).
+SCRIPT_CALLERS = [
+    info.name
+    for info in pkgutil.iter_modules(presence.store.__path__)
+    if info.name != "scripts"
+    and hasattr(importlib.import_module(f"presence.store.{info.name}"), "run_scripts")
+]
+
+
+def subscription(subscription_id: str) -> Subscription:
+    return Subscription(
+        id=subscription_id,
+        service_sid=SERVICE_SID,
+        url="https://receiver.example/presence",
+        description=None,
+        enabled=True,
+        created_at_ms=0,
+        secret="whsec_a",
+        cursor="",
+    )
 
 
 def node_port(cluster: RedisCluster, identity: str) -> int:
@@ -72,9 +99,10 @@ async def test_every_script_call_stays_in_one_slot_and_calls_reach_every_node(
         calls.extend(list(call.keys) for call in batch)
         return await run_scripts(client, batch, wait)
 
-    # Writes go through the coalescer, sweeps straight to run_scripts: both are watched.
-    monkeypatch.setattr("presence.store.coalesce.run_scripts", spy_run_scripts)
-    monkeypatch.setattr("presence.store.redis.run_scripts", spy_run_scripts)
+    # Writes go through the coalescer, the rest straight to run_scripts: every caller of it
+    # is watched.
+    for module in SCRIPT_CALLERS:
+        monkeypatch.setattr(f"presence.store.{module}.run_scripts", spy_run_scripts)
     clock = manual_clock()
     store = make_store(redis_cluster, clock, grace=1, ttl=60)
     for n, name in enumerate(IDENTITIES):
@@ -93,10 +121,23 @@ async def test_every_script_call_stays_in_one_slot_and_calls_reach_every_node(
     clock.advance(2)
     swept = await store.sweep(1024)
     assert len(swept.changes) == len(IDENTITIES)
+    # A push subscription's life: each operation is one script on its service's slot.
+    subscriptions = store.subscriptions
+    await subscriptions.create(subscription("SUB1"))
+    held = await subscriptions.acquire(SERVICE_SID, "SUB1", "replica-a", 10_000)
+    assert held is not None
+    holder, _ = held
+    assert await subscriptions.renew(SERVICE_SID, "SUB1", holder, 10_000) is not None
+    assert await subscriptions.commit(SERVICE_SID, "SUB1", holder, {"failures": "0"})
+    assert await subscriptions.rotate(SERVICE_SID, "SUB1", "whsec_b", 0) is not None
+    assert await subscriptions.update(SERVICE_SID, "SUB1", {"description": "x"}) is not None
+    await subscriptions.release(SERVICE_SID, "SUB1", holder)
+    assert await subscriptions.delete(SERVICE_SID, "SUB1")
 
-    # The sweep visits each page whose identities' deadlines are due, once.
+    # The sweep visits each page whose identities' deadlines are due, once; the
+    # subscription took eight calls.
     pages = {KEYSPACE.place_of(SERVICE_SID, name) for name in IDENTITIES}
-    assert len(calls) == 2 * len(IDENTITIES) + 6 + len(pages)
+    assert len(calls) == 2 * len(IDENTITIES) + 6 + len(pages) + 8
     for keys in calls:
         assert len({key_slot(key.encode()) for key in keys}) <= 1, keys
     nodes = {redis_cluster.get_node_from_key(keys[0]).port for keys in calls if keys}  # type: ignore[union-attr]

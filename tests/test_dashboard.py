@@ -14,10 +14,12 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import http.server
 import json
 import os
 import secrets
 import signal
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -36,7 +38,7 @@ from selenium.webdriver.common.action_chains import ActionChains
 from selenium.webdriver.common.by import By
 from selenium.webdriver.common.keys import Keys
 
-from harness.processes import RedisServer, Service
+from harness.processes import RedisServer, Service, free_port
 from presence.events import ReachabilityEvent, parse_event
 from presence.keys import Keyspace
 from presence.store.redis import RedisStore
@@ -64,6 +66,7 @@ CHROMIUM_FLAGS = (
     "--window-size=1280,900",
 )
 API_TOKEN = "dashboard-" + secrets.token_hex(8)
+ADMIN_TOKEN = "dashboard-admin-" + secrets.token_hex(8)
 GRACE_SECONDS = 3
 ARTIFACTS = ROOT / "test-artifacts" / "dashboard"
 # Read at import: the suite's fixtures clear PRESENCE_* from the environment of each test.
@@ -118,7 +121,14 @@ def service(
 ) -> Iterator[Service]:
     """``presence serve`` with an API token; each test uses a ServiceSid of its own."""
     log = tmp_path_factory.mktemp("dashboard-service") / "service.log"
-    running = start_service(log, store_server, api_token=API_TOKEN)
+    running = start_service(
+        log,
+        store_server,
+        api_token=API_TOKEN,
+        admin_token=ADMIN_TOKEN,
+        push_allow_private="true",
+        push_timeout_seconds="2",
+    )
     yield running
     running.stop()
 
@@ -732,7 +742,9 @@ def test_the_page_sends_its_policy_and_asks_nothing_of_any_other_origin(page: Da
     for wanted in (
         f"{page.origin}/dashboard",
         f"{page.origin}/dashboard/dashboard.js",
+        f"{page.origin}/dashboard/subscriptions.js",
         f"{page.origin}/dashboard/dashboard.css",
+        base + "subscriptions",
         base + "online?limit=1000",
         base + "changes",
         base + "lookup",
@@ -767,3 +779,143 @@ def test_the_page_sends_its_policy_and_asks_nothing_of_any_other_origin(page: Da
         """
     )
     assert violated == {"violations": ["script-src-elem"], "injected": False}
+
+
+# ---------------------------------------------------------------------------------------------
+# The push subscriptions panel
+
+NOTHING = "\N{EN DASH}"  # what the panel shows for a time or failure there is none of
+PANEL_ROWS = """
+return [...document.querySelectorAll('#subscriptions-rows tr')].map((tr) => ({
+  id: tr.dataset.id,
+  state: tr.dataset.state,
+  url: tr.querySelector('.target').firstChild.textContent,
+  description: tr.querySelector('.description')?.textContent ?? null,
+  lag: tr.querySelector('.lag').textContent,
+  success: tr.querySelector('.success').textContent,
+  failure: tr.querySelector('.failure').textContent,
+}));
+"""
+
+
+def panel_message(driver: Chrome) -> str:
+    return str(driver.find_element(By.ID, "subscriptions-message").text)
+
+
+def panel_rows(driver: Chrome) -> dict[str, dict[str, str]]:
+    rows: list[dict[str, str]] = driver.execute_script(PANEL_ROWS)
+    return {row["id"]: row for row in rows}
+
+
+def manage(
+    service: Service, sid: str, method: str, path: str = "", body: Any = None
+) -> dict[str, Any]:
+    """A call of the subscriptions API with the admin token; its JSON reply."""
+    request = urllib.request.Request(
+        f"{service.url}/v1/services/{sid}/subscriptions{path}",
+        method=method,
+        data=None if body is None else json.dumps(body).encode(),
+        headers={"Authorization": f"Bearer {ADMIN_TOKEN}", "Content-Type": "application/json"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        reply: dict[str, Any] = json.loads(response.read())
+        return reply
+
+
+@contextlib.contextmanager
+def acknowledging_receiver() -> Iterator[str]:
+    """An HTTP server in a thread that answers every POST with a 204: the panel shows what
+    the service says of it (the signatures are tests/test_push.py's)."""
+
+    class Acknowledge(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("Content-Length", 0)))
+            self.send_response(204)
+            self.end_headers()
+
+        def log_message(self, format: str, *args: Any) -> None:
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Acknowledge)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{server.server_address[1]}/presence"
+    finally:
+        server.shutdown()
+        server.server_close()
+        thread.join(5)
+
+
+def test_the_push_panel_shows_each_subscriptions_state_lag_and_failure(
+    page: Dashboard, service: Service
+) -> None:
+    page.open()
+    until(lambda: "No push subscriptions" in panel_message(page.driver), 10, "the empty panel")
+    hostile = '<img src=x onerror="window.injected=1">'
+    with acknowledging_receiver() as url:
+        ok = manage(service, page.sid, "POST", body={"url": url, "description": hostile})
+        down = manage(
+            service, page.sid, "POST", body={"url": f"http://127.0.0.1:{free_port()}/gone"}
+        )
+        page.send("alice", True)
+
+        def shown() -> bool:
+            rows = panel_rows(page.driver)
+            return (
+                rows.get(ok["id"], {}).get("success") not in (None, NOTHING)
+                and rows.get(down["id"], {}).get("state") == "failing"
+            )
+
+        until(shown, 20, "one subscription acknowledged, the other failing")
+        rows = panel_rows(page.driver)
+        assert rows[ok["id"]]["state"] == "active"
+        assert (rows[ok["id"]]["url"], rows[ok["id"]]["failure"]) == (url, NOTHING)
+        assert rows[ok["id"]]["description"] == hostile  # as text
+        assert rows[down["id"]]["failure"].startswith("could not connect at ")
+        assert "in a row" in rows[down["id"]]["failure"]
+        assert page.driver.execute_script("return window.injected === undefined")
+        assert not page.driver.find_elements(By.CSS_SELECTOR, "#subscriptions-rows img")
+        page.screenshot("push-panel")
+
+        manage(service, page.sid, "POST", f"/{down['id']}/disable")
+        until(
+            lambda: panel_rows(page.driver)[down["id"]]["state"] == "disabled",
+            10,
+            "the disabled subscription",
+        )
+        # Its lag keeps growing while disabled: alice's change was never acknowledged.
+        until(
+            lambda: panel_rows(page.driver)[down["id"]]["lag"] not in ("0 s", "1 s"),
+            10,
+            "the disabled subscription's lag",
+        )
+        for subscription in (ok, down):
+            request = urllib.request.Request(
+                f"{service.url}/v1/services/{page.sid}/subscriptions/{subscription['id']}",
+                method="DELETE",
+                headers={"Authorization": f"Bearer {ADMIN_TOKEN}"},
+            )
+            with urllib.request.urlopen(request, timeout=10) as response:
+                assert response.status == 204
+    until(lambda: "No push subscriptions" in panel_message(page.driver), 10, "the panel emptied")
+
+
+def test_without_an_admin_token_the_push_panel_says_why_it_is_empty(
+    browser: Chrome, store_server: RedisServer, tmp_path: Path
+) -> None:
+    other = start_service(tmp_path / "service.log", store_server, api_token=API_TOKEN)
+    try:
+        browser.switch_to.new_window("tab")
+        browser.get(f"{other.url}/dashboard#{new_sid()}")
+        until(lambda: browser.find_element(By.ID, "token-form").is_displayed(), 10, "the token")
+        browser.find_element(By.ID, "token").send_keys(API_TOKEN, Keys.ENTER)
+        until(
+            lambda: "PRESENCE_ADMIN_TOKEN" in panel_message(browser),
+            10,
+            "the panel to say push subscriptions need the admin token",
+        )
+        assert panel_rows(browser) == {}
+        network_log(browser)  # this tab's requests went to the other service: not checked
+    finally:
+        other.stop()

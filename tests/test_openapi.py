@@ -43,6 +43,7 @@ from tests.support import RunningApp, sign
 Start = Callable[..., Awaitable[RunningApp]]
 
 API_TOKEN = "open-sesame"
+ADMIN_TOKEN = "open-sesame-admin"
 BEARER = {"Authorization": f"Bearer {API_TOKEN}"}
 BASE = f"/v1/services/{SERVICE_SID}"
 
@@ -164,15 +165,20 @@ class SchemathesisRun:
 
 
 async def run_schemathesis(
-    service: RunningApp, tmp_path: Path, *options: str, max_examples: int
+    service: RunningApp,
+    tmp_path: Path,
+    *options: str,
+    max_examples: int,
+    token: str = API_TOKEN,
 ) -> SchemathesisRun:
-    """``schemathesis run`` against the service's own /openapi.json, seeded, one worker."""
+    """``schemathesis run`` against the service's own /openapi.json, seeded, one worker,
+    sending ``token``."""
     report = tmp_path / "schemathesis.json"
     har = tmp_path / "schemathesis.har.json"
     command = [
         *(sys.executable, "-m", "schemathesis.cli", "run"),
         str(service.client.make_url("/openapi.json")),
-        *("--header", f"Authorization: Bearer {API_TOKEN}"),
+        *("--header", f"Authorization: Bearer {token}"),
         *("--checks", ",".join(CHECKS)),
         *("--max-examples", str(max_examples)),
         *("--seed", str(SCHEMATHESIS_SEED)),
@@ -537,13 +543,20 @@ async def test_replies_while_redis_is_away_match_the_document(start_service: Sta
 async def test_generated_requests_get_only_documented_replies(
     start_service: Start, redis: Redis, tmp_path: Path
 ) -> None:
-    service = await start_service(api_token=API_TOKEN, allow_unsigned_webhooks=True)
+    # The admin token reads and manages push subscriptions too: every route is open to it.
+    service = await start_service(
+        api_token=API_TOKEN, admin_token=ADMIN_TOKEN, allow_unsigned_webhooks=True
+    )
 
     # The change feed is left out: its streams and long-polls hold a request open (up to
     # 30 s, or for good), which a generator's request timeout counts as a failure; its
     # replies are checked one by one in tests/test_changes.py instead.
     run = await run_schemathesis(
-        service, tmp_path, "--exclude-path-regex", "/changes$", max_examples=60
+        service,
+        tmp_path,
+        *("--exclude-path-regex", "/changes$"),
+        max_examples=60,
+        token=ADMIN_TOKEN,
     )
 
     print(f"schemathesis, unsigned webhooks: {run.summary()}")
@@ -559,6 +572,13 @@ async def test_generated_requests_get_only_documented_replies(
     # Generated webhooks reach the parser: some are applied, some refused field by field.
     assert run.statuses["POST", "/webhooks/sync", 200] > 100, run.statuses
     assert run.statuses["POST", "/webhooks/sync", 400] > 100, run.statuses
+    # Generated subscriptions reach the validation: refused field by field.
+    refused = sum(
+        count
+        for (method, path, status), count in run.statuses.items()
+        if (method, status) == ("POST", 400) and path.endswith("/subscriptions")
+    )
+    assert refused > 10, run.statuses
     assert await redis.dbsize() > 0
 
 

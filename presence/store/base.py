@@ -10,6 +10,7 @@ from presence.events import CollectionEvent, ReachabilityEvent
 from presence.feed.cursor import FeedCursor
 from presence.feed.entries import FeedRead
 from presence.model import EventResult, IdentityPresence, Outcome, Stats, SweepResult
+from presence.store.push import SubscriptionStore
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,11 @@ class Migration:
 
 class PresenceStore(Protocol):
     """Presence state, its indices and its change announcements, applied atomically."""
+
+    subscriptions: SubscriptionStore
+    """The push subscriptions of every service."""
+    retention_ms: int
+    """How long the change feed keeps a change."""
 
     async def prepare(self) -> Migration | None:
         """Checks the storage format, migrating an older one; before serving (see

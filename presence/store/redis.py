@@ -35,6 +35,7 @@ from presence.store.listing import Listing
 from presence.store.migrate import FormatError, StorageFormat
 from presence.store.nodes import Promotions
 from presence.store.pages import Clock, Pages, changes_of
+from presence.store.push import SubscriptionStore
 from presence.store.reads import Reads, StoredIdentity
 from presence.store.replication import ReplicaWait
 from presence.store.scripts import Client, Scripts, run_scripts
@@ -99,6 +100,8 @@ class RedisStore:
         self.feed = FeedReader(redis, keyspace, retention_ms=feed_retention_ms)
         self.listing = Listing(redis, keyspace, self.scripts, self.feed)
         self.sweeps = Sweeps(redis, self.pages, wait, Promotions(on_failover))
+        self.subscriptions = SubscriptionStore(redis, keyspace, self.scripts)
+        self.retention_ms = feed_retention_ms
         self._format = StorageFormat(redis, self.pages)
         self._format_ready = False
         self._format_lock = asyncio.Lock()

@@ -75,6 +75,15 @@ class Scripts:
         self.inspect: AsyncScript = redis.register_script(with_codec("inspect"))
         self.migrate: AsyncScript = redis.register_script(with_rules("migrate"))
         self.record: AsyncScript = redis.register_script(source("record"))
+        # Push subscriptions (store/push.py): one script per operation.
+        self.push_create: AsyncScript = redis.register_script(source("push_create"))
+        self.push_update: AsyncScript = redis.register_script(source("push_update"))
+        self.push_rotate: AsyncScript = redis.register_script(source("push_rotate"))
+        self.push_delete: AsyncScript = redis.register_script(source("push_delete"))
+        self.push_acquire: AsyncScript = redis.register_script(source("push_acquire"))
+        self.push_renew: AsyncScript = redis.register_script(source("push_renew"))
+        self.push_release: AsyncScript = redis.register_script(source("push_release"))
+        self.push_commit: AsyncScript = redis.register_script(source("push_commit"))
 
 
 @dataclass(frozen=True)

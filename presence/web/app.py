@@ -14,17 +14,19 @@ from presence.events import MAX_NAME_LENGTH
 from presence.feed.hub import FeedHub
 from presence.metrics import CONTENT_TYPE, Metrics
 from presence.model import StoreUnavailable
+from presence.push.leases import Leases
 from presence.settings import Settings
 from presence.store.base import PresenceStore
 from presence.sweeper import Sweeper
 from presence.twilio import JSON
 from presence.web import openapi
-from presence.web.auth import require_api_token
+from presence.web.auth import access
 from presence.web.changes import ChangesApi
 from presence.web.dashboard import routes as dashboard_routes
 from presence.web.errors import json_errors, store_unavailable
 from presence.web.queries import MAX_LOOKUP_BYTES, QueryApi
 from presence.web.replies import json_reply
+from presence.web.subscriptions import SubscriptionsApi
 from presence.web.webhooks import WebhookReceiver
 
 log = logging.getLogger("presence.web")
@@ -39,6 +41,7 @@ SWEEPER = web.AppKey("sweeper", Sweeper)
 METRICS = web.AppKey("metrics", Metrics)
 HUB = web.AppKey("feed_hub", FeedHub)
 ACTIVITY = web.AppKey("activity", Activity)
+LEASES = web.AppKey("push_leases", Leases)
 OPENAPI = web.AppKey("openapi", str)
 """The OpenAPI document of the app's routes, as ``/openapi.json`` sends it."""
 
@@ -122,6 +125,8 @@ async def _run_store(app: web.Application) -> AsyncIterator[None]:
 async def _close_streams(app: web.Application) -> None:
     # On shutdown, before the handlers in flight are waited for: a stream would otherwise
     # keep its handler, and the shutdown, waiting. Each client resumes by cursor elsewhere.
+    # Push deliveries stop starting attempts at once too, commit, and give their leases back.
+    app[LEASES].stop()
     await app[HUB].close()
 
 
@@ -130,7 +135,10 @@ async def _run_background(app: web.Application) -> AsyncIterator[None]:
     lifetime. Both are asked to stop at once and waited for together: with Redis away, each
     waits out one Redis timeout, and the shutdown only the longer of them."""
     activity, sweeper = app[ACTIVITY], app.get(SWEEPER)
-    tasks = {asyncio.create_task(activity.run(), name="presence-activity"): "activity counts"}
+    tasks = {
+        asyncio.create_task(activity.run(), name="presence-activity"): "activity counts",
+        asyncio.create_task(app[LEASES].run(), name="presence-push"): "push deliveries",
+    }
     if sweeper is not None:
         tasks[asyncio.create_task(sweeper.run(), name="presence-sweeper")] = "sweeper"
     yield
@@ -138,6 +146,7 @@ async def _run_background(app: web.Application) -> AsyncIterator[None]:
     # lands while it connects, which would leave this wait hanging. The activity flushes
     # once more, then returns.
     activity.stop()
+    app[LEASES].stop()
     if sweeper is not None:
         sweeper.stop()
     _, late = await asyncio.wait(tasks, timeout=BACKGROUND_STOP_SECONDS)
@@ -159,7 +168,7 @@ def create_app(
     the store is closed when the app shuts down. Metrics are the sweeper's unless given."""
     if metrics is None:
         metrics = sweeper.metrics if sweeper is not None else Metrics()
-    refuse = require_api_token(settings.api_token) if settings.api_token else None
+    refuse = access(settings.api_token, settings.admin_token, embedded=settings.embedded)
     middlewares: list[Middleware] = [json_errors(metrics, refuse)]
     # The webhook receiver reads its body itself, within PRESENCE_MAX_BODY_BYTES; this bound is
     # for the query API, whose largest request is a lookup of 1000 long names.
@@ -172,6 +181,16 @@ def create_app(
     app[METRICS] = metrics
     app[HUB] = FeedHub(store, metrics, max_streams=settings.max_streams, wakeups=store.published)
     app[ACTIVITY] = Activity(store)
+    app[LEASES] = Leases(
+        store.subscriptions,
+        store,
+        metrics,
+        concurrency=settings.push_concurrency,
+        timeout_seconds=settings.push_timeout_seconds,
+        allow_private=settings.push_allow_private,
+        retention_ms=store.retention_ms,
+        wakeups=store.published,
+    )
     app.cleanup_ctx.append(_run_store)
     app.on_shutdown.append(_close_streams)
     if sweeper is not None:
@@ -181,6 +200,10 @@ def create_app(
     app.router.add_post("/webhooks/sync", receiver.handle)
     app.router.add_routes(QueryApi(store, app[ACTIVITY]).routes())
     app.router.add_routes(ChangesApi(store, app[HUB], metrics).routes())
+    subscriptions = SubscriptionsApi(
+        store, app[LEASES].sender, embedded=settings.embedded, changed=app[LEASES].nudge
+    )
+    app.router.add_routes(subscriptions.routes())
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/openapi.json", serve_openapi)

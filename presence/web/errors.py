@@ -26,12 +26,20 @@ _CODES = {
 
 
 class BadRequest(Exception):
-    """Raised by a handler for a request it cannot answer; becomes a 400."""
+    """Raised by a handler for a request it cannot answer; becomes a 400 (or ``status``)."""
+
+    status = 400
 
     def __init__(self, error: str, message: str) -> None:
         super().__init__(message)
         self.error = error
         self.message = message
+
+
+class NotFound(BadRequest):
+    """Raised by a handler for a thing the path names that does not exist."""
+
+    status = 404
 
 
 def json_error(status: int, error: str, message: str) -> web.Response:
@@ -61,7 +69,7 @@ def json_errors(
         try:
             response: web.StreamResponse = await handler(request)
         except BadRequest as error:
-            return json_error(400, error.error, error.message)
+            return json_error(error.status, error.error, error.message)
         except StoreUnavailable as error:
             log.warning("store unavailable for %s %s: %s", request.method, request.path, error)
             metrics.redis_error("query")

@@ -163,6 +163,100 @@ class Ready(TypedDict):
     status: Literal["ready"]
 
 
+# -- push subscriptions -------------------------------------------------------------------
+
+
+class NewSubscription(TypedDict):
+    """A push subscription to create."""
+
+    url: Annotated[str, Field(max_length=2048, description="http:// or https://")]
+    description: NotRequired[Annotated[str | None, Field(max_length=200)]]
+    since: NotRequired[
+        Annotated[
+            str,
+            Field(
+                description="a feed cursor (a listing's feed_cursor, so nothing is missed); "
+                "default: the feed's present"
+            ),
+        ]
+    ]
+
+
+class SubscriptionChange(TypedDict, total=False):
+    """What a PATCH of a push subscription may change."""
+
+    url: Annotated[str, Field(max_length=2048)]
+    description: Annotated[str | None, Field(max_length=200)]
+
+
+class Rotation(TypedDict, total=False):
+    previous_expires_in: Annotated[
+        int,
+        Field(
+            ge=0,
+            le=86400,
+            description="seconds the old secret still signs (default 86400; 0: revoked now)",
+        ),
+    ]
+
+
+class SubscriptionObject(TypedDict):
+    """A push subscription, as every reply but the 201 shows it."""
+
+    id: str
+    service_sid: ServiceSid
+    url: Annotated[str, Field(description="without userinfo or query")]
+    description: str | None
+    state: Literal["active", "failing", "disabled"]
+    created_at: str
+    lag_seconds: Annotated[
+        float,
+        Field(
+            ge=0,
+            description="Redis' time minus the feed time of the first change after the "
+            "committed cursor (0 when none)",
+        ),
+    ]
+    last_success_at: str | None
+    last_failure_at: str | None
+    last_failure: Annotated[
+        int | str | None,
+        Field(description="an HTTP status, or timeout, connect, tls, dns, address_refused"),
+    ]
+    consecutive_failures: Count
+
+
+class SubscriptionWithSecret(SubscriptionObject):
+    """On creation (the URL as given) and on rotation: the only replies with the secret."""
+
+    secret: Annotated[str, Field(pattern=r"^whsec_[A-Za-z0-9+/=]+$")]
+
+
+class SubscriptionList(TypedDict):
+    subscriptions: Annotated[list[SubscriptionObject], Field(description="oldest first")]
+
+
+class AttemptObject(TypedDict):
+    at: str
+    webhook_id: str
+    status: int | None
+    error: str | None
+    duration_ms: Count
+
+
+class AttemptList(TypedDict):
+    attempts: Annotated[list[AttemptObject], Field(description="the last 50, newest first")]
+
+
+class PingOutcome(TypedDict):
+    """What became of a ``presence.ping`` sent now."""
+
+    webhook_id: str
+    status: int | None
+    error: str | None
+    duration_ms: Count
+
+
 def json_reply(body: Any, status: int = 200) -> web.Response:
     """``body`` as a JSON reply (orjson: the encoding is on the path of every request)."""
     return web.Response(body=orjson.dumps(body), status=status, content_type="application/json")

@@ -21,6 +21,7 @@ PAGE = "index.html"
 ASSETS = {
     "dashboard.css": "text/css",
     "dashboard.js": "text/javascript",
+    "subscriptions.js": "text/javascript",
     "favicon.svg": "image/svg+xml",
 }
 """The files the page loads, ``/dashboard/<name>``, and their media types."""
