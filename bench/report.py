@@ -216,9 +216,56 @@ def _main_rows(results: Run) -> list[list[str]]:
                      "report", ""])  # fmt: skip
     if fd := results.get("feed"):
         rows += _feed_rows(fd, targets)
+    if ps := results.get("push"):
+        rows += _push_rows(ps, targets)
     if wt := results.get("wait"):
         rows += _wait_rows(wt)
     return rows
+
+
+def _push_latency(run: Run) -> str:
+    lat = run["latency_ms"]
+    text = "n/a" if lat["p50"] is None else f"{lat['p50']:.1f} / {lat['p99']:.1f} ms"
+    if run["missing"]:
+        text += f" ({run['missing']:,} of {run['changes']:,} missing)"
+    if run["out_of_order"]:
+        text += f" ({run['out_of_order']:,} out of order)"
+    return text
+
+
+def _push_ok(run: Run, goal: float) -> str:
+    p99 = run["latency_ms"]["p99"]
+    return _verdict(
+        p99 is not None and p99 < goal and not run["missing"] and not run["out_of_order"]
+    )
+
+
+def _push_rows(ps: Run, targets: Run) -> list[list[str]]:
+    """Push subscriptions: latency at the receiver, CPU per delivery, a receiver coming back."""
+    one, many, down = ps["one_subscription"], ps["many_services"], ps["outage"]
+    goal = targets["push_p99_ms"]
+    reference = one["reference"]["cpu_us_per_post"]
+    back = down["first_attempt_after_return_s"]
+    caught_up = down["first_2xx_to_lag_0_s"]
+    return [
+        ["push", f"push: 1 subscription, {one['rate']:g} changes/s, a 1 ms receiver: change to "
+         "delivery p50 / p99", _push_latency(one), "", "", f"p99 < {goal:g} ms",
+         _push_ok(one, goal)],
+        ["push", "push: service CPU per change, its webhook taken in and pushed out (vs a bare "
+         "aiohttp client's per signed POST)",
+         f"{one['service_cpu_us_per_delivery']:.0f} us", f"{reference:.0f} us",
+         f"{one['service_cpu_us_per_delivery'] / max(reference, 0.1):.1f}x", "report", ""],
+        ["push", f"push: {many['services']} services x 1 subscription, "
+         f"{many['rate_per_service']:g} changes/s each: p50 / p99", _push_latency(many), "", "",
+         f"p99 < {goal:g} ms", _push_ok(many, goal)],
+        ["push", f"push: receiver down {down['down_s']:g} s ({down['changes']:,} changes), then "
+         "back: wait for the first attempt", "n/a" if back is None else f"{back:.1f} s", "", "",
+         "report (backoff <= 60 s)", ""],
+        ["push", "push: then from its first 2xx to a lag of 0",
+         "n/a" if caught_up is None else f"{caught_up:.2f} s"
+         + (f" ({down['missing']:,} missing)" if down["missing"] else ""), "", "", "report",
+         _verdict(caught_up is not None and not down["missing"])],
+    ]  # fmt: skip
 
 
 def _wait_rows(wt: Run) -> list[list[str]]:
