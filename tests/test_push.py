@@ -366,6 +366,35 @@ async def test_one_identitys_failing_change_holds_back_its_own_changes_only(
     assert [r.event["data"]["version"] for r in stuck] == [1, 2]
 
 
+async def test_a_receiver_away_is_probed_one_attempt_at_a_time_then_sent_everything(
+    service: RunningApp, receiver: Receiver
+) -> None:
+    """Thirty changes wait while the receiver's port is closed: after the first failures
+    (the attempts in flight), one attempt goes at a time on a doubling backoff, not thirty
+    on their own schedules; its return sends them all."""
+    await subscribe(service, receiver)
+    await receiver.down()
+    for n in range(30):
+        await flip(service, f"user-{n}", 1, True)
+
+    async def connect_failures() -> float:
+        text = await (await service.client.get("/metrics")).text()
+        [line] = [x for x in text.splitlines() if 'outcome="connect"' in x and "deliveries" in x]
+        return float(line.rpartition(" ")[2])
+
+    async def probing() -> bool:
+        return await connect_failures() >= 5
+
+    await wait_until(probing, 10, "the first attempts failing")
+    first_round = await connect_failures()
+    await asyncio.sleep(8)  # the time the probes' backoff is measured over
+    # Probes at most 1, 2 and 4 s apart; unprobed, thirty changes retried at 1, 2 and 4 s
+    # would make some ninety attempts.
+    assert await connect_failures() - first_round <= 5
+    await receiver.start()
+    await wait_until(lambda: len(receiver.acknowledged()) == 30, 30, "everything sent")
+
+
 async def test_410_gone_disables_the_subscription(service: RunningApp, receiver: Receiver) -> None:
     receiver.status = 410
     created = await subscribe(service, receiver)

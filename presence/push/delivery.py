@@ -210,6 +210,8 @@ class Delivery:
         """Heads waiting out a backoff: a heap by when they may go (monotonic)."""
         self._in_flight = 0
         self._hold_until = 0.0
+        self._probes = 0
+        """Probes failed in a row while the receiver is taken for away."""
         """While the receiver is taken for away, no attempt starts before this (monotonic)."""
         self._new_changes = True
         """The feed may hold changes not read yet (a wake-up says so)."""
@@ -374,12 +376,16 @@ class Delivery:
         if outcome.acknowledged:
             status.failures = 0
             status.last_success_at_ms = now_ms
+            self._probes = 0
         else:
             status.failures += 1
             status.last_failure_at_ms, status.last_failure = now_ms, outcome.failure
-            if status.failures >= PROBE_AFTER_FAILURES:
-                probes = status.failures - PROBE_AFTER_FAILURES + 1
-                self._hold_until = time.monotonic() + backoff(probes)
+            now = time.monotonic()
+            # Counted by probe, not by failure: the attempts in flight when the receiver went
+            # away fail together, and must not push the first probe a minute away.
+            if status.failures >= PROBE_AFTER_FAILURES and now >= self._hold_until:
+                self._probes += 1
+                self._hold_until = now + backoff(self._probes)
         self._gone = self._gone or outcome.status == 410
         return outcome
 
