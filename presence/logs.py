@@ -132,6 +132,17 @@ def log_changes(changes: Iterable[Change]) -> None:
     if not _changes_log.isEnabledFor(logging.INFO):
         return
     for change in changes:
+        if not _json and _plain(change.service_sid, change.identity, change.reason):
+            # The line nearly every change writes, in one piece (as the access log's): each
+            # value as json.dumps writes it.
+            event_id = "null" if change.event_id is None else str(change.event_id)
+            _output.add(
+                f"{_clock.asctime(_now())} INFO {CHANGES_LOGGER}: presence change: {change} "
+                f'service_sid="{change.service_sid}" identity="{change.identity}" '
+                f"online={'true' if change.online else 'false'} "
+                f'reason="{change.reason}" event_id={event_id} version={change.version}'
+            )
+            continue
         fields = {
             "service_sid": change.service_sid,
             "identity": change.identity,

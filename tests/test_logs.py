@@ -16,6 +16,7 @@ from aiohttp.test_utils import make_mocked_request
 from harness.processes import RedisServer, Service
 from presence import logs
 from presence.logs import JsonFormatter, TextFormatter
+from presence.model import Change
 from presence.twilio.samples import SERVICE_SID, reachability
 from tests.support import AUTH_TOKEN, json_lines, post_webhook, sign, wait_until
 
@@ -189,6 +190,49 @@ def test_access_lines_are_the_text_formatters_lines(
             "levelname": "INFO",
             "msg": f"POST {raw} 200 12.3ms",
             **fields,
+        }
+    )
+    written = out.getvalue().rstrip("\n")
+    assert written.partition(" INFO ")[2] == TextFormatter().format(wanted).partition(" INFO ")[2]
+
+
+@pytest.mark.parametrize(
+    "identity", ["alice", "user-000123", "o'brien", 'say "hi"', "back\\slash", "élodie"]
+)
+@pytest.mark.parametrize("event_id", [42, None])
+def test_change_lines_are_the_text_formatters_lines(
+    monkeypatch: pytest.MonkeyPatch, identity: str, event_id: int | None
+) -> None:
+    """Change lines are written directly too (about one per webhook): the same line, after
+    the time, as the TextFormatter writes for the same fields, whatever the identity."""
+    out = io.StringIO()
+    monkeypatch.setattr(logs, "_output", logs._Lines(out))
+    monkeypatch.setattr(logs, "_json", False)
+    logging.getLogger(logs.CHANGES_LOGGER).setLevel(logging.INFO)
+    change = Change(
+        service_sid="IS" + "0" * 32,
+        identity=identity,
+        online=event_id is not None,
+        reason="connected" if event_id is not None else "expired",
+        event_id=event_id,
+        version=7,
+        changed_at="2026-11-23T10:00:00.123Z",
+    )
+
+    logs.log_changes([change])
+
+    wanted = logging.makeLogRecord(
+        {
+            "name": logs.CHANGES_LOGGER,
+            "levelno": logging.INFO,
+            "levelname": "INFO",
+            "msg": f"presence change: {change}",
+            "service_sid": change.service_sid,
+            "identity": identity,
+            "online": change.online,
+            "reason": change.reason,
+            "event_id": event_id,
+            "version": 7,
         }
     )
     written = out.getvalue().rstrip("\n")
