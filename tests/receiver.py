@@ -29,7 +29,10 @@ class Request:
     webhook_id: str
     event: dict[str, Any]
     at: float
+    """When it was answered (monotonic)."""
     status: int
+    arrived: float
+    """When it came, before it was read or answered (monotonic)."""
     verified_by: tuple[int, ...]
     user_agent: str
     slow: bool = False
@@ -85,6 +88,7 @@ class Receiver:
         return json.loads(body).get("data", {}).get("identity") in self.refused
 
     async def _handle(self, request: web.Request) -> web.StreamResponse:
+        arrived = time.monotonic()
         body = await request.read()
         headers = {name.lower(): value for name, value in request.headers.items()}
         verified = []
@@ -120,6 +124,7 @@ class Receiver:
                 json.loads(body),
                 time.monotonic(),
                 status,
+                arrived,
                 tuple(verified),
                 headers.get("user-agent", ""),
                 slow,
