@@ -4,7 +4,7 @@ and as the API shows it; and one attempt to deliver to it (``Attempt``)."""
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
@@ -161,9 +161,6 @@ class Subscription:
             pending_reset=reset,
         )
 
-    def with_status(self, **changes: Any) -> Subscription:
-        return replace(self, **changes)
-
 
 def status_fields(
     cursor: str,
@@ -206,7 +203,6 @@ class Attempt:
     status: int | None
     error: str | None
     duration_ms: int
-    extra: dict[str, Any] = field(default_factory=dict, compare=False)
 
     def to_json(self) -> str:
         return json.dumps(

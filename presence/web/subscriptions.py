@@ -75,17 +75,12 @@ def _operation(
         request_body=None
         if body is None
         else {
-            "required": body == "NewSubscription",
+            # A rotation's body may be left out (its one field has a default).
+            "required": body != "Rotation",
             "content": openapi.json_content(openapi.ref(body)),
         },
         bearer=True,
     )
-
-
-def _request_body(schema: str) -> dict[str, Any]:
-    # A rotation's body may be left out (every field has its default).
-    required = schema != "Rotation"
-    return {"required": required, "content": openapi.json_content(openapi.ref(schema))}
 
 
 def _object(description: str) -> tuple[str, Any]:
