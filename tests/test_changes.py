@@ -329,6 +329,18 @@ async def test_many_streams_of_one_service_share_one_reader_per_process(
     assert all(len(s.changes()) == 10 for s in streams)
 
 
+async def test_a_stream_is_open_at_once_not_at_its_first_heartbeat(feed: RunningApp) -> None:
+    """Its status and headers (and a comment) come before any change or heartbeat: an
+    EventSource is told it is open, and a client timing the stream's first bytes does not
+    take a quiet service for a dead stream."""
+    started = time.monotonic()
+    async with EventStream(stream_url(feed), BEARER) as stream:
+        assert stream.status == 200
+        await wait_until(lambda: ": open" in stream.comments, 2, "the opening comment")
+    assert time.monotonic() - started < changes_api.HEARTBEAT_SECONDS / 2
+    assert stream.events == []
+
+
 async def test_a_stream_keeps_itself_alive_and_its_cursor_moving(
     feed: RunningApp, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -337,10 +349,11 @@ async def test_a_stream_keeps_itself_alive_and_its_cursor_moving(
     monkeypatch.setattr(changes_api, "HEARTBEAT_SECONDS", 0.3)
     async with EventStream(stream_url(feed, "?identity=quiet"), BEARER) as stream:
         await flip(feed, "chatty", 1, True)
-        await wait_until(lambda: bool(stream.comments) and bool(stream.ids), 5, "a ping, an id")
+        await wait_until(
+            lambda: ": ping" in stream.comments and bool(stream.ids), 5, "a ping, an id"
+        )
 
     assert stream.events == []
-    assert stream.comments[0].startswith(":")
     # The cursor moved past chatty's change: resuming from it, nothing comes.
     page = await get(feed, FEED, since=stream.ids[-1], identity="chatty")
     assert page["changes"] == []

@@ -303,6 +303,7 @@ class ChangesApi:
             await stream.prepare(request)
             sender = _Sender(stream, self.metrics)
             try:
+                await sender.opened()
                 position = await self._catch_up(query, subscriber.joined_at, sender)
                 await self._follow(request, subscriber, position, sender)
             except (ConnectionResetError, TimeoutError, RuntimeError):
@@ -394,6 +395,11 @@ class _Sender:
 
     async def reset(self, reason: str, cursor: FeedCursor) -> None:
         await self.stream.send(json.dumps({"reason": reason}), id=cursor.encode(), event="reset")
+
+    async def opened(self) -> None:
+        # aiohttp holds a reply's headers back until its first bytes: without these, a client
+        # would learn the stream is open only at the first change or heartbeat (10 s).
+        await self.stream.write(b": open\r\n\r\n")
 
     async def position(self, cursor: FeedCursor) -> None:
         # An event with an ID and no data moves a client's Last-Event-ID without an event.
