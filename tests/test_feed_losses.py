@@ -15,6 +15,7 @@ real ``redis-server`` with an append-only file, consumers that do what the docs 
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -22,9 +23,10 @@ from typing import Any
 import pytest
 
 from harness.processes import RedisServer
+from presence.feed import hub as feed_hub
 from presence.twilio.samples import SERVICE_SID, reachability
 from tests.consumer import MODES, Consumer, Mode
-from tests.support import RunningApp
+from tests.support import EventStream, RunningApp, wait_until
 
 pytestmark = pytest.mark.slow  # redis-server restarted under open streams and waiting polls
 
@@ -205,5 +207,60 @@ async def test_redis_started_empty_resets_every_consumer(
             assert c.resets == ["lost"]
             await flip(service, "carol", 1, True)
             await c.until({"carol"})
+    finally:
+        redis_aof.stop()
+
+
+async def test_a_stream_ahead_of_its_process_reader_is_reset_when_what_it_saw_is_lost(
+    start_service: Start,
+    redis_aof: RedisServer,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A stream resumed from a cursor its process's shared reader has not reached (read from
+    another replica, say) was sent what the reader has not read. Redis restarted from older
+    data loses those changes: the reader, whose own cursor comes before them, sees no loss,
+    and must not carry the stream on as if nothing happened."""
+    gate = asyncio.Event()
+    gate.set()
+    read = feed_hub.FeedHub._read
+
+    async def gated(hub: feed_hub.FeedHub, reader: Any) -> bool:
+        await gate.wait()
+        return await read(hub, reader)
+
+    monkeypatch.setattr(feed_hub.FeedHub, "_read", gated)
+    redis_aof.start()
+    try:
+        service = await service_on(start_service, redis_aof)
+        headers = {"Authorization": f"Bearer {TOKEN}"}
+        feed = f"/v1/services/{SERVICE_SID}/changes"
+        url = str(service.client.make_url(feed))
+        # A first stream starts this process's reader; once it has read alice's change, it
+        # reads nothing more.
+        async with EventStream(url, headers) as first:
+            await flip(service, "alice", 1, True)
+            await first.wait_for(1)
+            older = redis_aof.copy_data(tmp_path / "older")
+            gate.clear()
+            start = await (await service.client.get(feed, headers=headers)).json()
+            await flip(service, "bob", 1, True)
+            # bob's change, read by a JSON page (as on another replica): its cursor is ahead
+            # of this process's reader.
+            page = await (
+                await service.client.get(feed, params={"since": start["cursor"]}, headers=headers)
+            ).json()
+            assert [c["identity"] for c in page["changes"]] == ["bob"]
+            resumed = f"{url}?since={page['cursor']}"
+            async with EventStream(resumed, headers) as stream:
+                await wait_until(lambda: ": open" in stream.comments, 5, "the stream open")
+                redis_aof.stop()
+                redis_aof.restore_data(older)  # bob's change is gone
+                redis_aof.start()
+                gate.set()
+                await flip(service, "carol", 1, True)
+                await wait_until(lambda: bool(stream.events), 10, "an event after the loss")
+                assert stream.events[0].event == "reset"
+                assert json.loads(stream.events[0].data) == {"reason": "lost"}
     finally:
         redis_aof.stop()

@@ -24,7 +24,7 @@ from aiohttp_sse import EventSourceResponse
 from presence.events import name_problem
 from presence.feed.cursor import FeedCursor, InvalidFeedCursor
 from presence.feed.entries import FeedRead
-from presence.feed.hub import Closed, FeedHub, Reset, Subscriber, TooManyStreams
+from presence.feed.hub import Closed, Delivery, FeedHub, Reset, Subscriber, TooManyStreams
 from presence.metrics import Metrics
 from presence.model import StoreUnavailable
 from presence.store.base import PresenceStore
@@ -305,7 +305,7 @@ class ChangesApi:
             try:
                 await sender.opened()
                 position = await self._catch_up(query, subscriber.joined_at, sender)
-                await self._follow(request, subscriber, position, sender)
+                await self._follow(request, query, subscriber, position, sender)
             except (ConnectionResetError, TimeoutError, RuntimeError):
                 pass  # the client went away or stopped reading: it resumes by cursor
             # The reply has begun: no error reply can follow it, only the stream's end, from
@@ -345,15 +345,32 @@ class ChangesApi:
     async def _follow(
         self,
         request: web.Request,
+        query: _Query,
         subscriber: Subscriber,
         position: FeedCursor,
         sender: _Sender,
     ) -> None:
         """Sends what the reader of this process hands the client, until the stream ends."""
         moved = time.monotonic()
+        # The client may have been sent changes the reader has not read yet (its catch-up
+        # read further, or it resumed from a cursor ahead of the reader). Should Redis lose
+        # those before the reader gets there, the reader would see no loss of its own: so
+        # once the reader passes the client's cursor, that cursor is checked against Redis.
+        ahead = position.position > subscriber.joined_at.position
         # aiohttp does not cancel a handler whose client left: its transport is gone.
         while sender.connected and request.transport is not None:
             delivery = await subscriber.get(CONNECTION_CHECK_SECONDS)
+            if ahead and isinstance(delivery, Reset | Closed):
+                ahead = False  # the reader's own reset (or the end) says it all
+            elif ahead and _passed(delivery, subscriber, position):
+                ahead = False
+                checked = await self.store.read_feed(
+                    query.service_sid, position, limit=1, identities=query.identities
+                )
+                if checked.reset is not None:
+                    self.metrics.feed_resets.labels(checked.reset).inc()
+                    await sender.reset(checked.reset, checked.cursor)
+                    position = checked.cursor
             if delivery is None:
                 # Nothing for this client: its cursor still moves on with the reader's, so a
                 # filtered stream that resumes after hours does not start from hours ago.
@@ -376,6 +393,14 @@ class ChangesApi:
             if cursor.position > position.position:  # not already sent while catching up
                 await sender.change(entry.message, cursor)
                 position = cursor
+
+
+def _passed(delivery: Delivery | None, subscriber: Subscriber, position: FeedCursor) -> bool:
+    """Whether the reader has read past ``position``: with this change, or (none for this
+    client) by where it read to."""
+    if isinstance(delivery, tuple):
+        return delivery[1].position > position.position
+    return subscriber.read_to.position > position.position
 
 
 class _Sender:
