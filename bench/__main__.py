@@ -16,13 +16,36 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import cost, deadlines, feed, http_rows, loads, memory, plot, push, support, wait
+from bench import (
+    cost,
+    deadlines,
+    feed,
+    http_rows,
+    loads,
+    memory,
+    plot,
+    push,
+    support,
+    wait,
+    workers,
+)
 from bench.profile import Profiler
 from bench.support import ROOT, affinity, cores
 from bench.targets import TARGETS
 from harness.processes import stop_all
 
-ROWS = ("ingest", "get", "lookup", "memory", "deadlines", "feed", "push", "cost", "wait")
+ROWS = (
+    "ingest",
+    "get",
+    "lookup",
+    "memory",
+    "deadlines",
+    "feed",
+    "push",
+    "cost",
+    "wait",
+    "workers",
+)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -127,6 +150,9 @@ def _measure(
     if "wait" in cfg.rows:
         with row("wait"), affinity(other):
             results["wait"] = wait.run(cfg.workdir, cfg)
+    if "workers" in cfg.rows:
+        with row("workers"), affinity(other):
+            results["workers"] = workers.run(cfg.workdir, cfg)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -4,21 +4,28 @@ the bare reference, in one run."""
 
 from __future__ import annotations
 
+import json
 import random
+import subprocess
 import time
 from pathlib import Path
 from typing import Any
 
 from bench import loads
+from bench.listeners import STREAMS
 from bench.profile import Profiler
+from bench.push import ADMIN_TOKEN
 from bench.support import (
     AUTH_TOKEN,
+    PYTHON,
+    ROOT,
     RequestFile,
     http_json,
     identity_get_requests,
     lookup_requests,
     metric_sum,
     metrics_text,
+    pinned,
     redis_server,
     start_reference,
     start_service,
@@ -75,7 +82,15 @@ def counted_wrk(
 
 def run(workdir: Path, cfg: Any, wanted: set[str], results: dict[str, Any]) -> None:
     redis = redis_server(workdir / "redis-http")
-    service = start_service(workdir, redis.url)
+    # The admin token and private receivers: the ingest row also runs with a push
+    # subscription open (bench/listeners.py).
+    service = start_service(
+        workdir,
+        redis.url,
+        admin_token=ADMIN_TOKEN,
+        push_allow_private="true",
+        max_streams=str(2 * STREAMS),
+    )
     reference = start_reference(workdir)
     d, c = cfg.duration, cfg.connections
     try:
@@ -168,6 +183,21 @@ def ingest(
         "work_ratio": round(work_run["rps"] / ref["rps"], 3),
     }
 
+    # The harness shape issue "Lean" named too: 32 connections, each server.
+    main32 = webhook_requests(workdir / "ingest32.tsv", service.port, count, "conn32")
+    log(f"ingest: reference, 32 connections, {d}s")
+    ref32 = loads.wrk(reference, main32, d, 32)
+    settle(service)
+    log(f"ingest: presence, 32 connections, {d}s")
+    svc32 = counted_wrk(service, main32, d, 32, redis)
+    result["connections_32"] = {
+        "presence": svc32,
+        "reference": ref32,
+        "ratio": round(svc32["rps"] / ref32["rps"], 3),
+    }
+    result["busy"] = busy(workdir, cfg, redis, service, count)
+    result["busy"]["ratio"] = round(result["busy"]["presence"]["rps"] / ref["rps"], 3)
+
     # Latency at half the peak rate, open loop (the Python pacer: wrk has no fixed rate).
     half = svc["rps"] / 2
     log(f"ingest: presence at half its peak, {half:.0f} req/s for {d}s (Python pacer)")
@@ -187,6 +217,41 @@ def ingest(
             service, lambda: loads.wrk(service, prof_file, d, c, redis), d
         )
     return result
+
+
+def busy(
+    workdir: Path, cfg: Any, redis: RedisServer, service: ServerProcess, count: int
+) -> dict[str, Any]:
+    """Ingest as above, with 1,000 change-feed streams and one push subscription open on the
+    service (bench/listeners.py, on the other core)."""
+    file = webhook_requests(workdir / "busy.tsv", service.port, count, "busy")
+    listeners = subprocess.Popen(
+        pinned("other", [PYTHON, "-m", "bench.listeners", service.url, "busy"]),
+        cwd=ROOT,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listeners.stdout is not None
+        assert listeners.stdin is not None
+        if listeners.stdout.readline().strip() != "LISTENING":
+            raise RuntimeError("bench/listeners.py did not start")
+        settle(service)
+        log(
+            f"ingest: presence with {STREAMS} streams and a push subscription open, {cfg.duration}s"
+        )
+        run = counted_wrk(service, file, cfg.duration, cfg.connections, redis)
+        listeners.stdin.close()
+        out, _ = listeners.communicate(timeout=60)
+    finally:
+        if listeners.poll() is None:
+            listeners.kill()
+            listeners.wait()
+    lines = [line for line in out.splitlines() if line.startswith("LISTENERSJSON ")]
+    if not lines:
+        raise RuntimeError(f"bench/listeners.py reported nothing: {out[-2000:]}")
+    return {"presence": run, "listeners": json.loads(lines[-1][len("LISTENERSJSON ") :])}
 
 
 def seed(workdir: Path, service: ServerProcess) -> list[str]:

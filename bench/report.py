@@ -68,6 +68,25 @@ def _ingest_rows(ingest: Run, targets: Run, cfg: Run) -> list[list[str]]:
          _cpu_ratio(svc, ref), "", ""],
         ["1", "webhook ingest latency at peak, p50 / p99", _ms(svc), _ms(ref), "", "", ""],
     ]  # fmt: skip
+    cpu, ref_cpu = _per_request(svc), _per_request(ref)
+    if cpu and ref_cpu:
+        goal = targets["ingest_cpu"]
+        rows.append(["1", "webhook ingest: service CPU per webhook against the reference's per "
+                     "request", f"{cpu:.0f} us", f"{ref_cpu:.0f} us", f"{cpu / ref_cpu:.2f}x",
+                     f"<= {goal:g}x", _verdict(cpu / ref_cpu <= goal)])  # fmt: skip
+    if run32 := ingest.get("connections_32"):
+        svc32, ref32, ratio32 = run32["presence"], run32["reference"], run32["ratio"]
+        goal = targets["ingest"]
+        rows.append(["1", f"webhook ingest, req/s (32 conn, {cfg['duration_s']:g} s)",
+                     _rps(svc32, distinct=True), _rps(ref32), f"{ratio32:.2f}x",
+                     f">= {goal}x", _verdict(ratio32 >= goal)])  # fmt: skip
+    if busy := ingest.get("busy"):
+        heard = busy["listeners"]
+        rows.append(["1", f"webhook ingest with {heard['streams']:,} feed streams and a push "
+                     "subscription open, req/s", _rps(busy["presence"], distinct=True), _rps(ref),
+                     f"{busy['ratio']:.2f}x", "report",
+                     f"{heard['stream_changes']:,} changes to streams, {heard['pushed']:,} "
+                     "pushed"])  # fmt: skip
     if work := ingest.get("work_reference"):
         rows.append(["1", "minimal real-work reference (HMAC + coalesced Lua), req/s",
                      _rps(work), _rps(ref), f"{ingest['work_ratio']:.2f}x", "", ""])  # fmt: skip
@@ -220,7 +239,25 @@ def _main_rows(results: Run) -> list[list[str]]:
         rows += _push_rows(ps, targets)
     if wt := results.get("wait"):
         rows += _wait_rows(wt)
+    if wk := results.get("workers"):
+        rows += _workers_rows(wk)
     return rows
+
+
+def _workers_rows(wk: Run) -> list[list[str]]:
+    """Row 8: two worker processes against one, neither pinned (both cores shared)."""
+    one, two = wk["one"], wk["two"]
+
+    def cpu(run: Run) -> str:
+        share = run["service_cpu_percent_of_one_core"]
+        return f"{run['service_cpu_us_per_webhook']:.0f} us ({share:.0f}% of a core)"
+
+    return [
+        ["8", "webhook ingest, 2 workers (vs 1), unpinned, req/s", _rps(two, distinct=True),
+         _rps(one, distinct=True), f"{wk['ratio']:.2f}x", "report", ""],
+        ["8", "service CPU per webhook, 2 workers (vs 1), all its processes", cpu(two), cpu(one),
+         "", "report", ""],
+    ]  # fmt: skip
 
 
 def _push_latency(run: Run) -> str:
