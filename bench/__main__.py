@@ -16,13 +16,36 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import cost, deadlines, feed, http_rows, loads, memory, plot, push, support, wait
+from bench import (
+    cost,
+    deadlines,
+    feed,
+    http_rows,
+    loads,
+    memory,
+    plot,
+    push,
+    redis_time,
+    support,
+    wait,
+)
 from bench.profile import Profiler
 from bench.support import ROOT, affinity, cores
 from bench.targets import TARGETS
 from harness.processes import stop_all
 
-ROWS = ("ingest", "get", "lookup", "memory", "deadlines", "feed", "push", "cost", "wait")
+ROWS = (
+    "ingest",
+    "get",
+    "lookup",
+    "redis",
+    "memory",
+    "deadlines",
+    "feed",
+    "push",
+    "cost",
+    "wait",
+)
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -103,6 +126,10 @@ def _measure(
     if cfg.rows & {"ingest", "get", "lookup"}:
         with row("http"), affinity(other):
             http_rows.run(cfg.workdir, cfg, cfg.rows, results)
+    if "redis" in cfg.rows:
+        # The harness and Redis take turns: both on the core the servers had.
+        with row("redis"), affinity(server_core):
+            results["redis"] = redis_time.run(cfg.workdir)
     if "memory" in cfg.rows:
         # Nothing else runs now: the filler gets the core the servers had.
         with row("memory"), affinity(server_core):

@@ -146,6 +146,19 @@ def _memory_rows(mem: Run, targets: Run) -> list[list[str]]:
     return rows
 
 
+def _redis_time_rows(rt: Run, targets: Run) -> list[list[str]]:
+    """This release's apply_event against the previous release's script, same stream."""
+    now, before, goal = rt["current"], rt["previous"], targets["redis_time_ratio"]
+    measure = (
+        f"Redis time per webhook, {rt['identities']:,} identities x {rt['rounds']} rounds: "
+        f"apply_event ({now['command']}) vs the previous release's script ({before['command']})"
+    )
+    return [
+        ["redis", measure, f"{now['usec_per_call']:.1f} us", f"{before['usec_per_call']:.1f} us",
+         f"{rt['ratio']:.2f}x", f"<= {goal}x", _verdict(rt["ratio"] <= goal)],
+    ]  # fmt: skip
+
+
 def _deadline_rows(dl: Run, targets: Run) -> list[list[str]]:
     n = f"{dl['identities']:,}"
     last, first = dl["all_after_deadline_s"], dl["first_after_deadline_s"]
@@ -201,6 +214,8 @@ def _main_rows(results: Run) -> list[list[str]]:
     if ingest := results.get("ingest"):
         rows += _ingest_rows(ingest, targets, cfg)
     rows += _read_rows(results, targets)
+    if rt := results.get("redis"):
+        rows += _redis_time_rows(rt, targets)
     if mem := results.get("memory"):
         rows += _memory_rows(mem, targets)
     if dl := results.get("deadlines"):
