@@ -177,9 +177,7 @@ def _deadline_rows(dl: Run, targets: Run) -> list[list[str]]:
                  _verdict(None if first is None else first <= goal)])  # fmt: skip
     value, goal = dl.get("redis_us_per_deadline"), targets["redis_us_per_deadline"]
     if value is not None:
-        measure = (
-            "the sweeper's Redis time per deadline (evalsha usec / deadlines; format 1: 51 us)"
-        )
+        measure = "the sweeper's Redis time per deadline (fcall usec / deadlines; format 1: 51 us)"
         rows.append(["4", measure, f"{value:.1f} us", "", f"{value / goal:.2f}x target",
                      f"<= {goal:g} us", _verdict(value <= goal)])  # fmt: skip
     return rows
@@ -440,7 +438,7 @@ def render(results: Run) -> str:
             "divided by the webhooks answered):\n"
         )
         head = ["identities", "endpoints", "B/identity", "pages", "fields/page", "value B",
-                "service CPU us/webhook", "Redis CPU us/webhook", "evalsha us/call", "req/s",
+                "service CPU us/webhook", "Redis CPU us/webhook", "apply_event us/call", "req/s",
                 "service CPU (waited for one)", "load"]  # fmt: skip
         out.append(_table(head, _cost_table(cost)))
     for name in ("ingest", "get", "lookup", "deadlines"):

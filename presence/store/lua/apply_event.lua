@@ -5,7 +5,7 @@
 -- '1' when the event cancelled a pending offline (a flap suppressed), else '0'; the number of
 -- endpoints that expired on the way; then each change published, in order.
 
-local ctx = context(ARGV, 2)
+local ctx = context(KEYS, ARGV, 2)
 about(ctx, ARGV[1])
 local s = load(ctx)
 advance(ctx, s)

@@ -28,42 +28,52 @@ local HEAD = '>BI6I4I6I7I6'
 -- Redis' struct library packs and unpacks the fixed-width numbers in C, several at a time
 -- (a quarter of the cost of doing it a byte at a time in Lua). The embedded store's Lua has
 -- no struct: the same, for the formats used here ('>' then B and I<n>), in Lua.
-local pack, unpack_at = nil, nil
-if struct then
-  pack, unpack_at = struct.pack, struct.unpack
-else
-  local function widths(format)
-    local out = {}
-    for kind, n in string.gmatch(format, '([BI])(%d*)') do
-      out[#out + 1] = kind == 'B' and 1 or tonumber(n)
-    end
-    return out
+-- Bound by bind_packing on the first call, not when this file is read: a library of Redis
+-- functions runs its top level at FUNCTION LOAD, where no global but `redis` exists.
+local pack, unpack_at
+
+local function widths(format)
+  local out = {}
+  for kind, n in string.gmatch(format, '([BI])(%d*)') do
+    out[#out + 1] = kind == 'B' and 1 or tonumber(n)
   end
-  pack = function(format, ...)
-    local values, out = { ... }, {}
-    for i, width in ipairs(widths(format)) do
-      local n, b = values[i], {}
-      for k = width, 1, -1 do
-        b[k] = n % 256
-        n = math.floor(n / 256)
-      end
-      out[i] = string.char(unpack(b))
+  return out
+end
+
+local function lua_pack(format, ...)
+  local values, out = { ... }, {}
+  for i, width in ipairs(widths(format)) do
+    local n, b = values[i], {}
+    for k = width, 1, -1 do
+      b[k] = n % 256
+      n = math.floor(n / 256)
     end
-    return table.concat(out)
+    out[i] = string.char(unpack(b))
   end
-  unpack_at = function(format, s, pos)
-    pos = pos or 1
-    local out = {}
-    for i, width in ipairs(widths(format)) do
-      local n = 0
-      for k = pos, pos + width - 1 do
-        n = n * 256 + string.byte(s, k)
-      end
-      out[i] = n
-      pos = pos + width
+  return table.concat(out)
+end
+
+local function lua_unpack_at(format, s, pos)
+  pos = pos or 1
+  local out = {}
+  for i, width in ipairs(widths(format)) do
+    local n = 0
+    for k = pos, pos + width - 1 do
+      n = n * 256 + string.byte(s, k)
     end
-    out[#out + 1] = pos
-    return unpack(out)
+    out[i] = n
+    pos = pos + width
+  end
+  out[#out + 1] = pos
+  return unpack(out)
+end
+
+local function bind_packing()
+  local struct = rawget(_G, 'struct')
+  if struct then
+    pack, unpack_at = struct.pack, struct.unpack
+  else
+    pack, unpack_at = lua_pack, lua_unpack_at
   end
 end
 

@@ -45,7 +45,7 @@ s.off_floor = tonumber(field.off)
 s.off_endpoint = field.oe
 s.forgotten_floor = tonumber(field.tf)
 
-local ctx = { identity = ARGV[1], member = ARGV[2], ttl = tonumber(ARGV[3]) }
+local ctx = { keys = KEYS, identity = ARGV[1], member = ARGV[2], ttl = tonumber(ARGV[3]) }
 local outcome = 'moved'
 local current = load(ctx)
 if current.was.stored or current.compacted then

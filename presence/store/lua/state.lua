@@ -23,13 +23,15 @@ local function json_string(name)
   end) .. '"'
 end
 
-local function context(argv, first)
+-- The keys travel in the context: a Redis function gets them as a parameter, not as the
+-- global KEYS of a script.
+local function context(keys, argv, first)
   local sid = argv[first]
   return {
     sid = sid, member = sid .. ':' .. argv[first + 1], grace = tonumber(argv[first + 2]),
     ttl = tonumber(argv[first + 3]), now = clock(argv[first + 4]), all = argv[first + 5],
-    retention = tonumber(argv[first + 6]), messages = {}, expired = 0, feed = KEYS[5],
-    count = KEYS[6],
+    retention = tonumber(argv[first + 6]), messages = {}, expired = 0, keys = keys,
+    feed = keys[5], count = keys[6],
   }
 end
 
@@ -50,11 +52,11 @@ end
 
 -- From its page, else from its page's graveyard (compacted), else never seen.
 local function load(ctx)
-  local value = redis.call('HGET', KEYS[1], ctx.identity)
+  local value = redis.call('HGET', ctx.keys[1], ctx.identity)
   if value then
     return remember(decode(value), true)
   end
-  local blob = redis.call('GET', KEYS[2])
+  local blob = redis.call('GET', ctx.keys[2])
   if blob then
     local at, found = graveyard_find(blob, graveyard_key(ctx.identity))
     if found then
