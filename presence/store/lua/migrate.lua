@@ -25,7 +25,7 @@ for i = 1, #flat, 2 do
   if head == 'e:' or head == 't:' then
     local kind = head == 'e:' and 'connected' or 'tombstones'
     local sep = string.find(value, ':', 1, true)
-    s[kind][string.sub(name, 3)] = {
+    s[kind][endpoint_bytes(string.sub(name, 3))] = {
       event_id = tonumber(string.sub(value, 1, sep - 1)), at = tonumber(string.sub(value, sep + 1)),
     }
     s.count[kind] = s.count[kind] + 1
@@ -42,7 +42,7 @@ s.top = tonumber(field.top)
 s.top_online = field.ton == '1'
 s.top_at = tonumber(field.tat) or 0
 s.off_floor = tonumber(field.off)
-s.off_endpoint = field.oe
+s.off_endpoint = field.oe and endpoint_bytes(field.oe)
 s.forgotten_floor = tonumber(field.tf)
 
 local ctx = { keys = KEYS, identity = ARGV[1], member = ARGV[2], ttl = tonumber(ARGV[3]) }
