@@ -223,8 +223,12 @@ local function unzigzag(z)
   return -(z + 1) / 2
 end
 
+-- Most differences fit one byte: read without the general case's call.
 local function zigzag_at(s, pos)
-  local z
+  local z = string.byte(s, pos)
+  if z < 128 then
+    return z % 2 == 0 and z / 2 or -(z + 1) / 2, pos + 1
+  end
   z, pos = varint_at(s, pos)
   return unzigzag(z), pos
 end
