@@ -235,6 +235,7 @@ async def test_values_of_the_layout_before_are_served_then_rewritten(
 
         # Written again, in this release's layout, and read back whole.
         assert [value_of(n)[0] & 64 for n in ("alice", "bob")] == [64, 64]
+        assert raw.get(store.keys.format) == b"3"  # marked: a release of format 2 stops
         alice_now = await store.inspect(SERVICE_SID, "alice")
         assert sorted(alice_now.state.connected) == sorted([UUID_A, UUID_B])
         assert (await store.inspect(SERVICE_SID, "bob")).state.published_online is False
