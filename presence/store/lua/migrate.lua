@@ -1,6 +1,6 @@
 -- migrate.lua: moves one identity from storage format 1 (a hash per identity, with an online
--- index per bucket and service and a due set per bucket) into its page (this release's format). Run with
--- the rules in front of it (state.lua, codec.lua).
+-- index per bucket and service and a due set per bucket) into its page (this release's
+-- format). Run with the rules in front of it (state.lua, codec.lua).
 -- KEYS 1-4 as state.lua's (page, graveyard, counters, due pages), then 5 the identity's
 -- format-1 hash, 6 its format-1 online index, 7 the bucket's format-1 due set.
 -- ARGV 1 identity   2 its page's member in the due pages   3 endpoint TTL (ms, 0: never)
