@@ -27,11 +27,13 @@ call made again.
 from __future__ import annotations
 
 import hashlib
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from dataclasses import dataclass
 from importlib.resources import files
 from typing import Any, TypeAlias
 
+from fakeredis.commands_mixins import scripting_mixin
 from redis.asyncio import Redis, RedisCluster
 from redis.asyncio.cluster import ClusterNode
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -67,7 +69,7 @@ OPERATIONS = {
     "inspect": "reads",
 }
 """The operations on identities (``lua/<name>.lua``): the library's functions. Those that
-only read are registered ``no-writes`` (they go on under OOM, and on a replica)."""
+only read are registered ``no-writes``, which Redis runs even when it refuses writes (OOM)."""
 
 READS_NEED = ("codec",)
 """What a read needs of the rules, as a script: the rest would cost its definitions."""
@@ -88,7 +90,7 @@ def with_rules(operation: str) -> str:
     return "\n".join([*(source(name) for name in RULES), "bind_packing()", source(operation)])
 
 
-class Routine:
+class Routine(ABC):
     """Lua that Redis runs by name: a script or a function of a library."""
 
     head: tuple[str, str]
@@ -102,9 +104,9 @@ class Routine:
         """The call with ``keys`` and ``args``."""
         return (*self.head, len(keys), *keys, *args)
 
+    @abstractmethod
     def unknown(self, reply: object) -> bool:
         """Whether ``reply`` says that Redis does not have it (the call did not run)."""
-        raise NotImplementedError
 
     def there(self, reply: object) -> bool:
         """Whether ``reply`` to ``load`` leaves it loaded."""
@@ -189,8 +191,6 @@ def has_functions(redis: Client) -> bool:
     later); the embedded store does if its fakeredis has them and emulates Redis 7 or later."""
     if isinstance(redis, RedisCluster) or not type(redis).__module__.startswith("fakeredis"):
         return True
-    from fakeredis.commands_mixins import scripting_mixin
-
     server = redis.connection_pool.connection_kwargs.get("server")
     version = tuple(getattr(server, "version", None) or (0,))
     return hasattr(scripting_mixin.ScriptingCommandsMixin, "fcall") and version >= (7,)
