@@ -27,7 +27,7 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
-from redis.exceptions import ResponseError
+from redis.exceptions import ReadOnlyError, ResponseError
 
 from presence.store import resp
 from presence.store.pipe import Pipe
@@ -165,6 +165,10 @@ class Coalescer:
             await connection.send_command(*routine.load)
             try:
                 await connection.read_response()
+            except ReadOnlyError:
+                # A replica (reads may go to one, and a master may have been demoted) loads
+                # no library: it has its master's, or refuses the call, which then says why.
+                continue
             except ResponseError as error:
                 if not routine.there(error):
                     raise
