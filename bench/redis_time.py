@@ -2,7 +2,7 @@
 release's script, on the same stream of webhooks in the same run.
 
 The previous release's script is the rules and ``apply_event.lua`` as of commit 05b5c3f (the
-last commit of release 0.1.0's line: its feed already numbers each change), vendored in
+commit before the version became 0.2.0; its feed already numbers each change), vendored in
 ``bench/previous/`` as it was, so that a clean checkout runs it. It is sent as that release
 sent it: the rule files in front of the operation, by EVALSHA.
 
@@ -48,7 +48,8 @@ PREVIOUS_RULES = (
     "deadline",
     "flap",
 )
-"""Release 0.1.0's rule files, in the order it sent them."""
+"""The previous release's rule files, in the order it sent them (not ``scripts.RULES``: that
+release as it was, whatever this one's rules become)."""
 
 IDENTITIES = 20_000
 ROUNDS = 6
