@@ -14,7 +14,7 @@ from redis import Redis
 from presence.store.scripts import source
 
 PREVIOUS_CODEC = Path(__file__).parent.parent / "bench" / "previous" / "codec.lua"
-"""codec.lua as release 0.1.0 wrote values (commit 05b5c3f): fixed widths, no flag 64."""
+"""codec.lua as the previous release wrote values (commit 05b5c3f): fixed widths, no flag 64."""
 
 Mark = tuple[str, int, int]
 """An endpoint's mark: the endpoint, its EventId, when (ms)."""
