@@ -25,6 +25,7 @@ from bench import (
     memory,
     plot,
     push,
+    redis_time,
     support,
     wait,
     workers,
@@ -38,6 +39,7 @@ ROWS = (
     "ingest",
     "get",
     "lookup",
+    "redis",
     "memory",
     "deadlines",
     "feed",
@@ -126,6 +128,10 @@ def _measure(
     if cfg.rows & {"ingest", "get", "lookup"}:
         with row("http"), affinity(other):
             http_rows.run(cfg.workdir, cfg, cfg.rows, results)
+    if "redis" in cfg.rows:
+        # The harness and Redis take turns: both on the core the servers had.
+        with row("redis"), affinity(server_core):
+            results["redis"] = redis_time.run(cfg.workdir)
     if "memory" in cfg.rows:
         # Nothing else runs now: the filler gets the core the servers had.
         with row("memory"), affinity(server_core):

@@ -15,8 +15,8 @@ identity's endpoints (IsIdentityOnline=false when it was the last), and about a 
 requests later a connect of a new endpoint in its place, so it keeps its E endpoints; EventIds
 above the fill's. Server CPU per webhook is the service's utime + stime (/proc/<pid>/stat)
 over the window divided by the webhooks answered, every one of them applied (checked through
-``/metrics``); the Redis time per webhook is INFO commandstats' ``evalsha`` usec over the same
-window divided by its calls.
+``/metrics``); the Redis time per webhook is INFO commandstats' ``fcall`` usec (``evalsha``
+before the library) over the same window divided by its calls.
 """
 
 from __future__ import annotations
@@ -177,7 +177,9 @@ def drive(workdir: Path, snapshot: Path, n: int, endpoints: int) -> dict[str, An
         main = traffic.file(workdir / "cost-main.tsv", service.port, count)
         run = counted_wrk(service, main, DURATION_S, CONNECTIONS, redis)
         counted = run["outcomes"]
-        evalsha = (run.get("redis_commands") or {}).get("evalsha") or {}
+        # apply_event: a function since the library (fcall), a script before (evalsha).
+        commands = run.get("redis_commands") or {}
+        lua = commands.get("fcall") or commands.get("evalsha") or {}
         requests = run["requests"]
         if run["wrapped"] or counted["applied"] < requests or run["errors"]:
             raise RuntimeError(f"cost {n}x{endpoints}: not every webhook applied: {counted}")
@@ -191,7 +193,7 @@ def drive(workdir: Path, snapshot: Path, n: int, endpoints: int) -> dict[str, An
             "waited_for_cpu_percent": run["waited_for_cpu_percent"],
             "server_cpu_us_per_webhook": run["server_cpu_us_per_request"],
             "redis_cpu_us_per_webhook": round(run["cpu_seconds"]["redis"] / requests * 1e6, 1),
-            "redis_evalsha_us_per_webhook": evalsha.get("usec_per_call"),
+            "redis_evalsha_us_per_webhook": lua.get("usec_per_call"),
         }
     finally:
         if service is not None:

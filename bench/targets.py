@@ -10,6 +10,8 @@ TARGETS = {
     # 2. reads
     "get": 0.5,  # x the bare JSON GET's req/s
     "lookup_names_per_s": 150_000,  # on the service's one core
+    # Issue "Lean, second pass": Redis time per webhook against the previous release's script
+    "redis_time_ratio": 0.67,  # x its evalsha usec per call, same stream, same run
     # 3. memory, without the change feed (reported apart, per change)
     "bytes_per_identity": 200.0,  # online, one UUID endpoint
     "offline_bytes_per_identity": 64.0,  # compacted

@@ -51,8 +51,15 @@ BUCKETS = 128
 PAGES = 64
 """Pages per bucket and service. Part of the storage format too."""
 
-FORMAT = "2"
-"""This storage format (1 was a hash per identity, with an online index and a due entry)."""
+FORMAT = "3"
+"""This storage format: the keys of format 2, an identity's value in codec.lua's varint layout
+(1 was a hash per identity, with an online index and a due entry)."""
+
+READ_AS_IS = ("2",)
+"""Formats this release reads without a migration: format 2's values (codec.lua's fixed-width
+layout) are decoded as they are and rewritten in this format's layout at their next write. A
+keyspace of one of them is marked as this format when a replica starts, so that a release of
+format 2, which cannot read the new layout, refuses to start on it."""
 
 
 def _validate_prefix(prefix: str) -> str:

@@ -17,8 +17,11 @@ from typing import Any
 import pytest
 from redis.asyncio import RedisCluster
 
-from harness.processes import RedisClusterNodes, Service
+from harness.processes import RedisClusterNodes, Service, redis_cli
 from presence.keys import Keyspace
+from presence.model import StoreUnavailable
+from presence.store.connections import cluster_client
+from presence.store.scripts import Library
 from presence.twilio.samples import SERVICE_SID
 from tests.failover import (
     BEHIND_SECONDS,
@@ -38,8 +41,10 @@ from tests.failover import (
     until_writes_are_acknowledged,
 )
 from tests.load import deliver
-from tests.support import AUTH_TOKEN, Watcher, wait_until
+from tests.support import AUTH_TOKEN, ManualClock, Watcher, make_store, wait_until
+from tests.test_cluster import node_port
 from tests.test_faults import assert_no_crash, client_session, ready, running
+from tests.test_functions import exercise_one
 
 pytestmark = pytest.mark.slow  # six redis-servers in a cluster, two `presence serve`
 
@@ -186,3 +191,54 @@ async def test_a_primary_killed_under_load_its_replica_takes_over(
             ]
             assert min(failovers) >= 1
         assert_no_crash(*started)
+
+
+async def test_after_a_failover_the_new_primary_runs_the_library(
+    cluster: RedisClusterNodes, clock: ManualClock
+) -> None:
+    """The replica that takes over has the library through replication; if it has not (a
+    replica that never had it, here flushed), it is loaded there at its first call."""
+    roles = cluster.roles()
+    victim = next(port for port, primary in roles.items() if primary is None)
+    [heir] = [port for port, primary in roles.items() if primary == victim]
+    client = cluster_client(cluster.url)
+    store = make_store(client, clock)
+    try:
+        await client.initialize()
+        identity = next(
+            f"user-{n}" for n in range(10_000) if node_port(client, f"user-{n}") == victim
+        )
+        await exercise_one(store, identity, 1)
+        await asyncio.to_thread(cluster.wait_until_synced)
+        assert await libraries_on(cluster, heir) == {Library().name}  # replicated
+
+        await asyncio.to_thread(cluster.kill_node, victim)
+        await wait_until(lambda: cluster.roles().get(heir, 0) is None, 30, "a promotion")
+
+        async def applied(event_id: int) -> bool:
+            try:
+                await exercise_one(store, identity, event_id)
+            except StoreUnavailable:  # the client has not found the new primary yet
+                return False
+            return True
+
+        await wait_until(lambda: applied(2), 30, "the heir to apply a webhook")
+        await redis_cli_async(heir, "FUNCTION", "FLUSH")
+        assert await libraries_on(cluster, heir) == set()
+        assert await applied(3)
+        assert await libraries_on(cluster, heir) == {Library().name}
+    finally:
+        await store.close()
+
+
+async def redis_cli_async(port: int, *args: str) -> str:
+    return await asyncio.to_thread(redis_cli, port, *args)
+
+
+async def libraries_on(cluster: RedisClusterNodes, port: int) -> set[str]:
+    listed = await redis_cli_async(port, "FUNCTION", "LIST")
+    return {
+        line.strip()
+        for previous, line in zip(listed.splitlines(), listed.splitlines()[1:], strict=False)
+        if previous.strip() == "library_name"
+    }

@@ -8,14 +8,13 @@ from typing import Any
 
 import pytest
 from redis.asyncio import Redis
-from redis.commands.core import AsyncScript
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 
 from harness.processes import RedisServer
 from presence.events import ReachabilityEvent, parse_event
 from presence.store.coalesce import Coalescer
-from presence.store.scripts import ScriptCall
+from presence.store.scripts import Script, ScriptCall
 from presence.twilio.samples import reachability
 from tests.support import make_store
 
@@ -42,14 +41,13 @@ class CountingCoalescer(Coalescer):
 
 
 @pytest.fixture
-async def append(redis: Redis) -> AsyncScript:
-    script = redis.register_script(APPEND)
+async def append(redis: Redis) -> Script:
     await redis.script_load(APPEND)
-    return script
+    return Script(APPEND)
 
 
 async def test_calls_made_together_share_one_round_trip_and_keep_their_order(
-    redis: Redis, append: AsyncScript
+    redis: Redis, append: Script
 ) -> None:
     writes = CountingCoalescer(redis)
     replies = await asyncio.gather(*(writes.call(append, ["log"], [str(n)]) for n in range(300)))
@@ -60,7 +58,7 @@ async def test_calls_made_together_share_one_round_trip_and_keep_their_order(
 
 
 async def test_a_batch_is_bounded_and_the_rest_follows_in_order(
-    redis: Redis, append: AsyncScript
+    redis: Redis, append: Script
 ) -> None:
     writes = CountingCoalescer(redis, max_batch=10)
     replies = await asyncio.gather(*(writes.call(append, ["log"], [str(n)]) for n in range(35)))
@@ -69,7 +67,7 @@ async def test_a_batch_is_bounded_and_the_rest_follows_in_order(
 
 
 async def test_calls_made_while_a_batch_is_in_flight_form_the_next_one(
-    redis: Redis, append: AsyncScript
+    redis: Redis, append: Script
 ) -> None:
     writes = CountingCoalescer(redis)
     first = asyncio.create_task(writes.call(append, ["log"], ["first"]))
@@ -80,7 +78,7 @@ async def test_calls_made_while_a_batch_is_in_flight_form_the_next_one(
     assert writes.pipelines == [1, 20]
 
 
-async def test_an_error_reaches_only_its_own_caller(redis: Redis, append: AsyncScript) -> None:
+async def test_an_error_reaches_only_its_own_caller(redis: Redis, append: Script) -> None:
     writes = Coalescer(redis)
     results = await asyncio.gather(
         writes.call(append, ["log"], ["a"]),
@@ -94,9 +92,7 @@ async def test_an_error_reaches_only_its_own_caller(redis: Redis, append: AsyncS
     assert results[2] == 2
 
 
-async def test_scripts_forgotten_by_redis_are_loaded_again(
-    redis: Redis, append: AsyncScript
-) -> None:
+async def test_scripts_forgotten_by_redis_are_loaded_again(redis: Redis, append: Script) -> None:
     writes = Coalescer(redis)
     assert await writes.call(append, ["log"], ["before"]) == 1
     await redis.script_flush()
@@ -106,9 +102,7 @@ async def test_scripts_forgotten_by_redis_are_loaded_again(
     assert await redis.llen("log") == 6
 
 
-async def test_a_cancelled_caller_does_not_tear_its_batch(
-    redis: Redis, append: AsyncScript
-) -> None:
+async def test_a_cancelled_caller_does_not_tear_its_batch(redis: Redis, append: Script) -> None:
     writes = Coalescer(redis)
     tasks = [asyncio.create_task(writes.call(append, ["log"], [str(n)])) for n in range(3)]
     await asyncio.sleep(0)
@@ -125,7 +119,7 @@ async def test_every_caller_of_a_batch_learns_that_redis_is_away(
     private_redis: RedisServer,
 ) -> None:
     client = Redis.from_url(private_redis.url, decode_responses=True)
-    script = client.register_script(APPEND)
+    script = Script(APPEND)
     writes = Coalescer(client)
     try:
         assert await writes.call(script, ["log"], ["up"]) == 1
@@ -157,7 +151,7 @@ async def test_one_identitys_webhooks_arriving_together_apply_in_order(redis: Re
 
 
 async def test_many_calls_of_one_caller_share_a_round_trip_with_their_errors_in_place(
-    redis: Redis, append: AsyncScript
+    redis: Redis, append: Script
 ) -> None:
     """How a lookup's reads go (one call per bucket): every reply, or the error it met, in
     order, and one round trip for all."""

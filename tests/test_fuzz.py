@@ -3,7 +3,8 @@
 identities. Without a valid signature, the Redis database must stay byte for byte the same
 (``DUMP`` of every key) and nothing may be published; with one, the reply is a 200 or a 400
 naming its fields, and an event about identity X writes only X's own keys (and X's members
-of its bucket's shared indexes) and publishes only about X.
+of its bucket's shared indexes) and publishes only about X. And any state the rules can
+make comes back whole from codec.lua, in the layout written now and in the one before.
 
 Hypothesis runs in a worker thread and drives the service on the test's event loop through
 ``run_coroutine_threadsafe``, so every example talks to the same live server.
@@ -16,16 +17,27 @@ import json
 import os
 import string
 import zlib
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlencode
 
+import pytest
 from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
+from redis import Redis as SyncRedis
 
-from presence.events import EVENT_TYPES, InvalidPayload, ReachabilityEvent, parse_event
+from harness.processes import RedisServer
+from presence.events import (
+    EVENT_TYPES,
+    MAX_SAFE_INTEGER,
+    InvalidPayload,
+    ReachabilityEvent,
+    parse_event,
+)
 from presence.twilio.samples import SERVICE_SID, collection_event, reachability
+from tests import codec
+from tests.codec import State
 from tests.hostile import (
     FORM,
     JSON,
@@ -779,3 +791,69 @@ async def test_signed_json_touches_only_its_identity(world: World) -> None:
 
 async def test_unusual_identities_touch_only_their_own_keys(world: World) -> None:
     await in_worker(check_identity_isolation, world, "identity isolation", 50)
+
+
+# --- codec.lua: any state the rules can make round-trips, in either layout -----------------
+
+TIMES = st.integers(0, 2**47)
+"""Milliseconds: the rules' times are the server's clock, about 2^41 now."""
+ENDPOINT_NAMES = st.one_of(
+    st.uuids().map(str),
+    st.text(TEXT, min_size=1, max_size=40),
+    st.text(TEXT, min_size=250, max_size=300),
+)
+
+
+@st.composite
+def codec_states(draw: st.DrawFn) -> State:
+    """A stored state as the rules keep it: every EventId at or below top (none without a
+    top), marks of distinct endpoints, an endpoint connected or a tombstone, not both."""
+    top = draw(st.one_of(st.none(), st.integers(0, MAX_SAFE_INTEGER)))
+    below = st.integers(0, top or 0)
+    names = draw(st.lists(ENDPOINT_NAMES, unique=True, max_size=0 if top is None else 10))
+    split = draw(st.integers(0, len(names)))
+    marks = [(name, draw(below), draw(TIMES)) for name in names]
+    off = top is not None and draw(st.booleans())
+    deadline = top is not None and draw(st.booleans())
+    forgotten = top is not None and draw(st.booleans())
+    off_endpoint = None
+    if off:
+        # The flap's: one of its marks' endpoint; else one forgotten.
+        flap = bool(names) and draw(st.booleans())
+        off_endpoint = draw(st.sampled_from(names)) if flap else draw(ENDPOINT_NAMES)
+    return State(
+        version=draw(st.integers(0, 2**32 - 1)),
+        published_online=draw(st.booleans()),
+        top_online=draw(st.booleans()),
+        top=top,
+        top_at=draw(TIMES),
+        changed_at=draw(st.one_of(st.none(), st.integers(1, 2**47))),
+        deadline=draw(TIMES) if deadline else None,
+        deadline_event=draw(below) if deadline else None,
+        off_floor=draw(below) if off else None,
+        off_endpoint=off_endpoint,
+        forgotten_floor=draw(below) if forgotten else None,
+        connected=marks[:split],
+        tombstones=marks[split:],
+    )
+
+
+@pytest.fixture(scope="module")
+def lua_client(redis_server: RedisServer) -> Iterator[SyncRedis]:
+    client = SyncRedis.from_url(redis_server.url)
+    yield client
+    client.close()
+
+
+@FUZZ
+@given(state=codec_states(), due=st.one_of(st.just(0), TIMES))
+@example(state=State(top=MAX_SAFE_INTEGER, top_at=2**47, off_floor=0, off_endpoint="x"), due=1)
+def test_any_state_comes_back_from_either_layout(
+    lua_client: SyncRedis, state: State, due: int
+) -> None:
+    EXAMPLES_RUN["codec"] = EXAMPLES_RUN.get("codec", 0) + 1
+    for before in (False, True):
+        value = codec.write(lua_client, state, due, before=before)
+        found = codec.read(lua_client, value)
+        assert (found.state, found.due, found.version) == (state.canonical(), due, state.version)
+        assert found.answer == codec.expected_answer(state)

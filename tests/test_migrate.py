@@ -306,13 +306,34 @@ async def test_a_replica_of_the_old_release_still_writing_stops_the_start(
 
 
 async def test_a_newer_format_is_refused(client: Redis) -> None:
-    await client.set(Keyspace().format, "3")
+    await client.set(Keyspace().format, str(int(FORMAT) + 1))
     store = store_on(client)
     with pytest.raises(FormatError, match="newer"):
         await store.prepare()
     with pytest.raises(FormatError):
         await store.migrate()
     await store.close()
+
+
+async def test_a_keyspace_of_format_2_is_marked_format_3_and_nothing_moves(
+    redis: Redis, clock: ManualClock
+) -> None:
+    """Format 2's values are read as they are (tests/test_codec.py): a replica starting on
+    such a keyspace only marks it, so that a release of format 2 no longer starts on it."""
+    keys = Keyspace()
+    store = make_store(redis, clock)
+    event = parse_event(reachability("alice", "E1", 1, True, connected=True).items())
+    assert isinstance(event, ReachabilityEvent)
+    await store.apply_reachability(event)
+    await redis.set(keys.format, "2")
+    bucket, page = keys.place_of(SERVICE_SID, "alice")
+    before = await redis.dump(keys.page(bucket, SERVICE_SID, page))
+    fresh = make_store(redis, clock)
+    assert await fresh.prepare() is None  # no migration
+    assert await redis.get(keys.format) == FORMAT == "3"
+    assert await redis.dump(keys.page(bucket, SERVICE_SID, page)) == before
+    for s in (store, fresh):
+        await s.close()
 
 
 async def test_serve_migrates_on_start(old_redis: RedisServer, tmp_path: Path) -> None:
@@ -339,7 +360,7 @@ async def test_serve_migrates_on_start(old_redis: RedisServer, tmp_path: Path) -
             recorded["version"],
             recorded["last_event_id"],
         )
-        assert "migrated to storage format 2" in service.output()
+        assert f"migrated to storage format {FORMAT}" in service.output()
     finally:
         service.stop()
 

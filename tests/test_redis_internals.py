@@ -33,6 +33,7 @@ from harness.processes import RedisClusterNodes, RedisServer
 from presence.store.connections import cluster_client
 from presence.store.nodes import REFRESH_SECONDS
 from presence.store.resp import pack
+from presence.store.scripts import Function, Library
 
 
 async def test_a_pooled_connection_exposes_its_stream_writer_and_reader(
@@ -75,6 +76,27 @@ def test_the_parser_makes_the_exceptions_redis_py_raises(
 ) -> None:
     error = BaseParser.parse_error(reply)  # type: ignore[no-untyped-call]
     assert type(error) is kind
+
+
+def test_a_function_redis_lost_and_a_library_loaded_twice_are_told_by_their_text() -> None:
+    """Redis gives them no error type of their own: the store knows them by what redis-py
+    leaves of Redis' text (scripts.py, Function)."""
+    function = Function(Library(), "apply_event")
+    lost = BaseParser.parse_error("ERR Function not found")  # type: ignore[no-untyped-call]
+    twice = BaseParser.parse_error(  # type: ignore[no-untyped-call]
+        f"ERR Library '{function.loaded_as}' already exists"
+    )
+    other = BaseParser.parse_error("ERR Error compiling function")  # type: ignore[no-untyped-call]
+    assert (function.unknown(lost), function.unknown(twice), function.unknown(other)) == (
+        True,
+        False,
+        False,
+    )
+    assert (function.there(twice), function.there(other), function.there("OK")) == (
+        True,
+        False,
+        True,
+    )
 
 
 @pytest.mark.slow

@@ -27,13 +27,12 @@ from typing import Any
 
 from redis.asyncio import Redis
 from redis.asyncio.connection import AbstractConnection
-from redis.commands.core import AsyncScript
-from redis.exceptions import NoScriptError
+from redis.exceptions import ReadOnlyError, ResponseError
 
 from presence.store import resp
 from presence.store.pipe import Pipe
 from presence.store.replication import ReplicaWait
-from presence.store.scripts import Client, ScriptCall, run_scripts
+from presence.store.scripts import Client, Routine, ScriptCall, run_scripts
 
 MAX_BATCH = 512
 """Calls per batch at most: beyond this, a batch would hold its first caller too long."""
@@ -56,7 +55,7 @@ class _Call:
 
     def command(self) -> bytes:
         call = self.script
-        return resp.pack(("EVALSHA", call.script.sha, len(call.keys), *call.keys, *call.args))
+        return resp.pack(call.script.command(call.keys, call.args))
 
 
 class Coalescer:
@@ -78,8 +77,8 @@ class Coalescer:
         self._pipe: Pipe | None = None
         if isinstance(redis, Redis) and resp.supported(redis):
             self._pipe = Pipe(redis, self._load_scripts)
-        self._scripts: dict[str, AsyncScript] = {}
-        """Every script called, by SHA: loaded on each new connection."""
+        self._scripts: dict[str, Routine] = {}
+        """Every script and library called, by what it loads: loaded on each new connection."""
         # Redis holds back whatever a connection sends after a WAIT until the WAIT returns: a
         # second batch in flight would wait for the first one's WAIT, then for its own.
         # One at a time, the next batch gathers every call made meanwhile instead (a group
@@ -90,10 +89,9 @@ class Coalescer:
         self._settling: set[asyncio.Task[None]] = set()
         self._recovering = asyncio.Lock()
 
-    async def call(
-        self, script: AsyncScript, keys: Sequence[str], args: Sequence[str | int]
-    ) -> Any:
-        """Runs ``script`` with ``keys`` and ``args``; returns its reply or raises its error."""
+    async def call(self, script: Routine, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+        """Runs ``script`` (or function) with ``keys`` and ``args``; returns its reply or
+        raises its error."""
         # A caller cancelled meanwhile leaves its call in the batch: once queued, the script
         # runs whatever happens to the caller, so the batch is never torn (its reply is
         # dropped, see _deliver).
@@ -118,7 +116,7 @@ class Coalescer:
 
     def _queue(self, script: ScriptCall) -> asyncio.Future[Any]:
         call = _Call(script, asyncio.get_running_loop().create_future())
-        self._scripts.setdefault(script.script.sha, script.script)
+        self._scripts.setdefault(script.script.loaded_as, script.script)
         self._pending.append(call)
         if len(self._pending) >= EAGER_BATCH and self._can_write_now():
             batch, self._pending = self._pending, []
@@ -163,9 +161,17 @@ class Coalescer:
     # -- one Redis: pipelined ------------------------------------------------------------------
 
     async def _load_scripts(self, connection: AbstractConnection) -> None:
-        for script in list(self._scripts.values()):
-            await connection.send_command("SCRIPT", "LOAD", script.script)
-            await connection.read_response()
+        for routine in list(self._scripts.values()):
+            await connection.send_command(*routine.load)
+            try:
+                await connection.read_response()
+            except ReadOnlyError:
+                # A replica (reads may go to one, and a master may have been demoted) loads
+                # no library: it has its master's, or refuses the call, which then says why.
+                continue
+            except ResponseError as error:
+                if not routine.there(error):
+                    raise
 
     def _can_write_now(self) -> bool:
         """True when a batch can be written without waiting: the connection is up, no
@@ -180,7 +186,8 @@ class Coalescer:
         )
 
     def _commands(self, calls: Sequence[_Call]) -> list[bytes]:
-        """The EVALSHA of each call, then (with a wait) the barrier and WAIT after them."""
+        """The EVALSHA or FCALL of each call, then (with a wait) the barrier and WAIT after
+        them."""
         commands = [call.command() for call in calls]
         if self.wait is not None:
             commands += [resp.pack(c) for c in self.wait.commands([c.script.keys for c in calls])]
@@ -218,10 +225,12 @@ class Coalescer:
             except Exception as error:
                 _fail(batch, error)
                 return
-            refused = [i for i, reply in enumerate(replies) if isinstance(reply, NoScriptError)]
+            refused = [
+                i for i, reply in enumerate(replies) if batch[i].script.script.unknown(reply)
+            ]
             if refused:
-                # The scripts were flushed: the calls refused did not run. Loaded again and
-                # made again, in their order, before any later batch is written.
+                # The scripts or the library were flushed: the calls refused did not run.
+                # Loaded again and made again, in their order, before any later batch.
                 async with self._recovering:
                     again = [batch[i] for i in refused]
                     try:
@@ -238,10 +247,14 @@ class Coalescer:
             self._room.set()
 
     async def _load_scripts_on(self, pipe: Pipe, calls: Sequence[_Call]) -> None:
-        scripts = {call.script.script.sha: call.script.script for call in calls}
-        loads = [resp.pack(("SCRIPT", "LOAD", _source(script))) for script in scripts.values()]
+        routines = list(
+            {call.script.script.loaded_as: call.script.script for call in calls}.values()
+        )
         await pipe.ready()
-        await pipe.submit(loads)
+        replies = await pipe.submit([resp.pack(routine.load) for routine in routines])
+        for routine, reply in zip(routines, replies, strict=True):
+            if not routine.there(reply):
+                raise reply
 
     # -- a Redis Cluster, or the embedded store: one batch at a time --------------------------
 
@@ -265,11 +278,6 @@ class Coalescer:
     async def close(self) -> None:
         if self._pipe is not None:
             await self._pipe.close()
-
-
-def _source(script: AsyncScript) -> str:
-    source = script.script
-    return source if isinstance(source, str) else bytes(source).decode()
 
 
 def _fail(calls: Sequence[_Call], error: BaseException) -> None:

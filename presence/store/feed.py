@@ -40,7 +40,7 @@ from presence.feed.entries import FeedEntry, FeedRead, ResetReason
 from presence.keys import BUCKETS, Keyspace
 from presence.store.errors import unavailable_as_store_error
 from presence.store.nodes import by_node, on_each_node
-from presence.store.scripts import Client, ScriptCall, run_scripts, source
+from presence.store.scripts import Client, Script, ScriptCall, run_scripts, source
 
 RETENTION_SLACK_MS = 1000
 """A cursor must be this much younger than the retention: a change after it cannot be
@@ -149,7 +149,7 @@ class FeedReader:
         self.redis = redis
         self.keys = keys
         self.retention_ms = retention_ms
-        self._epoch_script = redis.register_script(source("epoch"))
+        self._epoch_script = Script(source("epoch"))
         self._replication: bool | None = None
         """Whether the nodes report their replication (not the embedded store)."""
 

@@ -12,6 +12,12 @@ Old and new releases do not share a Redis: a format-1 writer next to a format-2 
 each see the other's identities as never seen. A release of format 2 therefore refuses to
 start while format-1 keys reappear after the migration (an old replica still running), and
 ``presence migrate``, run once the old replicas are stopped, moves what they wrote.
+
+Format 3 has format 2's keys; only an identity's value is laid out anew (codec.lua), and a
+value of format 2 says so by its flags. A keyspace of format 2 needs no migration: its values
+are read as they are and rewritten as they are next written; its format key is set to 3 when
+a replica starts, so that a release of format 2, which would misread the new values, refuses
+to start on it.
 """
 
 from __future__ import annotations
@@ -20,7 +26,7 @@ import logging
 import time
 from collections.abc import Sequence
 
-from presence.keys import BUCKETS, FORMAT, page_member, v1_due_member
+from presence.keys import BUCKETS, FORMAT, READ_AS_IS, page_member, v1_due_member
 from presence.store.base import Migration
 from presence.store.errors import unavailable_as_store_error
 from presence.store.pages import Pages
@@ -65,6 +71,14 @@ class StorageFormat:
         the migration (None if there was none). Raises ``FormatError`` when it cannot:
         written by a newer release, or format 1 still being written beside it."""
         value = await self.current()
+        if value in READ_AS_IS:
+            # Nothing to move: its values are read as they are (see READ_AS_IS).
+            async with unavailable_as_store_error():
+                await self.redis.set(self.keys.format, FORMAT)
+            log.info(
+                "storage format %s marked as format %s (values rewritten as written)", value, FORMAT
+            )
+            value = FORMAT
         if value == FORMAT:
             if await self.v1_writers():
                 raise FormatError(
@@ -76,7 +90,7 @@ class StorageFormat:
         if value is not None:
             raise FormatError(
                 f"this Redis holds storage format {value}, written by a newer presence; this "
-                f"release reads format {FORMAT} (and migrates format 1)"
+                f"release reads formats {', '.join([*READ_AS_IS, FORMAT])} (and migrates format 1)"
             )
         return await self.migrate()
 
@@ -84,7 +98,7 @@ class StorageFormat:
         """Moves every format-1 identity into its page, drops the format-1 indexes and sets
         the format key. Safe to run again, and beside another replica doing the same."""
         before = await self.current()
-        if before is not None and before != FORMAT:
+        if before is not None and before != FORMAT and before not in READ_AS_IS:
             raise FormatError(f"this Redis holds storage format {before}, not 1 or {FORMAT}")
         started = time.monotonic()
         last_said = started

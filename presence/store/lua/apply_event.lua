@@ -5,11 +5,11 @@
 -- '1' when the event cancelled a pending offline (a flap suppressed), else '0'; the number of
 -- endpoints that expired on the way; then each change published, in order.
 
-local ctx = context(ARGV, 2)
+local ctx = context(KEYS, ARGV, 2)
 about(ctx, ARGV[1])
 local s = load(ctx)
 advance(ctx, s)
-local ep, event_id = ARGV[9], tonumber(ARGV[10])
+local ep, event_id = endpoint_bytes(ARGV[9]), tonumber(ARGV[10])
 local status = classify(s, ep, event_id)
 if status == 'applied' then
   apply(ctx, s, ep, event_id, ARGV[11] == '1', ARGV[12] == '1')

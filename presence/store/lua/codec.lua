@@ -2,17 +2,33 @@
 -- hash of the identities of one bucket and page of a service), and, once compacted, a record
 -- of its page's graveyard. Small values keep a page in Redis' compact listpack encoding
 -- (values up to 64 bytes, up to 128 of them): one online identity with one UUID endpoint is
--- 62 bytes here, against some 250 as text fields.
+-- 35 bytes here, 37 after a rebalancing flap, against some 250 as text fields.
 --
--- A value, big-endian, fixed widths (times in ms, EventIds in 7 bytes, exact up to 2^53):
+-- Inside the rules an endpoint is its packed form, the bytes it is stored as: 0 and 16 bytes
+-- for a lowercase UUID, else its length (1 to 254) and its bytes, or 255, a 2-byte length and
+-- its bytes (endpoint_bytes; endpoint_text gives it back).
+--
+-- A value, in the layout written now (flag 64), numbers as varints (7 bits a byte, the low
+-- group first, a set high bit saying more follow; exact up to 2^53) and most of them as
+-- differences: times from top_at, EventIds below top (zz: zigzag-coded, for either sign);
+-- top_at itself in 6 bytes, big-endian (a time's varint is as long, and slower to read):
+--   flags(1) top_at(6) version [top] due changed_at [deadline(zz) top-deadline_event(zz)]
+--   [top-forgotten_floor(zz)] connected count (endpoint top-event_id(zz) at(zz))*
+--   tombstone count (the same)* [top-off_floor(zz) off_endpoint]
+-- due and changed_at: 0 for none, else 1 + zz from top_at. off_endpoint: with flag 128 the
+-- position (1-based, in the order written) of the mark of the same endpoint (a flap leaves
+-- it connected), else the endpoint.
+-- flags: 1 published online, 2 top online, 4 a deadline, 8 an off floor, 16 a forgotten
+-- floor, 32 a top, 64 this layout, 128 off_endpoint as a mark's position. due: when the
+-- sweeper next has something to do for it (none: nothing).
+--
+-- The layout written before it (no flag 64), read still and rewritten at the next write: the
+-- same fields big-endian in fixed widths (times in ms, EventIds in 7 bytes):
 --   flags(1) due(6) version(4) changed_at(6) top(7) top_at(6)
 --   [deadline(6) deadline_event(7)] [off_floor(7) off_endpoint] [forgotten_floor(7)]
 --   connected count (endpoint event_id(7) at(6))*   tombstone count (the same)*
--- flags: 1 published online, 2 top online, 4 a deadline, 8 an off floor, 16 a forgotten
--- floor, 32 a top. due: when the sweeper next has something to do for it (0: nothing).
--- A count: one byte up to 254, else 255 and two bytes. An endpoint: 0 and 16 bytes for a
--- lowercase UUID, else its length (1 to 254) and its bytes, or 255, a 2-byte length and its
--- bytes.
+-- changed_at and due 0 for none; a count one byte up to 254, else 255 and two bytes.
+--
 -- A graveyard is one string of sorted 23-byte records: the identity's 6-byte hash,
 -- version(4), top(7), changed_at(6).
 
@@ -22,48 +38,60 @@ local function fmt(n)
 end
 
 local PUBLISHED, TOP_ONLINE, DEADLINE, OFF, FORGOTTEN, TOP = 1, 2, 4, 8, 16, 32
+local VARINTS, OFF_MARK = 64, 128
+-- The two kinds of an identity's endpoint marks, in the order they are stored.
+local KINDS = { 'connected', 'tombstones' }
 local RECORD = 23
-local HEAD = '>BI6I4I6I7I6'
 
 -- Redis' struct library packs and unpacks the fixed-width numbers in C, several at a time
 -- (a quarter of the cost of doing it a byte at a time in Lua). The embedded store's Lua has
 -- no struct: the same, for the formats used here ('>' then B and I<n>), in Lua.
-local pack, unpack_at = nil, nil
-if struct then
-  pack, unpack_at = struct.pack, struct.unpack
-else
-  local function widths(format)
-    local out = {}
-    for kind, n in string.gmatch(format, '([BI])(%d*)') do
-      out[#out + 1] = kind == 'B' and 1 or tonumber(n)
-    end
-    return out
+-- Bound by bind_packing on the first call, not when this file is read: a library of Redis
+-- functions runs its top level at FUNCTION LOAD, where no global but `redis` exists.
+local pack, unpack_at
+
+local function widths(format)
+  local out = {}
+  for kind, n in string.gmatch(format, '([BI])(%d*)') do
+    out[#out + 1] = kind == 'B' and 1 or tonumber(n)
   end
-  pack = function(format, ...)
-    local values, out = { ... }, {}
-    for i, width in ipairs(widths(format)) do
-      local n, b = values[i], {}
-      for k = width, 1, -1 do
-        b[k] = n % 256
-        n = math.floor(n / 256)
-      end
-      out[i] = string.char(unpack(b))
+  return out
+end
+
+local function lua_pack(format, ...)
+  local values, out = { ... }, {}
+  for i, width in ipairs(widths(format)) do
+    local n, b = values[i], {}
+    for k = width, 1, -1 do
+      b[k] = n % 256
+      n = math.floor(n / 256)
     end
-    return table.concat(out)
+    out[i] = string.char(unpack(b))
   end
-  unpack_at = function(format, s, pos)
-    pos = pos or 1
-    local out = {}
-    for i, width in ipairs(widths(format)) do
-      local n = 0
-      for k = pos, pos + width - 1 do
-        n = n * 256 + string.byte(s, k)
-      end
-      out[i] = n
-      pos = pos + width
+  return table.concat(out)
+end
+
+local function lua_unpack_at(format, s, pos)
+  pos = pos or 1
+  local out = {}
+  for i, width in ipairs(widths(format)) do
+    local n = 0
+    for k = pos, pos + width - 1 do
+      n = n * 256 + string.byte(s, k)
     end
-    out[#out + 1] = pos
-    return unpack(out)
+    out[i] = n
+    pos = pos + width
+  end
+  out[#out + 1] = pos
+  return unpack(out)
+end
+
+local function bind_packing()
+  local struct = rawget(_G, 'struct')
+  if struct then
+    pack, unpack_at = struct.pack, struct.unpack
+  else
+    pack, unpack_at = lua_pack, lua_unpack_at
   end
 end
 
@@ -71,12 +99,14 @@ local function has(flags, bit)
   return flags % (bit * 2) >= bit
 end
 
--- A lowercase UUID (8-4-4-4-12 hexadecimal digits), written out: this file runs at every call.
+-- A lowercase UUID (8-4-4-4-12 hexadecimal digits), written out: a script runs this file at
+-- every call, and a library's top level cannot reach string.rep.
 local UUID = '^[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]%-'
   .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f]%-[0-9a-f][0-9a-f][0-9a-f][0-9a-f]%-'
   .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f]%-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
   .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]$'
 
+-- An endpoint's packed form, from its text.
 local function endpoint_bytes(ep)
   if #ep == 36 and string.find(ep, UUID) then
     local sub = string.sub
@@ -89,32 +119,43 @@ local function endpoint_bytes(ep)
   return '\255' .. pack('>I2', #ep) .. ep
 end
 
--- Returns the endpoint and the position after it.
+-- The packed endpoint at pos (its bytes as stored), and the position after it.
 local function endpoint_at(s, pos)
   local tag = string.byte(s, pos)
+  local stop
   if tag == 0 then
-    local a, b, c, d = unpack_at('>I4I4I4I4', s, pos + 1)
-    return string.format('%08x-%04x-%04x-%04x-%04x%08x', a, math.floor(b / 65536), b % 65536,
-      math.floor(c / 65536), c % 65536, d), pos + 17
+    stop = pos + 16
   elseif tag < 255 then
-    return string.sub(s, pos + 1, pos + tag), pos + 1 + tag
+    stop = pos + tag
+  else
+    stop = pos + 2 + unpack_at('>I2', s, pos + 1)
   end
-  local length = unpack_at('>I2', s, pos + 1)
-  return string.sub(s, pos + 3, pos + 2 + length), pos + 3 + length
+  return string.sub(s, pos, stop), stop + 1
 end
 
--- The state table of rules.py's Identity, from a value (nil: never seen).
-local function decode(value)
-  local s = {
+-- An endpoint's text, from its packed form.
+local function endpoint_text(key)
+  local tag = string.byte(key, 1)
+  if tag == 0 then
+    local a, b, c, d = unpack_at('>I4I4I4I4', key, 2)
+    return string.format('%08x-%04x-%04x-%04x-%04x%08x', a, math.floor(b / 65536), b % 65536,
+      math.floor(c / 65536), c % 65536, d)
+  elseif tag < 255 then
+    return string.sub(key, 2)
+  end
+  return string.sub(key, 4)
+end
+
+local function empty_state()
+  return {
     connected = {}, tombstones = {}, count = { connected = 0, tombstones = 0 },
     version = 0, published_online = false, top_online = false, compacted = false,
   }
-  if not value then
-    return s
-  end
-  local flags, _, version, changed_at, top, top_at, pos = unpack_at(HEAD, value)
-  s.published_online = has(flags, PUBLISHED)
-  s.top_online = has(flags, TOP_ONLINE)
+end
+
+-- The layout written before flag 64, read (fixed widths, big-endian).
+local function decode_fixed(value, s, flags)
+  local _, version, changed_at, top, top_at, pos = unpack_at('>I6I4I6I7I6', value, 2)
   s.version = version
   if changed_at ~= 0 then
     s.changed_at = changed_at
@@ -126,7 +167,7 @@ local function decode(value)
   if has(flags, DEADLINE) then
     local event
     s.deadline, event, pos = unpack_at('>I6I7', value, pos)
-    s.deadline_event = string.format('%d', event)
+    s.deadline_event = fmt(event)
   end
   if has(flags, OFF) then
     s.off_floor, pos = unpack_at('>I7', value, pos)
@@ -135,7 +176,7 @@ local function decode(value)
   if has(flags, FORGOTTEN) then
     s.forgotten_floor, pos = unpack_at('>I7', value, pos)
   end
-  for _, kind in ipairs({ 'connected', 'tombstones' }) do
+  for _, kind in ipairs(KINDS) do
     local count = string.byte(value, pos)
     pos = pos + 1
     if count == 255 then
@@ -153,33 +194,199 @@ local function decode(value)
   return s
 end
 
-local function encode(s, due)
-  local flags = (s.published_online and PUBLISHED or 0) + (s.top_online and TOP_ONLINE or 0)
-    + (s.deadline and DEADLINE or 0) + (s.off_floor and OFF or 0)
-    + (s.forgotten_floor and FORGOTTEN or 0) + (s.top and TOP or 0)
-  local parts = {
-    pack(HEAD, flags, due or 0, s.version, s.changed_at or 0, s.top or 0, s.top_at or 0),
-  }
-  if s.deadline then
-    parts[#parts + 1] = pack('>I6I7', s.deadline, tonumber(s.deadline_event))
+-- A varint at pos, and the position after it.
+local function varint_at(s, pos)
+  local b = string.byte(s, pos)
+  if b < 128 then
+    return b, pos + 1
   end
-  if s.off_floor then
-    parts[#parts + 1] = pack('>I7', s.off_floor) .. endpoint_bytes(s.off_endpoint)
-  end
-  if s.forgotten_floor then
-    parts[#parts + 1] = pack('>I7', s.forgotten_floor)
-  end
-  for _, kind in ipairs({ 'connected', 'tombstones' }) do
-    local count = s.count[kind]
-    parts[#parts + 1] = count < 255 and string.char(count) or '\255' .. pack('>I2', count)
-    for ep, m in pairs(s[kind]) do
-      parts[#parts + 1] = endpoint_bytes(ep) .. pack('>I7I6', m.event_id, m.at)
+  local n, scale = b - 128, 128
+  while true do
+    pos = pos + 1
+    b = string.byte(s, pos)
+    if b < 128 then
+      return n + b * scale, pos + 1
     end
+    n = n + (b - 128) * scale
+    scale = scale * 128
   end
-  return table.concat(parts)
 end
 
--- The position after the endpoint at pos, without making its text.
+local function zigzag(n)
+  return n >= 0 and 2 * n or -2 * n - 1
+end
+
+local function unzigzag(z)
+  if z % 2 == 0 then
+    return z / 2
+  end
+  return -(z + 1) / 2
+end
+
+-- Most differences fit one byte: read without the general case's call.
+local function zigzag_at(s, pos)
+  local z = string.byte(s, pos)
+  if z < 128 then
+    return z % 2 == 0 and z / 2 or -(z + 1) / 2, pos + 1
+  end
+  z, pos = varint_at(s, pos)
+  return unzigzag(z), pos
+end
+
+-- The head of a value of this layout: version, top_at, top (0: none), due (0: none),
+-- changed_at (nil: none), and the position after them.
+local function head_at(value, flags)
+  local version, top_at, top, due, changed, pos
+  top_at, pos = unpack_at('>I6', value, 2)
+  version, pos = varint_at(value, pos)
+  top = 0
+  if has(flags, TOP) then
+    top, pos = varint_at(value, pos)
+  end
+  due, pos = varint_at(value, pos)
+  if due ~= 0 then
+    due = top_at + unzigzag(due - 1)
+  end
+  changed, pos = varint_at(value, pos)
+  if changed ~= 0 then
+    changed = top_at + unzigzag(changed - 1)
+  else
+    changed = nil
+  end
+  return version, top_at, top, due, changed, pos
+end
+
+local function decode_varints(value, s, flags)
+  local _, top, pos
+  s.version, s.top_at, top, _, s.changed_at, pos = head_at(value, flags)
+  if has(flags, TOP) then
+    s.top = top
+  end
+  local base = s.top_at
+  if has(flags, DEADLINE) then
+    local at, below
+    at, pos = zigzag_at(value, pos)
+    below, pos = zigzag_at(value, pos)
+    s.deadline, s.deadline_event = base + at, fmt(top - below)
+  end
+  if has(flags, FORGOTTEN) then
+    local below
+    below, pos = zigzag_at(value, pos)
+    s.forgotten_floor = top - below
+  end
+  local order = has(flags, OFF_MARK) and {}
+  for _, kind in ipairs(KINDS) do
+    local count
+    count, pos = varint_at(value, pos)
+    local marks = s[kind]
+    for _ = 1, count do
+      local ep, below, at
+      ep, pos = endpoint_at(value, pos)
+      below, pos = zigzag_at(value, pos)
+      at, pos = zigzag_at(value, pos)
+      marks[ep] = { event_id = top - below, at = base + at }
+      if order then
+        order[#order + 1] = ep
+      end
+    end
+    s.count[kind] = count
+  end
+  if has(flags, OFF) then
+    local below
+    below, pos = zigzag_at(value, pos)
+    s.off_floor = top - below
+    if order then
+      local n
+      n, pos = varint_at(value, pos)
+      s.off_endpoint = order[n]
+    else
+      s.off_endpoint, pos = endpoint_at(value, pos)
+    end
+  end
+  return s
+end
+
+-- The state table of rules.py's Identity, from a value of either layout (nil: never seen).
+local function decode(value)
+  local s = empty_state()
+  if not value then
+    return s
+  end
+  local flags = string.byte(value, 1)
+  s.published_online = has(flags, PUBLISHED)
+  s.top_online = has(flags, TOP_ONLINE)
+  if has(flags, VARINTS) then
+    return decode_varints(value, s, flags)
+  end
+  return decode_fixed(value, s, flags)
+end
+
+-- Appends n's varint to buf (bytes as numbers).
+local function put_varint(buf, n)
+  while n >= 128 do
+    local low = n % 128
+    buf[#buf + 1] = low + 128
+    n = (n - low) / 128
+  end
+  buf[#buf + 1] = n
+end
+
+local function put_zigzag(buf, n)
+  put_varint(buf, zigzag(n))
+end
+
+-- The value of a state, always in the varint layout. Numbers gather in buf and go into out
+-- as one string before each endpoint (out: the value's pieces; its first, the flags).
+local function encode(s, due)
+  local top, base = s.top or 0, s.top_at or 0
+  local out, buf = { '', pack('>I6', base) }, {}
+  put_varint(buf, s.version)
+  if s.top then
+    put_varint(buf, top)
+  end
+  put_varint(buf, (due and due ~= 0) and 1 + zigzag(due - base) or 0)
+  put_varint(buf, s.changed_at and 1 + zigzag(s.changed_at - base) or 0)
+  if s.deadline then
+    put_zigzag(buf, s.deadline - base)
+    put_zigzag(buf, top - tonumber(s.deadline_event))
+  end
+  if s.forgotten_floor then
+    put_zigzag(buf, top - s.forgotten_floor)
+  end
+  local off, mark, written = s.off_endpoint, nil, 0
+  for _, kind in ipairs(KINDS) do
+    put_varint(buf, s.count[kind])
+    for ep, m in pairs(s[kind]) do
+      out[#out + 1] = string.char(unpack(buf))
+      out[#out + 1] = ep
+      buf = {}
+      put_zigzag(buf, top - m.event_id)
+      put_zigzag(buf, m.at - base)
+      written = written + 1
+      if ep == off then
+        mark = written
+      end
+    end
+  end
+  if s.off_floor then
+    put_zigzag(buf, top - s.off_floor)
+    if mark then
+      put_varint(buf, mark)
+    else
+      out[#out + 1] = string.char(unpack(buf))
+      out[#out + 1] = off
+      buf = {}
+    end
+  end
+  out[#out + 1] = string.char(unpack(buf))
+  out[1] = string.char(VARINTS + (s.published_online and PUBLISHED or 0)
+    + (s.top_online and TOP_ONLINE or 0) + (s.deadline and DEADLINE or 0)
+    + (s.off_floor and OFF or 0) + (s.forgotten_floor and FORGOTTEN or 0)
+    + (s.top and TOP or 0) + ((s.off_floor and mark) and OFF_MARK or 0))
+  return table.concat(out)
+end
+
+-- The position after the endpoint at pos, without making it.
 local function after_endpoint(s, pos)
   local tag = string.byte(s, pos)
   if tag == 0 then
@@ -190,11 +397,8 @@ local function after_endpoint(s, pos)
   return pos + 3 + unpack_at('>I2', s, pos + 1)
 end
 
--- What a query answers of a value (read.lua), without the rest of decode's work: whether it
--- is published online and pending offline, its version, highest EventId (false: none),
--- last change (false: none), and its connected endpoints.
-local function answer_of(value)
-  local flags, _, version, changed_at, top, _, pos = unpack_at(HEAD, value)
+-- The connected endpoints' texts of a value of the layout before flag 64 at pos.
+local function fixed_endpoints_at(value, flags, pos)
   if has(flags, DEADLINE) then
     pos = pos + 13
   end
@@ -211,8 +415,45 @@ local function answer_of(value)
   end
   local endpoints = {}
   for i = 1, count do
-    endpoints[i], pos = endpoint_at(value, pos)
+    local ep
+    ep, pos = endpoint_at(value, pos)
+    endpoints[i] = endpoint_text(ep)
     pos = pos + 13
+  end
+  return endpoints
+end
+
+-- What a query answers of a value (read.lua), without the rest of decode's work: whether it
+-- is published online and pending offline, its version, highest EventId (false: none),
+-- last change (false: none), and its connected endpoints.
+local function answer_of(value)
+  local flags = string.byte(value, 1)
+  local _, version, changed_at, top, endpoints
+  if has(flags, VARINTS) then
+    local pos
+    version, _, top, _, changed_at, pos = head_at(value, flags)
+    changed_at = changed_at or 0
+    if has(flags, DEADLINE) then
+      _, pos = varint_at(value, pos)
+      _, pos = varint_at(value, pos)
+    end
+    if has(flags, FORGOTTEN) then
+      _, pos = varint_at(value, pos)
+    end
+    local count
+    count, pos = varint_at(value, pos)
+    endpoints = {}
+    for i = 1, count do
+      local ep
+      ep, pos = endpoint_at(value, pos)
+      endpoints[i] = endpoint_text(ep)
+      _, pos = varint_at(value, pos)
+      _, pos = varint_at(value, pos)
+    end
+  else
+    local pos
+    _, version, changed_at, top, _, pos = unpack_at('>I6I4I6I7I6', value, 2)
+    endpoints = fixed_endpoints_at(value, flags, pos)
   end
   local online = has(flags, PUBLISHED)
   return online, online and has(flags, DEADLINE), version, has(flags, TOP) and top,
@@ -221,11 +462,19 @@ end
 
 -- Its version, without decoding the rest of it (the listing with versions).
 local function version_of(value)
+  if has(string.byte(value, 1), VARINTS) then
+    return (varint_at(value, 8))
+  end
   return (unpack_at('>I4', value, 8))
 end
 
 -- When a stored value is next due (0: never), without decoding the rest of it.
 local function due_of(value)
+  local flags = string.byte(value, 1)
+  if has(flags, VARINTS) then
+    local _, _, _, due = head_at(value, flags)
+    return due
+  end
   return (unpack_at('>I6', value, 2))
 end
 
@@ -269,7 +518,7 @@ end
 
 -- The state of a compacted identity, from its record (rules.py: compact).
 local function from_record(record)
-  local s = decode(nil)
+  local s = empty_state()
   local changed_at
   s.version, s.top, changed_at = unpack_at('>I4I7I6', record, 7)
   if changed_at ~= 0 then

@@ -49,7 +49,7 @@ local function apply(ctx, s, ep, event_id, online, connected)
     -- the floor keeps every older event from bringing an endpoint back.
     s.off_floor = event_id
     s.off_endpoint = ep
-    for _, kind in ipairs({ 'connected', 'tombstones' }) do
+    for _, kind in ipairs(KINDS) do
       for name, m in pairs(s[kind]) do
         if m.event_id <= event_id then
           drop(s, kind, name)

@@ -7,7 +7,7 @@
 -- when another replica (or an event) got there first: the due pages are read inside the
 -- script, so each deadline fires exactly once.
 
-local ctx = context(ARGV, 1)
+local ctx = context(KEYS, ARGV, 1)
 local score = redis.call('ZSCORE', KEYS[4], ctx.member)
 if not score or tonumber(score) > ctx.now then
   return { 'not_due' }

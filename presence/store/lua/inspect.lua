@@ -31,10 +31,10 @@ else
   end
 end
 local marks = {}
-for _, kind in ipairs({ 'connected', 'tombstones' }) do
+for _, kind in ipairs(KINDS) do
   local flat = {}
   for ep, m in pairs(s[kind]) do
-    flat[#flat + 1] = ep
+    flat[#flat + 1] = endpoint_text(ep)
     flat[#flat + 1] = fmt(m.event_id)
     flat[#flat + 1] = fmt(m.at)
   end
@@ -43,5 +43,6 @@ end
 return {
   where, text(due), text(s.version), text(s.published_online), text(s.changed_at), text(s.top),
   text(s.top_online), text(s.top_at), text(s.deadline), text(s.deadline_event),
-  text(s.off_floor), text(s.off_endpoint), text(s.forgotten_floor), marks[1], marks[2],
+  text(s.off_floor), text(s.off_endpoint and endpoint_text(s.off_endpoint)),
+  text(s.forgotten_floor), marks[1], marks[2],
 }

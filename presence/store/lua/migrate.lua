@@ -1,6 +1,6 @@
 -- migrate.lua: moves one identity from storage format 1 (a hash per identity, with an online
--- index per bucket and service and a due set per bucket) into its page (format 2). Run with
--- the rules in front of it (state.lua, codec.lua).
+-- index per bucket and service and a due set per bucket) into its page (this release's
+-- format). Run with the rules in front of it (state.lua, codec.lua).
 -- KEYS 1-4 as state.lua's (page, graveyard, counters, due pages), then 5 the identity's
 -- format-1 hash, 6 its format-1 online index, 7 the bucket's format-1 due set.
 -- ARGV 1 identity   2 its page's member in the due pages   3 endpoint TTL (ms, 0: never)
@@ -25,7 +25,7 @@ for i = 1, #flat, 2 do
   if head == 'e:' or head == 't:' then
     local kind = head == 'e:' and 'connected' or 'tombstones'
     local sep = string.find(value, ':', 1, true)
-    s[kind][string.sub(name, 3)] = {
+    s[kind][endpoint_bytes(string.sub(name, 3))] = {
       event_id = tonumber(string.sub(value, 1, sep - 1)), at = tonumber(string.sub(value, sep + 1)),
     }
     s.count[kind] = s.count[kind] + 1
@@ -42,10 +42,10 @@ s.top = tonumber(field.top)
 s.top_online = field.ton == '1'
 s.top_at = tonumber(field.tat) or 0
 s.off_floor = tonumber(field.off)
-s.off_endpoint = field.oe
+s.off_endpoint = field.oe and endpoint_bytes(field.oe)
 s.forgotten_floor = tonumber(field.tf)
 
-local ctx = { identity = ARGV[1], member = ARGV[2], ttl = tonumber(ARGV[3]) }
+local ctx = { keys = KEYS, identity = ARGV[1], member = ARGV[2], ttl = tonumber(ARGV[3]) }
 local outcome = 'moved'
 local current = load(ctx)
 if current.was.stored or current.compacted then

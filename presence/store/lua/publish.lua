@@ -15,6 +15,10 @@ local function publish(ctx, s, online, reason, event_id)
   s.deadline_event = nil
   -- Every change of one script happens at the same now: its text is made once.
   ctx.at = ctx.at or iso(ctx.now)
+  if not ctx.head then
+    ctx.one = ctx.all .. ':' .. ctx.sid .. ':' .. ctx.identity
+    ctx.head = '{"service_sid":"' .. ctx.sid .. '","identity":' .. json_string(ctx.identity)
+  end
   local message = ctx.head .. ',"online":' .. (online and 'true' or 'false')
     .. ',"reason":"' .. reason .. '","event_id":' .. (event_id or 'null')
     .. ',"version":' .. fmt(s.version) .. ',"changed_at":"' .. ctx.at .. '"}'
@@ -27,7 +31,8 @@ local function publish(ctx, s, online, reason, event_id)
   -- once (a sweep fires many in one call).
   local first = not ctx.kept
   if first then
-    ctx.kept = fmt(server_ms() - ctx.retention)
+    -- now is the server's time already, unless the caller gave its own clock.
+    ctx.kept = fmt((ctx.server_now and ctx.now or server_ms()) - ctx.retention)
   end
   -- Numbered: the bucket's count of the service's changes goes up, and the entry carries it,
   -- so a reader tells from the data whether Redis still holds what its cursor saw

@@ -23,21 +23,23 @@ local function json_string(name)
   end) .. '"'
 end
 
-local function context(argv, first)
+-- The keys travel in the context: a Redis function gets them as a parameter, not as the
+-- global KEYS of a script.
+local function context(keys, argv, first)
   local sid = argv[first]
   return {
     sid = sid, member = sid .. ':' .. argv[first + 1], grace = tonumber(argv[first + 2]),
     ttl = tonumber(argv[first + 3]), now = clock(argv[first + 4]), all = argv[first + 5],
-    retention = tonumber(argv[first + 6]), messages = {}, expired = 0, feed = KEYS[5],
-    count = KEYS[6],
+    retention = tonumber(argv[first + 6]), messages = {}, expired = 0, keys = keys,
+    feed = keys[5], count = keys[6], server_now = argv[first + 4] == '',
   }
 end
 
--- The identity the next changes are of: its channel, and the start of its messages.
+-- The identity the next changes are of (its channel and the start of its messages are made
+-- by publish.lua, when there is a change: most calls have none).
 local function about(ctx, identity)
   ctx.identity = identity
-  ctx.one = ctx.all .. ':' .. ctx.sid .. ':' .. identity
-  ctx.head = '{"service_sid":"' .. ctx.sid .. '","identity":' .. json_string(identity)
+  ctx.head = nil
 end
 
 local function remember(s, stored)
@@ -50,11 +52,11 @@ end
 
 -- From its page, else from its page's graveyard (compacted), else never seen.
 local function load(ctx)
-  local value = redis.call('HGET', KEYS[1], ctx.identity)
+  local value = redis.call('HGET', ctx.keys[1], ctx.identity)
   if value then
     return remember(decode(value), true)
   end
-  local blob = redis.call('GET', KEYS[2])
+  local blob = redis.call('GET', ctx.keys[2])
   if blob then
     local at, found = graveyard_find(blob, graveyard_key(ctx.identity))
     if found then
@@ -88,26 +90,29 @@ local function settled(s)
     and s.count.tombstones == 0 and not s.top_online
 end
 
--- When the sweeper next has something to do for this identity (rules.py: due_at).
+-- When the sweeper next has something to do for this identity (rules.py: due_at): its
+-- deadline, or the TTL after the oldest thing that expires. (No closure: this runs at every
+-- write, and making one costs more than the loops.)
 local function due_at(ctx, s)
   local due = s.deadline
   if ctx.ttl > 0 then
-    local function sooner(at)
-      if not due or at + ctx.ttl < due then
-        due = at + ctx.ttl
+    local oldest
+    for _, m in pairs(s.connected) do
+      if not oldest or m.at < oldest then
+        oldest = m.at
       end
     end
-    for _, m in pairs(s.connected) do
-      sooner(m.at)
-    end
     for _, m in pairs(s.tombstones) do
-      sooner(m.at)
+      if not oldest or m.at < oldest then
+        oldest = m.at
+      end
     end
-    if s.top_online then
-      sooner(s.top_at)
+    if (s.top_online or (s.top and not s.compacted and settled(s)))
+      and (not oldest or s.top_at < oldest) then
+      oldest = s.top_at
     end
-    if s.top and not s.compacted and settled(s) then
-      sooner(s.top_at)
+    if oldest and (not due or oldest + ctx.ttl < due) then
+      due = oldest + ctx.ttl
     end
   end
   return due
