@@ -395,19 +395,21 @@ export class PresenceView {
 
   async #readStream() {
     const attempt = new AbortController();
-    const stop = () => attempt.abort();
+    let reader = null;
+    const stop = () => {
+      attempt.abort();
+      reader?.cancel().catch(() => {});
+    };
     this.#closing.signal.addEventListener('abort', stop);
     let received = false;
     let silent = false;
     let watchdog = 0;
-    let reader = null;
     // Heartbeats come every 10 s: silence for longer is a connection lost. Only the wait for
     // the service counts: not the time the hooks take.
     const watch = () => {
       watchdog = setTimeout(() => {
         silent = true;
-        attempt.abort();
-        reader?.cancel().catch(() => {});
+        stop();
       }, this.#silenceMs);
     };
     try {
@@ -418,11 +420,12 @@ export class PresenceView {
         signal: attempt.signal,
       });
       clearTimeout(watchdog);
+      reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+      if (this.#closed) return; // closed while the reply was on its way
       if (!(response.headers.get('Content-Type') ?? '').startsWith(EVENT_STREAM)) {
         throw new PresenceUnavailable('not a stream', { stalled: true });
       }
       this.#status('live');
-      reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
       const parser = new EventParser();
       for (;;) {
         watch();
@@ -447,9 +450,7 @@ export class PresenceView {
     } finally {
       clearTimeout(watchdog);
       this.#closing.signal.removeEventListener('abort', stop);
-      // Whatever is left of the stream goes too (a reset, say, leaves it open).
-      attempt.abort();
-      reader?.cancel().catch(() => {});
+      stop(); // whatever is left of the stream goes too (a reset, say, leaves it open)
     }
   }
 

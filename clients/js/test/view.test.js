@@ -44,7 +44,11 @@ class Scripted {
       return json({ identities: found });
     }
     if (request.headers.Accept === 'text/event-stream') return this.#stream(init.signal);
-    return new Promise((resolve) => this.polls.push(resolve));
+    // As fetch does, a request aborted before its reply rejects.
+    return new Promise((resolve, reject) => {
+      this.polls.push(resolve);
+      init.signal.addEventListener('abort', () => reject(new DOMException('aborted', 'AbortError')));
+    });
   }
 
   #listing(request) {
