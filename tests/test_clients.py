@@ -8,9 +8,15 @@ change reaches a hook twice (tests/clients.py)."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import io
+import json
+import re
+import textwrap
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
+from typing import Any
 
 import aiohttp
 import pytest
@@ -30,6 +36,7 @@ from tests.clients import (
     Options,
     check_exact,
     follower,
+    node,
     repeated,
     replayed,
     resets,
@@ -428,3 +435,68 @@ async def test_a_rebalancing_flap_wave_never_shows_a_flapping_identity_offline(
         assert await check_exact(client, deployment) == names
     finally:
         await deployment.stop()
+
+
+# -- the examples of docs/clients.md ----------------------------------------------------------
+
+ROOT = Path(__file__).resolve().parent.parent
+CLIENTS_DOCS = ROOT / "docs" / "clients.md"
+JS_MODULE = ROOT / "clients" / "js" / "presence.js"
+DOCS_URL = "http://presence:8080"
+
+
+def example(language: str) -> str:
+    found = re.search(rf"```{language}\n(.*?)```", CLIENTS_DOCS.read_text("utf-8"), re.DOTALL)
+    assert found is not None, f"no {language} example in docs/clients.md"
+    assert DOCS_URL in found.group(1)
+    return found.group(1)
+
+
+async def streaming(deployment: Deployment) -> bool:
+    """Whether a stream of the feed is open on a replica (the view has read its snapshot)."""
+    async with aiohttp.ClientSession() as session:
+        for replica in deployment.replicas:
+            async with session.get(f"{replica.url}/metrics") as response:
+                if re.search(r"^presence_feed_streams_open [1-9]", await response.text(), re.M):
+                    return True
+    return False
+
+
+async def test_the_python_example_of_the_docs_runs(deployment: Deployment) -> None:
+    source = example("python").replace(DOCS_URL, deployment.proxy.url)
+    namespace: dict[str, Any] = {"SID": SERVICE_SID, "TOKEN": TOKEN}
+    exec("async def run():\n" + textwrap.indent(source, "    "), namespace)
+    printed = io.StringIO()
+    with contextlib.redirect_stdout(printed):
+        running = asyncio.create_task(namespace["run"]())
+        try:
+            await wait_until(lambda: streaming(deployment), 10, "the example to follow the feed")
+            await deployment.flip("alice", True)
+            await wait_until(lambda: "alice" in printed.getvalue(), 10, "the example's line")
+        finally:
+            running.cancel()
+            await asyncio.gather(running, return_exceptions=True)
+    assert printed.getvalue() == "alice online 1\n"
+
+
+async def test_the_javascript_example_of_the_docs_runs(
+    deployment: Deployment, tmp_path: Path
+) -> None:
+    source = example("js").replace(DOCS_URL, deployment.proxy.url)
+    source = source.replace("'./presence.js'", json.dumps(str(JS_MODULE)))
+    script = tmp_path / "example.mjs"
+    script.write_text(f"const SID = '{SERVICE_SID}';\nconst TOKEN = '{TOKEN}';\n{source}", "utf-8")
+    process = await asyncio.create_subprocess_exec(
+        node(), str(script), stdout=asyncio.subprocess.PIPE, stdin=asyncio.subprocess.DEVNULL
+    )
+    try:
+        assert process.stdout is not None
+        await wait_until(lambda: streaming(deployment), 10, "the example to follow the feed")
+        await deployment.flip("alice", True)
+        line = await asyncio.wait_for(process.stdout.readline(), 15)
+        if line == b"":
+            pytest.fail("the example ended without a line")
+    finally:
+        process.kill()
+        await process.wait()
+    assert line.decode() == "alice true\n"
