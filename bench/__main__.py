@@ -16,13 +16,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-from bench import cost, deadlines, feed, http_rows, loads, memory, plot, push, support, wait
+from bench import client, cost, deadlines, feed, http_rows, loads, memory, plot, push, support, wait
 from bench.profile import Profiler
 from bench.support import ROOT, affinity, cores
 from bench.targets import TARGETS
 from harness.processes import stop_all
 
-ROWS = ("ingest", "get", "lookup", "memory", "deadlines", "feed", "push", "cost", "wait")
+ROWS = ("ingest", "get", "lookup", "memory", "deadlines", "feed", "push", "cost", "wait", "client")
 
 
 def parse(argv: list[str] | None) -> argparse.Namespace:
@@ -127,6 +127,9 @@ def _measure(
     if "wait" in cfg.rows:
         with row("wait"), affinity(other):
             results["wait"] = wait.run(cfg.workdir, cfg)
+    if "client" in cfg.rows:
+        with row("client"), affinity(other):
+            results["client"] = client.run(cfg.workdir)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -1,7 +1,8 @@
 // Types of presence.js (written by hand: the module is plain JavaScript, with no build step).
 
 /** A presence change, as the view's hooks and changes() receive it. From the feed it is the
- * change as the service published it, with the cursor that resumes after it; with `resync`,
+ * change as the service published it, with the cursor that resumes after it (null when the
+ * feed is read as JSON pages: a page's cursor comes after all its changes); with `resync`,
  * the view found it by reading the snapshot again after a reset (the identity's state
  * differs from what the view held), and reason, event_id, changed_at and cursor are null. */
 export interface Change {

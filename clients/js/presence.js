@@ -307,9 +307,9 @@ export class PresenceView {
         await this.#snapshot();
         break;
       } catch (error) {
-        if (!(error instanceof PresenceUnavailable || error instanceof InvalidCursor)) {
-          this.#stop(error);
-          throw error;
+        if (error instanceof PresenceRefused || this.#closed) {
+          if (!this.#closed) this.#stop(error);
+          throw this.error ?? new PresenceError('closed');
         }
         await this.#retry(error);
         if (this.#closed) throw new PresenceError('closed');
@@ -366,12 +366,13 @@ export class PresenceView {
           await this.#reset(error.reason);
         } else if (error instanceof InvalidCursor) {
           await this.#reset('invalid_cursor');
-        } else if (error instanceof PresenceUnavailable) {
-          this.#status('lost', { error });
-          await this.#retry(error);
-        } else {
+        } else if (error instanceof PresenceRefused) {
           this.#stop(error);
           return;
+        } else {
+          // Unavailable, or a reply not as the API writes it (a proxy's, say): again.
+          this.#status('lost', { error });
+          await this.#retry(error);
         }
       }
     }

@@ -14,7 +14,8 @@ class Change:
     receive it.
 
     From the feed, it is the change as the service published it, with the ``cursor`` that
-    resumes after it. With ``resync``, the view found it by reading the snapshot again after
+    resumes after it (None when the feed is read as JSON pages: a page's cursor comes after
+    all of its changes). With ``resync``, the view found it by reading the snapshot again after
     a reset: the identity's state differs from what the view held before the reset, and
     ``reason``, ``event_id``, ``changed_at`` and ``cursor`` are None (``version`` is the one
     listed, 0 for an identity no longer listed)."""

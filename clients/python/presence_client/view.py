@@ -42,6 +42,9 @@ STALLS_BEFORE_POLLING = 2
 streams back, and ``auto`` reads JSON pages instead."""
 FIRST_BACKOFF_SECONDS = 0.1
 MAX_BACKOFF_SECONDS = 5.0
+MALFORMED = (ValueError, KeyError, TypeError)
+"""What reading a reply that is not as the API writes it raises: tried again, like a lost
+connection."""
 
 
 class _Reset(Exception):
@@ -198,8 +201,8 @@ class PresenceView:
                 return
             except PresenceUnavailable as error:
                 await self._retry(error)
-            except InvalidCursor as error:  # a listing cursor of another release
-                await self._retry(PresenceUnavailable(str(error)))
+            except (InvalidCursor, *MALFORMED) as error:  # a proxy's reply, another release's
+                await self._retry(PresenceUnavailable(f"an unexpected reply: {error!r}"))
 
     async def close(self) -> None:
         """Stops following; the iterators of ``changes()`` end."""
@@ -243,6 +246,8 @@ class PresenceView:
                 await self._reset("invalid_cursor")
             except PresenceUnavailable as error:
                 await self._retry(error)
+            except MALFORMED as error:  # a reply not as the API writes it: a proxy's, say
+                await self._retry(PresenceUnavailable(f"an unexpected reply: {error!r}"))
             except PresenceError as error:
                 log.error("presence view of %s stopped: %s", self.service_sid, error)
                 self.error = error
