@@ -285,7 +285,7 @@ def _wait_rows(wt: Run) -> list[list[str]]:
 def _client_rows(cl: Run) -> list[list[str]]:
     """Row "client": each client's own ceiling against a stand-in feed, and its memory."""
     rows = []
-    for kind, label in (("python", "Python"), ("node", "JavaScript, in Node")):
+    for kind, label in (("python", "Python"), ("node", "JavaScript (Node)")):
         if (one := cl.get(kind)) is None:
             continue
         rows += [
