@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from bench import (
+    client,
     cost,
     deadlines,
     feed,
@@ -47,6 +48,7 @@ ROWS = (
     "cost",
     "wait",
     "workers",
+    "client",
 )
 
 
@@ -159,6 +161,9 @@ def _measure(
     if "workers" in cfg.rows:
         with row("workers"), affinity(other):
             results["workers"] = workers.run(cfg.workdir, cfg)
+    if "client" in cfg.rows:
+        with row("client"), affinity(other):
+            results["client"] = client.run(cfg.workdir)
 
 
 def main(argv: list[str] | None = None) -> None:

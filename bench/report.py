@@ -254,6 +254,8 @@ def _main_rows(results: Run) -> list[list[str]]:
         rows += _wait_rows(wt)
     if wk := results.get("workers"):
         rows += _workers_rows(wk)
+    if cl := results.get("client"):
+        rows += _client_rows(cl)
     return rows
 
 
@@ -328,6 +330,24 @@ def _wait_rows(wt: Run) -> list[list[str]]:
         ["7", "webhook latency, WAIT 1 (vs WAIT 0), p50 / p99", _ms(one), _ms(zero), "", "",
          f"{refused} refused" if refused else ""],
     ]  # fmt: skip
+
+
+def _client_rows(cl: Run) -> list[list[str]]:
+    """Row "client": each client's own ceiling against a stand-in feed, and its memory."""
+    rows = []
+    for kind, label in (("python", "Python"), ("node", "JavaScript (Node)")):
+        if (one := cl.get(kind)) is None:
+            continue
+        rows += [
+            ["client", f"{label} client: changes per second it takes in (a stand-in feed as fast "
+             f"as it reads; {one['changes']:,} changes, {one['event_bytes']} B each)",
+             f"{one['changes_per_s']:,}", "", "", "report", ""],
+            ["client", f"{label} client: memory per 10,000 identities held "
+             f"({one['identities_held']:,} listed): RSS (heap)",
+             f"{one['rss_bytes_per_10k'] / 1e6:.2f} MB ({one['heap_bytes_per_10k'] / 1e6:.2f} MB)",
+             "", "", "report", ""],
+        ]  # fmt: skip
+    return rows
 
 
 def _cpu_rows(results: Run) -> list[list[str]]:

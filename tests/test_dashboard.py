@@ -568,6 +568,87 @@ def test_a_reset_of_the_feed_makes_the_page_read_who_is_online_again(
         redis.stop()
 
 
+# ---------------------------------------------------------------------------------------------
+# The JavaScript client, made in the page
+
+
+MAKE_VIEW = """
+const [sid, token, done] = arguments;
+import('./dashboard/presence.js').then(async ({ PresenceView }) => {
+  window.viewEvents = [];
+  window.testView = new PresenceView({
+    serviceSid: sid,
+    token,
+    onChange: (c) => viewEvents.push(['change', c.identity, c.version, c.online, c.resync]),
+    onReset: (reason) => viewEvents.push(['reset', reason]),
+  });
+  await testView.start();
+  done([...testView.online()]);
+}).catch((error) => done(String(error)));
+"""
+
+
+def listed_online(service: Service, sid: str) -> set[str]:
+    """Who ``/online`` lists (one page: the tests list a few)."""
+    request = urllib.request.Request(
+        f"{service.url}/v1/services/{sid}/online?limit=1000",
+        headers={"Authorization": f"Bearer {API_TOKEN}"},
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return set(json.loads(response.read())["identities"])
+
+
+def test_a_view_made_in_the_page_ends_equal_to_online_through_kills_and_redis_restarts(
+    page: Dashboard, tmp_path: Path
+) -> None:
+    """The client as a page of the service's own origin uses it: through a replica killed and
+    restarted, Redis restarted with its data, and Redis started empty (a reset), the view
+    holds exactly who ``/online`` lists, and its hook never gets a change twice."""
+    redis = RedisServer(tmp_path / "redis", appendonly=True).start()
+    own = start_service(tmp_path / "own.log", redis, api_token=API_TOKEN)
+    other = start_service(tmp_path / "other.log", redis, api_token=API_TOKEN)
+    try:
+        page.service = own
+        page.send("alice", True)
+        page.driver.get(f"{own.url}/dashboard")
+        held = page.driver.execute_async_script(MAKE_VIEW, page.sid, API_TOKEN)
+        assert held == ["alice"], held
+
+        def equal() -> bool:
+            shown = page.driver.execute_script("return [...window.testView.online()]")
+            return set(shown) == listed_online(other, page.sid)
+
+        page.send("bob", True)
+        until(equal, 10, "the view to hold bob")
+        own.kill()  # SIGKILL: the page's stream dies with it
+        page.send("carol", True, via=other)
+        own.start()
+        until(equal, 15, "the view to catch up through the restarted replica")
+        redis.shutdown()
+        redis.start()  # with all its data: no reset
+        page.send("dave", True, via=other)
+        until(equal, 15, "the view to follow on after Redis came back")
+        events: list[list[Any]] = page.driver.execute_script("return window.viewEvents")
+        assert ["reset", "lost"] not in events
+        redis.stop()
+        redis.restore_data(None)
+        redis.start()  # empty: a reset
+        page.send("erin", True, via=other, event_id=1)
+        until(equal, 20, "the view to read who is online again")
+        assert listed_online(other, page.sid) == {"erin"}
+        events = page.driver.execute_script("return window.viewEvents")
+        assert [event for event in events if event[0] == "reset"] == [["reset", "lost"]]
+        reset_at = [event[0] for event in events].index("reset")
+        before = [tuple(e[1:3]) for e in events[:reset_at] if e[0] == "change" and not e[4]]
+        # Each change once, the ones made while the page's replica was down included.
+        assert sorted(before) == [("bob", 1), ("carol", 1), ("dave", 1)], before
+    finally:
+        page.driver.execute_script("window.testView?.close()")
+        own.stop()
+        other.stop()
+        redis.stop()
+
+
 async def fill(redis_url: str, sid: str, count: int) -> list[str]:
     """``count`` identities online in ``sid``, straight into the store; their names."""
     client = Redis.from_url(redis_url, decode_responses=True)
@@ -742,10 +823,11 @@ def test_the_page_sends_its_policy_and_asks_nothing_of_any_other_origin(page: Da
     for wanted in (
         f"{page.origin}/dashboard",
         f"{page.origin}/dashboard/dashboard.js",
+        f"{page.origin}/dashboard/presence.js",
         f"{page.origin}/dashboard/subscriptions.js",
         f"{page.origin}/dashboard/dashboard.css",
         base + "subscriptions",
-        base + "online?limit=1000",
+        base + "online?versions=true&limit=1000",
         base + "changes",
         base + "lookup",
         base + "stats",

@@ -1,6 +1,7 @@
 """The import map keeps its shape: pyproject.toml's import-linter contracts hold (each layer
-imports only from those below it), and no module of ``presence`` is in an import circle,
-even within one layer (``store/`` was a circle of nine files once)."""
+imports only from those below it; the Python client imports nothing of the service), and no
+module of ``presence`` or of its client is in an import circle, even within one layer
+(``store/`` was a circle of nine files once)."""
 
 from __future__ import annotations
 
@@ -9,6 +10,7 @@ import sys
 from pathlib import Path
 
 import grimp
+import pytest
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -67,8 +69,9 @@ def test_circles_are_found() -> None:
     assert circles({"a": {"b"}, "b": set()}) == []
 
 
-def test_no_module_is_in_an_import_circle() -> None:
-    graph = grimp.build_graph("presence", cache_dir=None)
+@pytest.mark.parametrize("package", ["presence", "presence_client"])
+def test_no_module_is_in_an_import_circle(package: str) -> None:
+    graph = grimp.build_graph(package, cache_dir=None)
     imports = {
         module: {
             other

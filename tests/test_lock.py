@@ -20,6 +20,9 @@ from tests.lock import LOCK, in_environment, marker_environment, pins
 
 ROOT = Path(__file__).resolve().parent.parent
 PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text(encoding="utf-8"))
+CLIENT = tomllib.loads((ROOT / "clients" / "python" / "pyproject.toml").read_text("utf-8"))
+OURS = {"presence", "presence-client"}
+"""The distributions of this repository, installed editable by scripts/bootstrap."""
 
 ENVIRONMENTS = {
     # The image's Python (Debian bookworm's, which the stand-in image is), below 3.11.3: redis-py
@@ -116,11 +119,24 @@ def test_the_venv_holds_what_the_lock_pins() -> None:
     installed = {
         canonicalize_name(d.metadata["Name"]): Version(d.version)
         for d in metadata.distributions()
-        if canonicalize_name(d.metadata["Name"]) != "presence"
+        if canonicalize_name(d.metadata["Name"]) not in OURS
     }
     assert sorted(set(installed) - set(locked)) == []
     assert sorted(set(locked) - set(installed)) == []
     assert {n: (v, locked[n].version) for n, v in installed.items() if v != locked[n].version} == {}
+
+
+def test_the_python_client_needs_aiohttp_alone_and_the_lock_holds_it_in_range() -> None:
+    """A client-only install pulls none of the service's dependencies; the suite runs it on
+    the aiohttp the lock pins, inside the client's own range."""
+    requirements = [Requirement(r) for r in CLIENT["project"]["dependencies"]]
+    assert [canonicalize_name(r.name) for r in requirements] == ["aiohttp"]
+    for python, environment in environments():
+        for file in ("service.txt", "dev.txt"):
+            locked = in_environment(file, environment)["aiohttp"].version
+            assert requirements[0].specifier.contains(locked), (file, python, locked)
+    # scripts/bootstrap installed it (editable, without dependencies), as it is now.
+    assert metadata.version("presence-client") == CLIENT["project"]["version"]
 
 
 def test_the_project_states_one_version() -> None:

@@ -21,6 +21,8 @@ PAGE = "index.html"
 ASSETS = {
     "dashboard.css": "text/css",
     "dashboard.js": "text/javascript",
+    # The JavaScript client, byte for byte clients/js/presence.js (tests/test_client_js.py).
+    "presence.js": "text/javascript",
     "subscriptions.js": "text/javascript",
     "favicon.svg": "image/svg+xml",
 }
@@ -104,7 +106,7 @@ async def page(request: web.Request) -> web.Response:
 @openapi.documented(
     get=openapi.Operation(
         operation_id="dashboardAsset",
-        summary="The dashboard's style sheet, script and icon",
+        summary="The dashboard's style sheet, scripts and icon",
         tag="dashboard",
         path_parameters=(
             openapi.path_parameter(

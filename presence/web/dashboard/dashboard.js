@@ -1,23 +1,22 @@
 // presence dashboard: who is online in one Twilio Sync service, updated live.
 //
-// How the page stays exact (docs/dashboard.md and docs/changes.md, "Following changes"):
-//   1. The snapshot: every page of GET /online, keeping the listing's feed_cursor.
-//   2. The change feed from that cursor, read as Server-Sent Events through fetch (an
-//      EventSource cannot send the Authorization header). Every event's id is kept as the
-//      cursor; a lost connection is retried with Last-Event-ID, which replays what was missed;
-//      `event: reset` means the cursor cannot be resumed, so the snapshot is read again.
-//   3. The feed carries only published changes: an identity inside its grace period is still
-//      published online. Which of the rows on screen are pending offline, and their endpoints,
-//      comes from POST /lookup of those rows, repeated every second and after each change.
-// Counts come from GET /stats and the chart from GET /activity, polled.
+// How the page stays exact (docs/dashboard.md): the JavaScript client does it (presence.js, the
+// very file of clients/js/, served beside this one). Its view reads the snapshot (every page of
+// GET /online?versions=true, keeping the listing's feed_cursor), follows the change feed from
+// that cursor as Server-Sent Events read through fetch (an EventSource cannot send the
+// Authorization header), takes a change only above the version it holds, resumes from its last
+// cursor after a lost connection, and after a reset reads the snapshot again and says which
+// identities it changed (a resync). The feed carries only published changes: an identity inside
+// its grace period is still published online. Which of the rows on screen are pending offline,
+// and their endpoints, comes from POST /lookup of those rows, repeated every second and after
+// each change. Counts come from GET /stats and the chart from GET /activity, polled.
 //
 // Every identity is untrusted text: it only ever reaches the page through textContent or an
 // attribute value, never as markup.
-'use strict';
+import { PresenceView } from './presence.js';
 
 const SID_PATTERN = /^IS[0-9a-fA-F]{32}$/;
 const TOKEN_KEY = 'presence.apiToken';
-const PAGE_SIZE = 1000; // the largest page of /online
 const LOOKUP_MAX = 1000; // the most names one /lookup takes
 const LOOKUP_EVERY_MS = 1000; // a grace period is seconds long: pending must show within it
 const STATS_EVERY_MS = 3000;
@@ -26,10 +25,6 @@ const NUDGE_GAP_MS = 150; // a burst of changes makes one early refresh, not one
 const OFFLINE_LINGER_MS = 120000; // an identity gone offline stays listed this long
 const TIMELINE_MAX = 200;
 const OVERSCAN_ROWS = 6;
-// The service writes to an idle stream at least every 15 s: a stream silent for much longer
-// is dead even if no error says so (a laptop that slept, a proxy that dropped it).
-const STALL_MS = 40000;
-const RETRY_MS = [500, 1000, 2000, 3000, 5000];
 const OUTCOMES = ['applied', 'duplicate', 'stale', 'ignored', 'rejected'];
 
 const $ = (id) => document.getElementById(id);
@@ -129,8 +124,9 @@ async function json(response) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// A session: one service followed, from its snapshot on. Choosing another service, or a reset of
-// the feed, closes it and starts a new one; everything it started stops with it.
+// A session: one service followed, from its snapshot on. Choosing another service, or forgetting
+// the token, closes it and starts a new one; everything it started stops with it. A reset of the
+// feed does not: the view reads the snapshot again, and the session follows on.
 
 class Session {
   constructor(sid) {
@@ -139,7 +135,10 @@ class Session {
     this.abort = new AbortController();
     this.records = new Map(); // identity -> record
     this.sorted = []; // the records, by name (code units: the same order in every browser)
-    this.cursor = null; // where the feed resumes
+    this.presence = null; // the client's view of the service: what is published, kept exact
+    this.following = false; // its snapshot is read: the list shows it
+    this.lost = false; // the connection to the service is lost (said once, until it is back)
+    this.reset = false; // the feed was reset: versions change with the snapshot read again
     this.closers = new Set();
     this.nudge = { lookup: () => {}, stats: () => {}, activity: () => {} };
   }
@@ -149,34 +148,18 @@ class Session {
     this.abort.abort();
     for (const close of this.closers) close();
   }
-
-  // Resolves after `ms`, or at once when the session closes.
-  sleep(ms) {
-    return new Promise((resolve) => {
-      const done = () => {
-        clearTimeout(timer);
-        this.closers.delete(done);
-        resolve();
-      };
-      const timer = setTimeout(done, ms);
-      this.closers.add(done);
-    });
-  }
 }
 
 // A record: what the page knows of one identity.
 //   state: 'online' | 'pending' | 'offline'; endpoints: null until looked up;
-//   version: of the state shown (from the feed or a lookup, whichever is newer);
-//   feedVersion: the last change the feed delivered (a change repeated after a failover, with
-//   the same version, is shown once).
-function newRecord(name, state) {
+//   version: of the state shown (from the view or a lookup, whichever is newer).
+function newRecord(name, state, version) {
   return {
     name,
     lower: name.toLowerCase(),
     state,
     endpoints: null,
-    version: 0,
-    feedVersion: 0,
+    version,
     offlineAt: state === 'offline' ? Date.now() : 0,
   };
 }
@@ -222,24 +205,34 @@ function begin(sid, { keepTimeline = false } = {}) {
 }
 
 async function run(session) {
-  for (let attempt = 0; session.alive; attempt += 1) {
-    try {
-      await takeSnapshot(session);
-      break;
-    } catch (error) {
-      if (!session.alive) return;
-      const why = error instanceof ApiError ? `the service answered ${error.message}` : 'no answer';
-      setStatus('lost', `Cannot read who is online (${why}); trying again.`);
-      await session.sleep(RETRY_MS[Math.min(attempt, RETRY_MS.length - 1)]);
-    }
+  const presence = new PresenceView({
+    serviceSid: session.sid, // no URL: requests relative to the page, a proxy's prefix kept
+    token: () => auth.token,
+    onUnauthorized: (sent) => auth.ask(sent),
+    onChange: (change) => applyChange(session, change),
+    onReset: (reason) => forgetOffline(session, reason),
+    onStatus: (status) => showStatus(session, status),
+  });
+  session.presence = presence;
+  session.closers.add(() => presence.close());
+  try {
+    await presence.start();
+  } catch (error) {
+    if (session.alive) setStatus('lost', `Cannot follow this service: ${error.message}.`);
+    return;
   }
   if (!session.alive) return;
+  session.following = true;
+  for (const name of presence.online()) {
+    session.records.set(name, newRecord(name, 'online', presence.version(name)));
+  }
+  session.sorted = [...session.records.values()].sort(byName);
+  view.changed();
   session.nudge.lookup = poller(session, LOOKUP_EVERY_MS, () => lookUpVisible(session));
   session.nudge.stats = poller(session, STATS_EVERY_MS, () => refreshStats(session));
   session.nudge.activity = poller(session, ACTIVITY_EVERY_MS, () => refreshActivity(session));
   const sweeper = setInterval(() => dropLongOffline(session), 5000);
   session.closers.add(() => clearInterval(sweeper));
-  follow(session);
 }
 
 // Runs `task` every `intervalMs` while the session lives (not while the tab is hidden); the
@@ -277,143 +270,87 @@ function poller(session, intervalMs, task) {
 }
 
 // ---------------------------------------------------------------------------------------------
-// 1. The snapshot
+// What the view says: its status, its changes, its resets
 
-async function takeSnapshot(session) {
-  setStatus('loading', 'Reading who is online…');
-  const names = [];
-  let feedCursor = null;
-  let cursor = null;
-  do {
-    const query = new URLSearchParams({ limit: String(PAGE_SIZE) });
-    if (cursor) query.set('cursor', cursor);
-    const page = await json(await api(session, `online?${query}`));
-    // The same on every page of one listing, taken before the first: the listing plus every
-    // change after it is the current state.
-    if (feedCursor === null) feedCursor = page.feed_cursor;
-    for (const name of page.identities) names.push(name);
-    cursor = page.next_cursor;
-    if (cursor) setStatus('loading', `Reading who is online… ${formatCount(names.length)}`);
-  } while (cursor && session.alive);
+function showStatus(session, status) {
   if (!session.alive) return;
-  for (const name of names) session.records.set(name, newRecord(name, 'online'));
-  session.sorted = [...session.records.values()].sort(byName);
-  session.cursor = feedCursor;
+  if (status.state === 'loading') {
+    const listed = status.listed ? ` ${formatCount(status.listed)}` : '';
+    setStatus('loading', `Reading who is online…${listed}`);
+  } else if (status.state === 'live') {
+    if (session.reset) {
+      // The snapshot was read again: its versions are the ones changes and lookups follow.
+      session.reset = false;
+      for (const record of session.records.values()) {
+        record.version = session.presence.version(record.name);
+      }
+    }
+    if (session.lost) {
+      note('Reconnected: replaying the changes missed from the last cursor.');
+      setStatus('live', `Live again since ${clock(new Date())}: caught up from the last cursor.`);
+      session.nudge.lookup();
+      session.nudge.stats();
+      session.nudge.activity();
+    } else {
+      setStatus('live', 'Live.');
+    }
+    session.lost = false;
+  } else if (status.state === 'lost') {
+    if (!session.following) {
+      setStatus('lost', `Cannot read who is online (${status.error?.message}); trying again.`);
+      return;
+    }
+    if (!session.lost) note('Connection to the service lost.');
+    session.lost = true;
+    setStatus('lost', 'Connection lost: reconnecting…');
+  }
+}
+
+// The feed could not resume: the view reads who is online again, then says who changed (a
+// resync). Identities kept on screen only because they went offline recently go now: what
+// they were is from before the reset.
+function forgetOffline(session, reason) {
+  if (!session.alive) return;
+  note(`Reloading who is online: the feed was reset (${reason}).`);
+  session.reset = true;
+  for (const record of [...session.records.values()]) {
+    if (record.state === 'offline') forget(session, record);
+  }
   view.changed();
 }
 
-// ---------------------------------------------------------------------------------------------
-// 2. The change feed
-
-async function follow(session) {
-  let failures = 0;
-  while (session.alive) {
-    try {
-      const response = await api(session, 'changes', {
-        headers: { Accept: 'text/event-stream', 'Last-Event-ID': session.cursor },
-      });
-      if (response.status === 400) {
-        // invalid_cursor: not a cursor of this deployment; only a new snapshot helps.
-        restart(session, 'the service refused the page’s cursor');
-        return;
-      }
-      if (!response.ok) throw new ApiError(response.status, null);
-      if (failures > 0) {
-        note('Reconnected: replaying the changes missed from the last cursor.');
-        setStatus('live', `Live again since ${clock(new Date())}: caught up from the last cursor.`);
-        session.nudge.lookup();
-        session.nudge.stats();
-        session.nudge.activity();
-      } else {
-        setStatus('live', 'Live.');
-      }
-      failures = 0;
-      await readEvents(session, response.body);
-    } catch (error) {
-      // Refused, unreachable or cut: retried below, from the last cursor.
-    }
-    if (!session.alive) return;
-    failures += 1;
-    if (failures === 1) note('Connection to the service lost.');
-    setStatus('lost', 'Connection lost: reconnecting…');
-    await session.sleep(RETRY_MS[Math.min(failures - 1, RETRY_MS.length - 1)]);
-  }
+function forget(session, record) {
+  session.records.delete(record.name);
+  removeSorted(session.sorted, record);
 }
 
-// Reads Server-Sent Events until the stream ends (the wire format of the HTML standard: lines
-// ended by CR LF, LF or CR; a blank line ends an event; a line starting with ':' is a comment).
-async function readEvents(session, body) {
-  const reader = body.pipeThrough(new TextDecoderStream()).getReader();
-  let stall = 0;
-  const watch = () => {
-    clearTimeout(stall);
-    stall = setTimeout(() => reader.cancel(), STALL_MS);
-  };
-  let buffer = '';
-  let event = { type: '', data: [], id: null };
-  try {
-    watch();
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done || !session.alive) return;
-      watch();
-      buffer += value;
-      // A CR at the very end may be the first half of a CR LF: wait for what follows it.
-      const end = buffer.endsWith('\r') ? buffer.length - 1 : buffer.length;
-      const lines = buffer.slice(0, end).split(/\r\n|\r|\n/);
-      buffer = lines.pop() + buffer.slice(end);
-      for (const line of lines) {
-        if (line === '') {
-          dispatch(session, event);
-          if (!session.alive) return;
-          event = { type: '', data: [], id: null };
-        } else if (!line.startsWith(':')) {
-          const colon = line.indexOf(':');
-          const field = colon < 0 ? line : line.slice(0, colon);
-          let data = colon < 0 ? '' : line.slice(colon + 1);
-          if (data.startsWith(' ')) data = data.slice(1);
-          if (field === 'event') event.type = data;
-          else if (field === 'data') event.data.push(data);
-          else if (field === 'id' && !data.includes('\0')) event.id = data;
-        }
-      }
-    }
-  } finally {
-    clearTimeout(stall);
-  }
-}
-
-function dispatch(session, event) {
-  if (event.data.length > 0) {
-    const data = JSON.parse(event.data.join('\n'));
-    if (event.type === 'change') applyChange(session, data);
-    else if (event.type === 'reset') {
-      restart(session, `the feed was reset (${data.reason})`);
-      return;
-    }
-  }
-  // Kept after the change is applied: a reconnect replays from the last change shown. An id
-  // alone (no data) moves the cursor of an idle stream on.
-  if (event.id !== null) session.cursor = event.id;
-}
-
-function restart(session, why) {
-  if (!session.alive) return;
-  note(`Reloading who is online: ${why}.`);
-  begin(session.sid, { keepTimeline: true });
-}
-
+// The view gives each change once, newer than any it gave before for that identity.
 function applyChange(session, change) {
-  if (change.service_sid !== session.sid) return;
+  if (!session.alive || change.service_sid !== session.sid) return;
   let record = session.records.get(change.identity);
-  if (record && change.version <= record.feedVersion) return; // shown already
+  if (change.resync) {
+    // Found by reading who is online again: not a change of now, not in the timeline. Gone
+    // from the listing means gone from the list.
+    if (!change.online) {
+      if (record) forget(session, record);
+    } else if (!record) {
+      record = newRecord(change.identity, 'online', change.version);
+      session.records.set(record.name, record);
+      insertSorted(session.sorted, record);
+    } else {
+      Object.assign(record, { state: 'online', version: change.version, offlineAt: 0 });
+    }
+    view.changed();
+    session.nudge.lookup();
+    session.nudge.stats();
+    return;
+  }
   addToTimeline(change);
   if (!record) {
-    record = newRecord(change.identity, change.online ? 'online' : 'offline');
+    record = newRecord(change.identity, change.online ? 'online' : 'offline', 0);
     session.records.set(record.name, record);
     insertSorted(session.sorted, record);
   }
-  record.feedVersion = change.version;
   // Not over a lookup of the same version: that one may know more (pending offline).
   if (change.version > record.version) {
     record.version = change.version;
@@ -431,10 +368,9 @@ function applyChange(session, change) {
 function dropLongOffline(session) {
   const before = Date.now() - OFFLINE_LINGER_MS;
   let dropped = false;
-  for (const record of session.records.values()) {
+  for (const record of [...session.records.values()]) {
     if (record.state === 'offline' && record.offlineAt < before) {
-      session.records.delete(record.name);
-      removeSorted(session.sorted, record);
+      forget(session, record);
       dropped = true;
     }
   }
@@ -447,11 +383,9 @@ function dropLongOffline(session) {
 async function lookUpVisible(session) {
   const names = view.visibleNames().slice(0, LOOKUP_MAX);
   if (names.length === 0) return;
-  const reply = await json(
-    await api(session, 'lookup', { method: 'POST', body: { identities: names } }),
-  );
+  const identities = await session.presence.lookup(names);
   let moved = false;
-  for (const found of reply.identities) {
+  for (const found of identities) {
     const record = session.records.get(found.identity);
     // Older than what the feed already said (the lookup crossed a change): not shown. The
     // same version can still say more: pending offline is never published.
