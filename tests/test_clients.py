@@ -171,12 +171,9 @@ async def test_redis_back_from_older_data_resets_once_and_resyncs_only_what_diff
     await deployment.flip("alice", True)
     await deployment.flip("bob", True)
     client = await started(clients, kind, Options(deployment.proxy.url))
-    # Once dave has reached it, the client's stream has caught up: what follows comes to it
-    # from its replica's reader of the feed, which is what checks the feed for losses (a
-    # stream's own catch-up can run ahead of that reader, and a loss right then goes unseen:
-    # a service issue this test keeps out of its way).
-    await deployment.flip("dave", True)
-    await until_equal(client, deployment)
+    # The stream may still be catching up, ahead of its replica's reader of the feed: the
+    # loss must be seen all the same (the service checks such a stream's cursor once the
+    # reader passes it).
     older = deployment.redis.copy_data(tmp_path / "older")
     await deployment.flip("carol", True)
     await deployment.flip("alice", False)
@@ -189,14 +186,14 @@ async def test_redis_back_from_older_data_resets_once_and_resyncs_only_what_diff
     deployment.redis.restore_data(older)
     deployment.redis.start()
 
-    assert await check_exact(client, deployment) == {"alice", "bob", "dave"}
+    assert await check_exact(client, deployment) == {"alice", "bob"}
     assert client.events[seen:] == [
         {"kind": "reset", "reason": "lost"},
         {"kind": "change", "identity": "alice", "version": 1, "online": True, "resync": True},
         {"kind": "change", "identity": "carol", "version": 0, "online": False, "resync": True},
     ]
     await deployment.flip("carol", True)  # version 1 again: news after the reset
-    assert await check_exact(client, deployment) == {"alice", "bob", "carol", "dave"}
+    assert await check_exact(client, deployment) == {"alice", "bob", "carol"}
     assert client.events[-1] == {
         "kind": "change",
         "identity": "carol",
