@@ -13,6 +13,7 @@ from redis.exceptions import ResponseError
 
 from harness.processes import RedisServer
 from presence.events import ReachabilityEvent, parse_event
+from presence.store import resp
 from presence.store.coalesce import Coalescer
 from presence.store.scripts import Script, ScriptCall
 from presence.twilio.samples import reachability
@@ -164,3 +165,24 @@ async def test_many_calls_of_one_caller_share_a_round_trip_with_their_errors_in_
     assert [r if isinstance(r, int) else type(r).__name__ for r in replies] == [
         1, "ResponseError", 2, 3, "ResponseError", 4, 5, "ResponseError", 6
     ]  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("identity", "endpoint"),
+    [
+        ("alice", "3f2a9c1e-5b7d-4e21-9a0c-8d6f4b2e1a37"),
+        ("élodie@example.com", "E1"),
+        ("名前", "endpoint with spaces and ünïcode"),
+        ("x" * 300, "y" * 300),
+    ],
+)
+def test_a_webhooks_call_is_packed_as_its_command_would_be(identity: str, endpoint: str) -> None:
+    """The calls of the webhooks are packed from parts kept per page: byte for byte the
+    command their keys and arguments make, the second call of a page as the first."""
+    store = make_store(Redis(), None)
+    for event_id in (1, 2):
+        params = reachability(identity, endpoint, event_id, True, connected=event_id == 1)
+        event = parse_event(params.items())
+        assert isinstance(event, ReachabilityEvent)
+        call = store.pages.event_call(event)
+        assert call.packed == resp.pack(call.script.command(call.keys, call.args))

@@ -55,6 +55,8 @@ class _Call:
 
     def command(self) -> bytes:
         call = self.script
+        if call.packed is not None:
+            return call.packed
         return resp.pack(call.script.command(call.keys, call.args))
 
 

@@ -29,6 +29,14 @@ def pack(args: Sequence[Arg]) -> bytes:
     return f"*{len(texts)}\r\n{body}".encode()
 
 
+def bulks(texts: Sequence[str]) -> bytes:
+    """Arguments of a command as the protocol writes them, without the array's header: to
+    put together with parts packed once (``Pages.event_call``)."""
+    return "".join(
+        [f"${len(t) if t.isascii() else len(t.encode())}\r\n{t}\r\n" for t in texts]
+    ).encode()
+
+
 def supported(client: Redis) -> bool:
     """True for a client of a real Redis (the embedded emulation has no socket to write to)."""
     return type(client).__module__.startswith("redis.")

@@ -237,6 +237,9 @@ class ScriptCall:
     script: Routine
     keys: Sequence[str]
     args: Sequence[str | int]
+    packed: bytes | None = None
+    """The call as the protocol writes it, when it was made so already (the webhooks' calls:
+    see ``Pages.event_call``)."""
 
 
 async def load(client: Client, routine: Routine, node: ClusterNode | None) -> None:
