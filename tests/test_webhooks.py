@@ -27,7 +27,7 @@ from presence.twilio.samples import (
     collection_event,
     reachability,
 )
-from tests.support import ChangeRecorder, RunningApp, sign, wait_until
+from tests.support import ChangeRecorder, RunningApp, sign, signed_form, wait_until
 
 Start = Callable[..., Awaitable[RunningApp]]
 COLLECTION_TYPES = sorted(EVENT_TYPES - {"endpoint_connected", "endpoint_disconnected"})
@@ -475,6 +475,34 @@ async def test_a_body_over_the_limit_is_refused(start_service: Start) -> None:
     streamed = await service.client.post("/webhooks/sync", data=chunks(), headers=FORM)
     assert streamed.status == 413
     assert await _alice_version(service) == 0
+
+
+async def test_a_body_that_comes_after_its_headers_is_read_whole(start_service: Start) -> None:
+    """Most bodies come with their headers and are taken at once; one that comes later, in
+    pieces, is waited for."""
+    service = await start_service()
+    params = reachability("alice", "E1", 1, True, connected=True)
+    request = signed_form(service.webhook_url, params)
+    body = request["data"].encode()
+    url = service.client.make_url("/webhooks/sync")
+    reader, writer = await asyncio.open_connection(url.host, url.port)
+    try:
+        head = [
+            f"POST /webhooks/sync HTTP/1.1\r\nHost: {url.host}:{url.port}\r\n",
+            *(f"{name}: {value}\r\n" for name, value in request["headers"].items()),
+            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n",
+        ]
+        writer.write("".join(head).encode())
+        await writer.drain()
+        for piece in (body[:10], body[10:]):
+            await asyncio.sleep(0.05)
+            writer.write(piece)
+            await writer.drain()
+        reply = await asyncio.wait_for(reader.read(), 10)
+    finally:
+        writer.close()
+    assert reply.startswith(b"HTTP/1.1 200"), reply
+    assert reply.endswith(b'{"status":"applied"}')
 
 
 @pytest.mark.parametrize("content_type", ["text/plain", "multipart/form-data", None])

@@ -376,6 +376,11 @@ class WebhookReceiver:
         if request.content_length is not None:
             if request.content_length > self.max_body:
                 return None
+            content = request.content
+            if content.is_eof():
+                # Whole already (a webhook's body nearly always comes with its headers):
+                # taken as it is, without read()'s loop of awaits and copies.
+                return content.read_nowait()
             return await request.read()  # it stops at the length declared
         body = bytearray()
         async for chunk in request.content.iter_any():
