@@ -65,6 +65,7 @@ class CuttingProxy:
         """Each open connection's client side, and the replica's side of it."""
         self._handlers: set[asyncio.Task[None]] = set()
         self._server: asyncio.Server | None = None
+        self._cut_calls = 0
 
     @property
     def url(self) -> str:
@@ -76,6 +77,7 @@ class CuttingProxy:
 
     def cut(self) -> int:
         """Aborts every connection open; returns how many there were."""
+        self._cut_calls += 1
         count = 0
         for client, replica in list(self._open.items()):
             client.transport.abort()
@@ -99,8 +101,13 @@ class CuttingProxy:
         if self.refusing:
             writer.transport.abort()
             return
+        cut_before = self._cut_calls
         upstream = await self._connect()
-        if upstream is None:
+        if upstream is None or self.refusing or self._cut_calls != cut_before:
+            # Cut (or told to refuse) while it was connecting: not in the open connections
+            # yet, it must not slip through either.
+            if upstream is not None:
+                upstream[1].transport.abort()
             writer.transport.abort()
             return
         up_reader, up_writer = upstream
