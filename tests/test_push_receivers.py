@@ -2,18 +2,14 @@
 subscribed to the service on a real Redis, acknowledges every change with a 204, and refuses
 a request whose signature does not verify with a 401.
 
-The Python one runs with the ``standardwebhooks`` package from PyPI. The Node one needs the
-npm package of that name, and the npm registry is out of this suite's reach: it runs with a
-stand-in module of the same name and interface (``new Webhook(secret)``,
-``verify(payload, headers)`` returning the parsed body or throwing), written here from the
-Standard Webhooks specification. What it shows is that the snippet handles the requests;
-that the real library accepts them is what the Python receiver and tests/test_push.py show."""
+Each runs with the real ``standardwebhooks`` library of its language: the Python one from
+PyPI (the lock), the Node one from npm (``tests/node``, installed by scripts/test with
+``npm ci`` from its package-lock.json)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
 import os
 import re
 import sys
@@ -34,32 +30,7 @@ PUSH_DOCS = Path(__file__).resolve().parent.parent / "docs" / "push.md"
 ADMIN = "admin-token-0123456789"
 SUBSCRIPTIONS = f"/v1/services/{SERVICE_SID}/subscriptions"
 
-STANDIN = """\
-import { createHmac, timingSafeEqual } from "node:crypto";
-
-export class WebhookVerificationError extends Error {}
-
-export class Webhook {
-  constructor(secret) {
-    this.key = Buffer.from(secret.replace(/^whsec_/, ""), "base64");
-  }
-  verify(payload, headers) {
-    const id = headers["webhook-id"], timestamp = headers["webhook-timestamp"];
-    const body = Buffer.isBuffer(payload) ? payload : Buffer.from(payload);
-    if (!id || !timestamp || Math.abs(Date.now() / 1000 - Number(timestamp)) > 300) {
-      throw new WebhookVerificationError("missing or stale headers");
-    }
-    const expected = createHmac("sha256", this.key)
-      .update(`${id}.${timestamp}.`).update(body).digest();
-    const signed = (headers["webhook-signature"] ?? "").split(" ").some((part) => {
-      const given = Buffer.from(part.replace(/^v1,/, ""), "base64");
-      return given.length === expected.length && timingSafeEqual(given, expected);
-    });
-    if (!signed) throw new WebhookVerificationError("no matching signature");
-    return JSON.parse(body.toString("utf8"));
-  }
-}
-"""
+NODE_MODULES = Path(__file__).resolve().parent / "node" / "node_modules"
 
 
 def snippet(language: str) -> str:
@@ -161,12 +132,11 @@ async def test_the_node_receiver_of_the_docs_acknowledges_and_refuses(
     service: RunningApp, tmp_path: Path
 ) -> None:
     (tmp_path / "receiver.mjs").write_text(snippet("js"), encoding="utf-8")
-    package = tmp_path / "node_modules" / "standardwebhooks"
-    package.mkdir(parents=True)
-    (package / "package.json").write_text(
-        json.dumps({"name": "standardwebhooks", "type": "module", "exports": "./index.js"})
+    assert (NODE_MODULES / "standardwebhooks").is_dir(), (
+        "npm's standardwebhooks is not installed: scripts/test installs it "
+        "(npm ci --prefix tests/node)"
     )
-    (package / "index.js").write_text(STANDIN, encoding="utf-8")
+    (tmp_path / "node_modules").symlink_to(NODE_MODULES)
     port = free_port()
     url = f"http://127.0.0.1:{port}/presence"
     env = await subscribed(service, url)
