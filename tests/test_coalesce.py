@@ -4,6 +4,7 @@ its own reply, on a real Redis."""
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 from typing import Any
 
 import pytest
@@ -186,3 +187,31 @@ def test_a_webhooks_call_is_packed_as_its_command_would_be(identity: str, endpoi
         assert isinstance(event, ReachabilityEvent)
         call = store.pages.event_call(event)
         assert call.packed == resp.pack(call.script.command(call.keys, call.args))
+
+
+async def test_a_webhook_is_sent_to_redis_packed_as_its_page_made_it(
+    redis: Redis, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A webhook's call reaches Redis as ``event_call`` packed it: nothing is packed again on
+    the way, and Redis applies it."""
+    store = make_store(redis, None)
+    events = []
+    for event_id in (1, 2):
+        params = reachability("alice", "E1", event_id, True, connected=event_id == 1)
+        event = parse_event(params.items())
+        assert isinstance(event, ReachabilityEvent)
+        events.append(event)
+    await store.apply_reachability(events[0])  # the library loaded, the store prepared
+    packed: list[Sequence[Any]] = []
+    real_pack = resp.pack
+
+    def counting_pack(args: Sequence[Any]) -> bytes:
+        packed.append(args)
+        return real_pack(args)
+
+    monkeypatch.setattr(resp, "pack", counting_pack)
+    result = await store.apply_reachability(events[1])
+    assert result.outcome.value == "applied"
+    assert packed == []
+    presence = await store.identity(events[1].service_sid, "alice")
+    assert presence.last_event_id == 2

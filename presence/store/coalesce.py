@@ -99,6 +99,10 @@ class Coalescer:
         # dropped, see _deliver).
         return await self._queue(ScriptCall(script, keys, args))
 
+    async def run(self, call: ScriptCall) -> Any:
+        """Runs ``call`` as ``call()`` does, sending its packed form when it has one."""
+        return await self._queue(call)
+
     @property
     def pipelined(self) -> bool:
         """Whether calls go on one pipelined connection (one real Redis, not a cluster)."""

@@ -155,7 +155,7 @@ class RedisStore:
             await self._prepared()
         call = self.pages.event_call(event)
         try:
-            reply: list[str] = await self._writes.call(call.script, call.keys, call.args)
+            reply: list[str] = await self._writes.run(call)
         except Exception as error:
             raise_as_store_error(error)
         return self._event_result(reply)
