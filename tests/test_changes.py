@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from aiohttp_sse import EventSourceResponse
 from redis.asyncio import Redis
 
 from harness.processes import RedisServer
@@ -339,6 +340,53 @@ async def test_a_stream_is_open_at_once_not_at_its_first_heartbeat(feed: Running
         await wait_until(lambda: ": open" in stream.comments, 2, "the opening comment")
     assert time.monotonic() - started < changes_api.HEARTBEAT_SECONDS / 2
     assert stream.events == []
+
+
+async def test_changes_queued_together_go_in_one_write_each_once_in_order(
+    feed: RunningApp, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A stream sends the changes waiting for it in one write, not a write each; its client
+    still gets every one once, in order, each with its own ID."""
+    writes: list[int] = []
+    send = changes_api._Sender._send
+
+    async def counted(sender: Any, events: str) -> None:
+        writes.append(events.count("event: change\r\n"))
+        await send(sender, events)
+
+    monkeypatch.setattr(changes_api._Sender, "_send", counted)
+    names = [f"burst-{n:03d}" for n in range(100)]
+    async with EventStream(stream_url(feed), BEARER) as stream:
+        await asyncio.gather(*(flip(feed, name, 1, True) for name in names))
+        await stream.wait_for(len(names))
+        await asyncio.sleep(0.3)  # a change sent twice would have come by now
+    received = stream.changes()
+    assert sorted(change["identity"] for change in received) == names
+    ids = [event.id for event in stream.events]
+    assert len(set(ids)) == len(ids) == len(names)
+    positions = [FeedCursor.decode(i).position for i in ids if i is not None]
+    assert positions == sorted(positions)
+    assert sum(writes) == len(names)
+    assert len(writes) < len(names), "every change had a write of its own"
+
+
+@pytest.mark.parametrize(
+    "data",
+    ['{"identity":"alice","version":3}', "two\nlines", "three\r\nlines\rhere", "", "end\n"],
+)
+async def test_an_event_is_framed_byte_for_byte_as_aiohttp_sse_frames_it(
+    data: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    framed: list[bytes] = []
+
+    async def write(chunk: bytes) -> None:
+        framed.append(chunk)
+
+    stream = EventSourceResponse()
+    monkeypatch.setattr(stream, "write", write)
+    await stream.send(data, id="c1", event="change")
+
+    assert changes_api._event("change", "c1", data).encode() == b"".join(framed)
 
 
 async def test_a_stream_keeps_itself_alive_and_its_cursor_moving(

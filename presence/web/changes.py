@@ -10,11 +10,14 @@ service hands it (``presence.feed.hub``), skipping any it already sent.
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 import json
 import logging
 import math
+import re
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,6 +52,8 @@ CONNECTION_CHECK_SECONDS = 1.0
 SEND_TIMEOUT_SECONDS = 10.0
 """A stream whose client takes no data for this long is cut (it resumes by cursor)."""
 CATCH_UP_PAGE = 1000
+_LINE_BREAK = re.compile(r"\r\n|\r|\n")
+"""What ends a line in an event stream (aiohttp-sse's LINE_SEP_EXPR)."""
 RETRY_AFTER_SECONDS = 5
 
 
@@ -301,7 +306,7 @@ class ChangesApi:
                 allow_all_methods=True,  # POST carries a long filter in its body
             )
             await stream.prepare(request)
-            sender = _Sender(stream, self.metrics)
+            sender = _Sender(stream, request, self.metrics)
             try:
                 await sender.opened()
                 position = await self._catch_up(query, subscriber.joined_at, sender)
@@ -334,8 +339,7 @@ class ChangesApi:
                 self.metrics.feed_resets.labels(read.reset).inc()
                 await sender.reset(read.reset, read.cursor)
                 return read.cursor
-            for entry, cursor in read.with_cursors():
-                await sender.change(entry.message, cursor)
+            await sender.changes([(entry.message, cursor) for entry, cursor in read.with_cursors()])
             if read.cursor.position == position.position or (
                 read.cursor.position >= joined.position and not read.more
             ):
@@ -389,10 +393,30 @@ class ChangesApi:
                 await sender.reset(delivery.reason, delivery.cursor)
                 position = delivery.cursor
                 continue
+            # This change and those queued behind it, in one write: a client that follows
+            # many identities gets a reader's whole batch at once, not a write per change.
+            batch: list[tuple[str, FeedCursor]] = []
+            pending = subscriber.pending
             entry, cursor = delivery
-            if cursor.position > position.position:  # not already sent while catching up
-                await sender.change(entry.message, cursor)
-                position = cursor
+            while True:
+                if cursor.position > position.position:  # not already sent while catching up
+                    batch.append((entry.message, cursor))
+                    position = cursor
+                if ahead or not pending:
+                    break
+                following = pending[0]
+                if not isinstance(following, tuple):
+                    break  # a reset or the end: the loop's own turn
+                pending.popleft()
+                entry, cursor = following
+            await sender.changes(batch)
+
+
+def _event(event: str, id: str, data: str) -> str:
+    """An event as aiohttp-sse frames it: each line of ``data`` a field of its own."""
+    if "\n" in data or "\r" in data:
+        data = "\r\ndata: ".join(_LINE_BREAK.split(data))
+    return f"id: {id}\r\nevent: {event}\r\ndata: {data}\r\n\r\n"
 
 
 def _passed(delivery: Delivery | None, subscriber: Subscriber, position: FeedCursor) -> bool:
@@ -404,22 +428,28 @@ def _passed(delivery: Delivery | None, subscriber: Subscriber, position: FeedCur
 
 
 class _Sender:
-    """Writes the events of one stream."""
+    """Writes the events of one stream, framed as aiohttp-sse's ``send`` frames them (the
+    same bytes), several to a write when several are waiting."""
 
-    def __init__(self, stream: EventSourceResponse, metrics: Metrics) -> None:
+    def __init__(self, stream: EventSourceResponse, request: web.Request, metrics: Metrics) -> None:
         self.stream = stream
+        self.request = request
         self.metrics = metrics
 
     @property
     def connected(self) -> bool:
         return self.stream.is_connected()
 
-    async def change(self, message: str, cursor: FeedCursor) -> None:
-        await self.stream.send(message, id=cursor.encode(), event="change")
-        self.metrics.feed_changes_sent.inc()
+    async def changes(self, changes: Sequence[tuple[str, FeedCursor]]) -> None:
+        if not changes:
+            return
+        await self._send(
+            "".join([_event("change", cursor.encode(), message) for message, cursor in changes])
+        )
+        self.metrics.feed_changes_sent.inc(len(changes))
 
     async def reset(self, reason: str, cursor: FeedCursor) -> None:
-        await self.stream.send(json.dumps({"reason": reason}), id=cursor.encode(), event="reset")
+        await self._send(_event("reset", cursor.encode(), json.dumps({"reason": reason})))
 
     async def opened(self) -> None:
         # aiohttp holds a reply's headers back until its first bytes: without these, a client
@@ -429,3 +459,20 @@ class _Sender:
     async def position(self, cursor: FeedCursor) -> None:
         # An event with an ID and no data moves a client's Last-Event-ID without an event.
         await self.stream.write(f"id: {cursor.encode()}\r\n\r\n".encode())
+
+    async def _send(self, events: str) -> None:
+        """What aiohttp-sse's ``send`` does after framing: a write that a client not taking
+        data for SEND_TIMEOUT_SECONDS ends, the connection then aborted."""
+        stream = self.stream
+        try:
+            async with asyncio.timeout(SEND_TIMEOUT_SECONDS):
+                await stream.write(events.encode())
+        except ConnectionResetError:
+            stream.stop_streaming()
+            raise
+        except TimeoutError:
+            stream.stop_streaming()
+            # A stalled client never drains the buffer, so a graceful close would wait on it.
+            if (transport := self.request.transport) is not None:
+                transport.abort()
+            raise
