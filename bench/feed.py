@@ -18,7 +18,7 @@ import random
 import re
 import time
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import aiohttp
@@ -71,8 +71,9 @@ class _Stream(asyncio.Protocol):
         self.open = asyncio.get_running_loop().create_future()
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
-        assert isinstance(transport, asyncio.Transport)
-        transport.write(self.request)
+        # A cast, not an isinstance check: uvloop's TCP transport (bench/listeners.py runs on
+        # uvloop) writes like asyncio's but is no subclass of asyncio.Transport.
+        cast(asyncio.WriteTransport, transport).write(self.request)
 
     def data_received(self, data: bytes) -> None:
         now = time.perf_counter()

@@ -14,6 +14,7 @@ TARGETS = {
     "redis_time_ratio": 0.67,  # x its evalsha usec per call, same stream, same run
     # 3. memory, without the change feed (reported apart, per change)
     "bytes_per_identity": 200.0,  # online, one UUID endpoint
+    "flapped_bytes_per_identity": 150.0,  # the same after one flap ("Lean, second pass")
     "offline_bytes_per_identity": 64.0,  # compacted
     # 4. 100k deadlines due in the same millisecond
     "deadlines_s": 5.0,  # all published
