@@ -23,18 +23,19 @@ Arg = str | int
 
 def pack(args: Sequence[Arg]) -> bytes:
     """One command in the Redis protocol: an array of bulk strings."""
-    # Joined as text (nearly always ASCII) and encoded once: a fifth faster than bytes.
     texts = [arg if arg.__class__ is str else str(arg) for arg in args]
-    body = "".join([f"${len(t) if t.isascii() else len(t.encode())}\r\n{t}\r\n" for t in texts])
-    return f"*{len(texts)}\r\n{body}".encode()
+    return f"*{len(texts)}\r\n{_bulk_text(texts)}".encode()
 
 
 def bulks(texts: Sequence[str]) -> bytes:
     """Arguments of a command as the protocol writes them, without the array's header: to
     put together with parts packed once (``Pages.event_call``)."""
-    return "".join(
-        [f"${len(t) if t.isascii() else len(t.encode())}\r\n{t}\r\n" for t in texts]
-    ).encode()
+    return _bulk_text(texts).encode()
+
+
+def _bulk_text(texts: Sequence[str]) -> str:
+    # Joined as text (nearly always ASCII) and encoded once: a fifth faster than bytes.
+    return "".join([f"${len(t) if t.isascii() else len(t.encode())}\r\n{t}\r\n" for t in texts])
 
 
 def supported(client: Redis) -> bool:
