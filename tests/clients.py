@@ -26,7 +26,7 @@ from aiohttp import web
 from harness.processes import RedisServer, Service, free_port
 from presence.twilio.samples import SERVICE_SID, reachability
 from presence_client import Change, PresenceView
-from tests.support import AUTH_TOKEN, post_webhook, wait_until
+from tests.support import AUTH_TOKEN, online_names, post_webhook, wait_until
 
 ROOT = Path(__file__).resolve().parent.parent
 FOLLOWER = ROOT / "tests" / "follower.mjs"
@@ -278,20 +278,9 @@ class Deployment:
 
     async def listed(self) -> set[str]:
         """Who ``/online`` lists, read through a running replica."""
-        names: set[str] = set()
-        cursor: str | None = None
-        headers = {"Authorization": f"Bearer {TOKEN}"}
         url = f"{self.running.url}/v1/services/{SERVICE_SID}/online"
-        async with aiohttp.ClientSession(headers=headers) as session:
-            while True:
-                params = {"limit": "1000", **({"cursor": cursor} if cursor else {})}
-                async with session.get(url, params=params) as response:
-                    assert response.status == 200, await response.text()
-                    page = await response.json()
-                names |= set(page["identities"])
-                cursor = page["next_cursor"]
-                if cursor is None:
-                    return names
+        async with aiohttp.ClientSession() as session:
+            return await online_names(session.get, url, {"Authorization": f"Bearer {TOKEN}"})
 
 
 # ---------------------------------------------------------------------------------------------

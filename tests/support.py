@@ -219,6 +219,22 @@ async def post_webhook(
         return response.status, body
 
 
+async def online_names(get: Callable[..., Any], url: str, headers: Mapping[str, str]) -> set[str]:
+    """Who ``url`` (a service's ``/online``) lists over all its pages; ``get`` is a
+    ClientSession's or a TestClient's (each takes a URL, params and headers)."""
+    names: set[str] = set()
+    cursor: str | None = None
+    while True:
+        params = {"limit": "1000", **({"cursor": cursor} if cursor else {})}
+        async with get(url, params=params, headers=headers) as response:
+            assert response.status == 200, await response.text()
+            page = await response.json()
+        names |= set(page["identities"])
+        cursor = page["next_cursor"]
+        if cursor is None:
+            return names
+
+
 def json_lines(text: str) -> list[dict[str, Any]]:
     """Every line of a JSON-lines log, parsed (fails on a line that is not JSON)."""
     return [json.loads(line) for line in text.splitlines() if line.strip()]

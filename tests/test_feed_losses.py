@@ -26,7 +26,7 @@ from harness.processes import RedisServer
 from presence.feed import hub as feed_hub
 from presence.twilio.samples import SERVICE_SID, reachability
 from tests.consumer import MODES, Consumer, Mode
-from tests.support import EventStream, RunningApp, wait_until
+from tests.support import EventStream, RunningApp, online_names, wait_until
 
 pytestmark = pytest.mark.slow  # redis-server restarted under open streams and waiting polls
 
@@ -64,21 +64,11 @@ async def flip(service: RunningApp, name: str, event_id: int, online: bool) -> N
 
 async def listed(service: RunningApp) -> set[str]:
     """Who ``/online`` lists."""
-    names: set[str] = set()
-    cursor = None
-    while True:
-        params: dict[str, Any] = {"limit": 1000, **({"cursor": cursor} if cursor else {})}
-        response = await service.client.get(
-            f"/v1/services/{SERVICE_SID}/online",
-            params=params,
-            headers={"Authorization": f"Bearer {TOKEN}"},
-        )
-        assert response.status == 200, await response.text()
-        page = await response.json()
-        names |= set(page["identities"])
-        cursor = page["next_cursor"]
-        if cursor is None:
-            return names
+    return await online_names(
+        service.client.get,
+        f"/v1/services/{SERVICE_SID}/online",
+        {"Authorization": f"Bearer {TOKEN}"},
+    )
 
 
 @pytest.fixture
