@@ -10,7 +10,6 @@ at most).
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections import Counter, defaultdict
@@ -23,6 +22,7 @@ from typing_extensions import TypedDict
 
 from presence.model import StoreUnavailable
 from presence.store.base import PresenceStore
+from presence.waits import set_within
 
 log = logging.getLogger("presence.activity")
 
@@ -123,8 +123,7 @@ class Activity:
         ``FINAL_FLUSH_SECONDS``: a shutdown does not wait out a Redis that is away for the
         counts of the last seconds)."""
         while not self._stopping.is_set():
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(self._stopping.wait(), self.flush_seconds)
+            await set_within(self._stopping, self.flush_seconds)
             final = self._stopping.is_set()
             try:
                 async with asyncio.timeout(FINAL_FLUSH_SECONDS if final else None):

@@ -15,6 +15,7 @@ from presence.logs import log_changes
 from presence.metrics import Metrics
 from presence.model import StoreUnavailable, SweepResult
 from presence.store.base import PresenceStore
+from presence.waits import set_within
 
 log = logging.getLogger("presence.sweeper")
 
@@ -51,8 +52,7 @@ class Sweeper:
         self._stopping.set()
 
     async def _pause(self, seconds: float) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._stopping.wait(), seconds)
+        await set_within(self._stopping, seconds)
 
     async def sweep_once(self) -> bool:
         """One pass; True when more may be due already."""

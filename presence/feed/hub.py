@@ -25,6 +25,7 @@ from presence.feed.cursor import FeedCursor
 from presence.feed.entries import FeedEntry, FeedRead, ResetReason
 from presence.metrics import Metrics
 from presence.model import StoreUnavailable
+from presence.waits import set_within
 
 log = logging.getLogger("presence.feed")
 
@@ -109,12 +110,13 @@ class Subscriber:
         if not self.pending:
             self._waiter = asyncio.get_running_loop().create_future()
             try:
-                await asyncio.wait_for(self._waiter, within)
-            except TimeoutError:
-                return None
+                # Not asyncio.wait_for: on 3.11 it can lose a cancellation (presence.waits).
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(within):
+                        await self._waiter
             finally:
                 self._waiter = None
-        return self.pending.popleft()
+        return self.pending.popleft() if self.pending else None
 
 
 @dataclass(eq=False)
@@ -260,8 +262,7 @@ class FeedHub:
     async def _follow(self, reader: _Reader) -> None:
         backoff = self.poll_interval
         while not self._closed and reader.count:
-            with contextlib.suppress(TimeoutError):
-                await asyncio.wait_for(reader.wake.wait(), self.poll_interval)
+            await set_within(reader.wake, self.poll_interval)
             reader.wake.clear()
             try:
                 more = await self._read(reader)

@@ -41,6 +41,7 @@ from presence.push.records import Attempt, PendingReset, Subscription, status_fi
 from presence.push.sender import Outcome, Sender
 from presence.store.push import SubscriptionStore
 from presence.timestamps import iso_from_ms
+from presence.waits import set_within
 
 log = logging.getLogger("presence.push")
 
@@ -231,6 +232,8 @@ class Delivery:
         """Another replica holds the lease now: this one stops."""
         self._gone = False
         """The receiver answered 410 Gone: the subscription is disabled."""
+        self._halt = asyncio.Event()
+        """Asked to end (``halt``): the lease goes back, or this replica stops."""
 
     @property
     def service_sid(self) -> str:
@@ -241,6 +244,14 @@ class Delivery:
         self.subscription = replace(
             subscription, cursor=self.subscription.cursor, pending_reset=None
         )
+
+    def halt(self) -> None:
+        """Asks ``run`` to end, before its task is cancelled: a cancellation alone can be
+        lost (redis-py writes through ``asyncio.wait_for`` when a socket timeout is set,
+        which on Python 3.11 can swallow it: see ``presence.waits``), and the delivery would
+        then go on until its lease ran out."""
+        self._halt.set()
+        self._progress.set()
 
     def notify(self) -> None:
         """A change of the service was published: the feed is read again."""
@@ -255,12 +266,13 @@ class Delivery:
     # -- the loop ---------------------------------------------------------------------------
 
     async def run(self) -> None:
-        """Delivers until cancelled (the lease lost or given back), or the subscription is
-        disabled (410) or its commits refused (another replica holds the lease)."""
+        """Delivers until halted and cancelled (the lease lost or given back), or the
+        subscription is disabled (410) or its commits refused (another replica holds the
+        lease)."""
         try:
             if self.subscription.pending_reset is not None:
                 await self._deliver_reset(self.subscription.pending_reset)
-            while not (self._fenced or self._gone):
+            while not (self._fenced or self._gone or self._halt.is_set()):
                 await self._read()
                 self._start_attempts()
                 await self._commit()
@@ -293,8 +305,7 @@ class Delivery:
             timeout = min(timeout, COMMIT_SECONDS)
         if self._new_changes:
             timeout = min(timeout, max(0.0, self._last_read + READ_GAP_SECONDS - time.monotonic()))
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._progress.wait(), timeout)
+        await set_within(self._progress, timeout)
         self._progress.clear()
 
     async def _read(self) -> None:
@@ -329,6 +340,8 @@ class Delivery:
             self._progress.set()
 
     def _start_attempts(self) -> None:
+        if self._halt.is_set():
+            return
         now = time.monotonic()
         while self._waiting and self._waiting[0][0] <= now:
             self._ready.append(heapq.heappop(self._waiting)[2])
@@ -411,14 +424,14 @@ class Delivery:
         """The reset, tried until a 2xx before anything after it."""
         body = reset_body(self.service_sid, reset)
         failures = 0
-        while not (self._fenced or self._gone):
+        while not (self._fenced or self._gone or self._halt.is_set()):
             outcome = await self._post(reset.webhook_id, body)
             if outcome.acknowledged:
                 await self._commit(force=True, reset=None)
                 return
             failures += 1
             await self._commit(force=True, reset=reset)
-            await asyncio.sleep(backoff(failures))
+            await set_within(self._halt, backoff(failures))
 
     # -- committing -------------------------------------------------------------------------
 

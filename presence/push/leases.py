@@ -29,6 +29,7 @@ from presence.push.delivery import Delivery
 from presence.push.records import Subscription, SubscriptionState
 from presence.push.sender import Sender
 from presence.store.push import SubscriptionStore
+from presence.waits import set_within
 
 log = logging.getLogger("presence.push")
 
@@ -94,8 +95,7 @@ class Leases:
                     self._stop_unrenewed()
                 except Exception:
                     log.exception("push: unexpected error")
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self._turn_now.wait(), RENEW_SECONDS)
+                await set_within(self._turn_now, RENEW_SECONDS)
                 self._turn_now.clear()
         finally:
             await self._listen_while(holding=False)
@@ -185,6 +185,7 @@ class Leases:
 
     async def _end(self, key: tuple[str, str], *, give_back: bool) -> None:
         held = self.held.pop(key)
+        held.delivery.halt()
         held.task.cancel()
         await asyncio.gather(held.task, return_exceptions=True)
         with contextlib.suppress(StoreUnavailable):
@@ -199,6 +200,7 @@ class Leases:
         for key, held in list(self.held.items()):
             if time.monotonic() - held.renewed > limit:
                 log.warning("push %s: lease not renewed in time: stopped", key[1])
+                held.delivery.halt()
                 held.task.cancel()
                 del self.held[key]
 

@@ -14,7 +14,6 @@
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -28,6 +27,7 @@ from presence.simulate.report import Progress
 from presence.simulate.send import REQUEST_TIMEOUT_SECONDS, SendOptions
 from presence.simulate.storm import StormConfig, StormWebhook, plan_storm
 from presence.simulate.storm_report import Identity, StormSummary
+from presence.waits import set_within
 
 ONLINE_WITHIN_SECONDS = 60.0
 """How long the identities may take to be online after their connects were answered (a 200
@@ -141,9 +141,7 @@ class _Run:
     async def storm(
         self, webhooks: list[StormWebhook], reconnect_of: dict[int, int], feed: FeedCount
     ) -> None:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(feed.open.wait(), FEED_OPEN_WITHIN_SECONDS)
-        if not feed.open.is_set():
+        if not await set_within(feed.open, FEED_OPEN_WITHIN_SECONDS):
             raise StormFailed(
                 f"the change feed did not answer within {FEED_OPEN_WITHIN_SECONDS:g} s"
             )
