@@ -272,7 +272,7 @@ class Delivery:
         try:
             if self.subscription.pending_reset is not None:
                 await self._deliver_reset(self.subscription.pending_reset)
-            while not (self._fenced or self._gone or self._halt.is_set()):
+            while not (self.ended or self._halt.is_set()):
                 await self._read()
                 self._start_attempts()
                 await self._commit()
@@ -424,7 +424,7 @@ class Delivery:
         """The reset, tried until a 2xx before anything after it."""
         body = reset_body(self.service_sid, reset)
         failures = 0
-        while not (self._fenced or self._gone or self._halt.is_set()):
+        while not (self.ended or self._halt.is_set()):
             outcome = await self._post(reset.webhook_id, body)
             if outcome.acknowledged:
                 await self._commit(force=True, reset=None)
