@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import sys
 from collections.abc import Callable, Coroutine
+from dataclasses import replace
 from typing import Any
 
 import pytest
@@ -15,11 +16,11 @@ from presence.feed.cursor import FeedCursor, Position
 from presence.feed.hub import Closed, Subscriber
 from presence.metrics import Metrics
 from presence.push.leases import Leases
-from presence.push.records import Subscription
 from presence.store.redis import RedisStore
 from presence.twilio.samples import SERVICE_SID
 from presence.waits import set_within
 from tests.support import make_store, wait_until
+from tests.test_push_store import new
 
 
 async def _cancelled_as_it_is_set(
@@ -93,17 +94,7 @@ async def test_a_push_delivery_whose_read_loses_the_cancellation_ends_when_its_l
 ) -> None:
     store = make_store(redis, None)
     cursor = await store.feed.now(SERVICE_SID)
-    subscription = Subscription(
-        id="sub_1",
-        service_sid=SERVICE_SID,
-        url="http://127.0.0.1:9/",
-        description=None,
-        enabled=True,
-        created_at_ms=0,
-        secret="whsec_" + "A" * 32,
-        cursor=cursor.encode(),
-    )
-    await store.subscriptions.create(subscription)
+    await store.subscriptions.create(replace(new("sub_1"), cursor=cursor.encode()))
     feed = _LosesCancellations(store)
     leases = Leases(
         store.subscriptions,
