@@ -543,13 +543,20 @@ class RedisClusterNodes:
             self.wait_until_synced()
 
     def wait_until_synced(self, within: float = 30.0) -> None:
-        """Waits until every running replica has synced with its primary."""
+        """Waits until the cluster's view holds every running node, each primary with its
+        replicas, and every replica has synced with its primary."""
 
         def synced() -> bool:
             roles = self.roles()
+            if len(roles) < len(self.processes):
+                return False
             for port, primary in roles.items():
                 if primary is None:
                     replicas = sum(1 for of in roles.values() if of == port)
+                    if replicas < self.replicas:
+                        # A node's view learns of a replica by gossip, after the replica
+                        # itself: a test would find its primary without an heir.
+                        return False
                     online = _info(port)
                     count = sum("state=online" in v for k, v in online.items() if k[:5] == "slave")
                     if count < replicas:
