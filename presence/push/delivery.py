@@ -214,6 +214,8 @@ class Delivery:
         self._probes = 0
         """Probes failed in a row while the receiver is taken for away."""
         """While the receiver is taken for away, no attempt starts before this (monotonic)."""
+        self._back = False
+        """A 2xx came after the receiver was taken for away: what waits out a backoff goes."""
         self._new_changes = True
         """The feed may hold changes not read yet (a wake-up says so)."""
         self._last_read = 0.0
@@ -365,10 +367,14 @@ class Delivery:
             following = self.window.acknowledge(item)
             if following is not None:
                 self._ready.append(following)
-            # The receiver answers: the changes waiting out a backoff (from while it was
-            # away, most likely) go now, rather than each at the end of its own.
-            self._ready.extend(waiting for _, _, waiting in sorted(self._waiting))
-            self._waiting.clear()
+            if self._back:
+                # The receiver answers again: the changes waiting out a backoff from while it
+                # was away go now, rather than each at the end of its own. (Not on every 2xx:
+                # a change the receiver refuses by itself would be tried again at each other
+                # change's 2xx, its backoff doubling each time, to a minute within seconds.)
+                self._back = False
+                self._ready.extend(waiting for _, _, waiting in sorted(self._waiting))
+                self._waiting.clear()
         else:
             item.failures += 1
             due = time.monotonic() + backoff(item.failures)
@@ -387,6 +393,7 @@ class Delivery:
             Attempt(now_ms, webhook, outcome.status, outcome.error, outcome.duration_ms)
         )
         if outcome.acknowledged:
+            self._back = self._back or status.failures >= PROBE_AFTER_FAILURES
             status.failures = 0
             status.last_success_at_ms = now_ms
             self._probes = 0
