@@ -22,6 +22,7 @@ from bench import (
     deadlines,
     feed,
     http_rows,
+    instructions,
     loads,
     memory,
     plot,
@@ -49,6 +50,7 @@ ROWS = (
     "wait",
     "workers",
     "client",
+    "instructions",
 )
 
 
@@ -164,6 +166,10 @@ def _measure(
     if "client" in cfg.rows:
         with row("client"), affinity(other):
             results["client"] = client.run(cfg.workdir)
+    if "instructions" in cfg.rows:
+        # Counts, not seconds: no core of its own needed.
+        with row("instructions"):
+            results["instructions"] = instructions.run(cfg.workdir)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -258,7 +258,26 @@ def _main_rows(results: Run) -> list[list[str]]:
         rows += _workers_rows(wk)
     if cl := results.get("client"):
         rows += _client_rows(cl)
+    if ins := results.get("instructions"):
+        rows += _instruction_rows(ins)
     return rows
+
+
+def _instruction_rows(ins: Run) -> list[list[str]]:
+    """Instructions per request under callgrind: the figure that the machine's load does not
+    move, to compare one change with the next (the CPU rows stay the verdicts)."""
+    presence, bare, ratio = ins["presence"], ins["reference"], ins["ratio"]
+    return [
+        ["ins", "instructions per webhook (callgrind)", f"{presence['webhook']:,.0f}",
+         f"{bare['webhook']:,.0f}", f"{ratio['webhook']:.2f}x", "report", ""],
+        ["ins", "instructions per webhook: minimal real-work reference (callgrind)",
+         f"{ins['work_reference']['webhook']:,.0f}", f"{bare['webhook']:,.0f}",
+         f"{ins['work_reference']['webhook'] / bare['webhook']:.2f}x", "report", ""],
+        ["ins", "instructions per GET of one identity (callgrind)", f"{presence['get']:,.0f}",
+         f"{bare['get']:,.0f}", f"{ratio['get']:.2f}x", "report", ""],
+        ["ins", "instructions per name of a 1000-name lookup (callgrind)",
+         f"{presence['lookup_name']:,.0f}", "", "", "report", ""],
+    ]  # fmt: skip
 
 
 def _workers_rows(wk: Run) -> list[list[str]]:

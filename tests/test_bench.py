@@ -4,8 +4,10 @@ duplicates), and the report over the saved results."""
 
 from __future__ import annotations
 
+import asyncio
 import json
 import re
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -13,6 +15,7 @@ from redis.asyncio import Redis
 
 from bench.cost import Traffic
 from bench.fill import NAME_LENGTHS, Step, apply_batches, endpoint_of, identity_name, make_store
+from bench.instructions import Counted, reference_command, send_all
 from bench.report import render
 from harness.processes import RedisServer
 from presence.events import ReachabilityEvent, parse_event
@@ -95,3 +98,18 @@ def test_the_report_gives_a_verdict_for_every_target_of_the_saved_results() -> N
     # Online, after a flap, offline: for each size.
     expected += 3 * len((results.get("memory") or {}).get("sizes", {}))
     assert len(judged) >= expected
+
+
+def test_instructions_are_counted_around_the_requests_only(tmp_path: Path) -> None:
+    """Row "instructions": a server under callgrind counts what twice the requests cost as
+    about twice, and nothing of its start or its idle time between counts."""
+    with Counted(tmp_path, "reference", reference_command()) as reference:
+        url = f"{reference.url}/v1/services/{SERVICE_SID}/identities/alice"
+        asyncio.run(send_all([("GET", url, {})] * 20))
+        once = reference.count([("GET", url, {})] * 50)
+        time.sleep(1)  # idle, not counted
+        twice = reference.count([("GET", url, {})] * 100)
+    # An aiohttp request is some 10^5 instructions: a count of the start (10^9) or of
+    # nothing at all would be far outside.
+    assert 20_000 < once / 50 < 2_000_000, once
+    assert 1.7 < twice / once < 2.3, (once, twice)
