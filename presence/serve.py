@@ -19,6 +19,7 @@ from presence.store.connections import open_store, without_password
 from presence.store.migrate import FormatError
 from presence.sweeper import Sweeper
 from presence.web.app import create_app
+from presence.web.runner import ServiceRunner
 
 log = logging.getLogger("presence")
 
@@ -88,7 +89,7 @@ async def serve(settings: Settings, *, reuse_port: bool = False) -> None:
     store = open_store(settings, on_failover=metrics.failover_seen)
     sweeper = Sweeper(store, metrics=metrics)  # its metrics become the app's
     app = create_app(settings, store, sweeper=sweeper)
-    runner = web.AppRunner(
+    runner = ServiceRunner(
         app,
         handle_signals=False,
         access_log_class=AccessLogger,

@@ -20,7 +20,7 @@ from presence.store.scripts import Client
 from presence.sweeper import Sweeper
 from presence.web.app import create_app
 from tests.receiver import Receiver
-from tests.support import AUTH_TOKEN, ManualClock, RunningApp, manual_clock
+from tests.support import AUTH_TOKEN, ManualClock, RunningApp, manual_clock, serve_app
 
 # Whatever the run starts ends with it, or the run fails (harness/leaks.py).
 pytest_plugins = ["harness.leaks"]
@@ -130,8 +130,7 @@ def start_service(
         if store is None:
             store = open_store(config)
         app = create_app(config, store, sweeper=Sweeper(store, interval=0.05) if sweeper else None)
-        client = await aiohttp_client(app)
-        return RunningApp(client, store)
+        return RunningApp(await serve_app(aiohttp_client, app), store)
 
     return start
 

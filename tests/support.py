@@ -11,22 +11,41 @@ import sys
 import time
 from collections.abc import Awaitable, Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 import aiohttp
 from aiohttp import ClientResponse, web
-from aiohttp.test_utils import TestClient
+from aiohttp.test_utils import TestClient, TestServer
 from multidict import MultiDict
+from pytest_aiohttp import AiohttpClient
 from redis.asyncio import Redis, RedisCluster
 from twilio.request_validator import RequestValidator
 
 from harness.processes import service_env
 from presence.keys import Keyspace
 from presence.store.redis import RedisStore
+from presence.web.runner import ServiceRunner
 
 OTHER_SERVICE_SID = "IS" + "00112233445566778899aabbccddeeff"
 AUTH_TOKEN = "12345678901234567890123456789012"
+
+
+class ServiceServer(TestServer):
+    """aiohttp's test server, running the app as ``presence serve`` does: webhooks below the
+    router (``ServiceRunner``)."""
+
+    async def _make_runner(self, **kwargs: Any) -> ServiceRunner:
+        return ServiceRunner(self.app, **kwargs)
+
+
+async def serve_app(
+    aiohttp_client: AiohttpClient, app: web.Application
+) -> TestClient[web.Request, web.Application]:
+    """A client of ``app``, served as ``presence serve`` serves it (``ServiceServer``)."""
+    client: Any = await aiohttp_client(ServiceServer(app))
+    # The fixture types a client of a server as one of no app; this server has one.
+    return cast("TestClient[web.Request, web.Application]", client)
 
 
 @dataclass

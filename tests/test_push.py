@@ -26,7 +26,7 @@ from presence.store.redis import RedisStore
 from presence.twilio.samples import SERVICE_SID, reachability
 from presence.web.app import create_app
 from tests.receiver import Receiver
-from tests.support import RunningApp, wait_until
+from tests.support import RunningApp, serve_app, wait_until
 
 Start = Callable[..., Awaitable[RunningApp]]
 
@@ -176,7 +176,7 @@ async def test_on_the_embedded_store_subscriptions_work_and_creating_one_warns(
     settings = load_settings(offline_grace_seconds=0, push_allow_private=True)
     assert settings.embedded
     store = open_store(settings)
-    service = RunningApp(await aiohttp_client(create_app(settings, store)), store)
+    service = RunningApp(await serve_app(aiohttp_client, create_app(settings, store)), store)
     with caplog.at_level(logging.WARNING, logger="presence"):
         await subscribe(service, receiver)
     assert "push subscriptions are lost when this process exits" in caplog.text

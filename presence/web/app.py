@@ -5,9 +5,10 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator
+from functools import partial
 
 from aiohttp import web
-from aiohttp.typedefs import Middleware
+from aiohttp.typedefs import Handler, Middleware
 
 from presence.activity import Activity
 from presence.events import MAX_NAME_LENGTH
@@ -26,6 +27,7 @@ from presence.web.dashboard import routes as dashboard_routes
 from presence.web.errors import json_errors, store_unavailable
 from presence.web.queries import MAX_LOOKUP_BYTES, QueryApi
 from presence.web.replies import json_reply
+from presence.web.runner import WEBHOOK_PATH, WEBHOOKS
 from presence.web.subscriptions import SubscriptionsApi
 from presence.web.webhooks import WebhookReceiver
 
@@ -169,7 +171,8 @@ def create_app(
     if metrics is None:
         metrics = sweeper.metrics if sweeper is not None else Metrics()
     refuse = access(settings.api_token, settings.admin_token, embedded=settings.embedded)
-    middlewares: list[Middleware] = [json_errors(metrics, refuse)]
+    answer_in_json = json_errors(metrics, refuse)
+    middlewares: list[Middleware] = [answer_in_json]
     # The webhook receiver reads its body itself, within PRESENCE_MAX_BODY_BYTES; this bound is
     # for the query API, whose largest request is a lookup of 1000 long names.
     app = web.Application(
@@ -197,7 +200,11 @@ def create_app(
         app[SWEEPER] = sweeper
     app.cleanup_ctx.append(_run_background)
     receiver = WebhookReceiver(settings, store, metrics, app[ACTIVITY])
-    app.router.add_post("/webhooks/sync", receiver.handle)
+    app.router.add_post(WEBHOOK_PATH, receiver.handle)
+    # What ServiceRunner answers webhooks with, below the router: the same handler, inside
+    # the same middleware.
+    webhooks: Handler = partial(answer_in_json, handler=receiver.handle)
+    app[WEBHOOKS] = webhooks
     app.router.add_routes(QueryApi(store, app[ACTIVITY]).routes())
     app.router.add_routes(ChangesApi(store, app[HUB], metrics).routes())
     subscriptions = SubscriptionsApi(
