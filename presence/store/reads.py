@@ -20,15 +20,19 @@ from presence.store.scripts import Client, ScriptCall, run_scripts
 def presence_of(service_sid: str, identity: str, row: Sequence[Any]) -> IdentityPresence:
     """What a query answers, from a row of read.lua."""
     online, pending, version, top, changed_at, *endpoints = row
-    return IdentityPresence(
-        service_sid,
-        identity,
-        online == 1,
-        pending == 1,
-        tuple(sorted(endpoints)),
-        None if top == "" else top,
-        None if changed_at == "" else changed_at,
-        version,
+    if len(endpoints) > 1:  # nearly always one: a lookup makes a thousand of these
+        endpoints.sort()
+    return IdentityPresence._make(
+        (
+            service_sid,
+            identity,
+            online == 1,
+            pending == 1,
+            tuple(endpoints),
+            None if top == "" else top,
+            None if changed_at == "" else changed_at,
+            version,
+        )
     )
 
 

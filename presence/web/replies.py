@@ -263,16 +263,17 @@ def json_reply(body: Any, status: int = 200) -> web.Response:
 
 
 def identity_reply(presence: IdentityPresence) -> IdentityReply:
-    changed_at = presence.changed_at_ms
+    # Unpacked at once rather than read field by field: a lookup makes a thousand.
+    service_sid, identity, online, pending, endpoints, top, changed_at, version = presence
     return {
-        "service_sid": presence.service_sid,
-        "identity": presence.identity,
-        "online": presence.online,
-        "pending_offline": presence.pending_offline,
-        "endpoints": list(presence.endpoints),
-        "last_event_id": presence.last_event_id,
+        "service_sid": service_sid,
+        "identity": identity,
+        "online": online,
+        "pending_offline": pending,
+        "endpoints": list(endpoints),
+        "last_event_id": top,
         "changed_at": None if changed_at is None else iso_from_ms(changed_at),
-        "version": presence.version,
+        "version": version,
     }
 
 
