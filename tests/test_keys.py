@@ -14,6 +14,7 @@ from redis.crc import key_slot
 from presence.events import ReachabilityEvent, parse_event
 from presence.feed.cursor import MAX_SEQ, FeedCursor, InvalidFeedCursor, Position
 from presence.keys import BUCKETS, PAGES, Keyspace, page_member
+from presence.store import resp
 from presence.store.listing import InvalidListingCursor, ListingCursor
 from presence.store.scripts import source
 from presence.timestamps import iso_from_ms
@@ -44,6 +45,16 @@ def test_every_key_of_an_identity_script_is_in_one_slot(identity: str) -> None:
     ((read, positions),) = store.reads.read_calls(SERVICE_SID, same_bucket)
     assert len({key_slot(key.encode()) for key in read.keys}) == 1
     assert positions == list(range(len(same_bucket)))
+
+
+def test_a_lookups_calls_are_packed_as_their_commands_are() -> None:
+    """The packed form of each read call is what its keys and names would be packed as, for
+    names of any script, read again from the pages kept packed or not."""
+    store = make_store(Redis(), None)
+    names = [f"u{i}" for i in range(3000)] + ["é" * 300, "日本", "a{b}c", "x y"]
+    for _ in range(2):  # the second time, every page's keys come packed already
+        for call, _ in store.reads.read_calls(SERVICE_SID, names):
+            assert call.packed == resp.pack(call.script.command(call.keys, call.args))
 
 
 def test_every_key_of_a_record_script_is_in_one_slot() -> None:

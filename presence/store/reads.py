@@ -8,13 +8,21 @@ from dataclasses import dataclass
 from typing import Any
 
 from presence import rules
-from presence.keys import BUCKETS
+from presence.keys import BUCKETS, PAGES
 from presence.model import IdentityPresence, Stats
+from presence.store import resp
 from presence.store.coalesce import Coalescer
 from presence.store.errors import unavailable_as_store_error
 from presence.store.pages import Pages
 from presence.store.replication import ReplicaWait
 from presence.store.scripts import Client, ScriptCall, run_scripts
+
+KEPT_PAGE_KEYS = BUCKETS * PAGES
+"""Pages whose keys a store keeps packed for lookups: every page of one service, about 600
+bytes each (forgotten all at once when more come)."""
+
+_PageKeys = tuple[tuple[str, str], str]
+"""A page's key and graveyard key, and the two packed as the protocol writes them."""
 
 
 def presence_of(service_sid: str, identity: str, row: Sequence[Any]) -> IdentityPresence:
@@ -92,6 +100,7 @@ class Reads:
         self.scripts = pages.scripts
         self._writes = writes
         self._wait = wait
+        self._page_keys: dict[tuple[str, int, int], _PageKeys] = {}
 
     async def inspect(self, service_sid: str, identity: str) -> StoredIdentity:
         """An identity's whole stored state, by the rules' names."""
@@ -112,23 +121,41 @@ class Reads:
         self, service_sid: str, identities: Sequence[str]
     ) -> list[tuple[ScriptCall, list[int]]]:
         """One read.lua call per bucket (so one hash slot), each with the positions in
-        ``identities`` of the names it reads."""
-        keys = self.keys
-        by_bucket: dict[int, tuple[list[str], list[str], list[int]]] = {}
+        ``identities`` of the names it reads, packed for the protocol as it is made: a
+        lookup's thousand names cost their packing once, not again for each layer."""
+        place_of, page_keys = self.keys.place_of, self._page_keys
+        by_bucket: dict[int, tuple[list[str], list[str], list[str], list[int]]] = {}
         for position, name in enumerate(identities):
-            bucket, page = keys.place_of(service_sid, name)
+            bucket, page = place_of(service_sid, name)
             group = by_bucket.get(bucket)
             if group is None:
-                group = by_bucket[bucket] = ([], [], [])
-            group[0].extend(
-                (keys.page(bucket, service_sid, page), keys.graveyard(bucket, service_sid, page))
+                group = by_bucket[bucket] = ([], [], [], [])
+            pair, packed_pair = page_keys.get((service_sid, bucket, page)) or self._page_keys_of(
+                service_sid, bucket, page
             )
-            group[1].append(name)
-            group[2].append(position)
-        return [
-            (ScriptCall(self.scripts.read, call_keys, names), positions)
-            for call_keys, names, positions in by_bucket.values()
-        ]
+            group[0].extend(pair)
+            group[1].append(packed_pair)
+            group[2].append(name)
+            group[3].append(position)
+        read = self.scripts.read
+        calls = []
+        for keys, packed_keys, names, positions in by_bucket.values():
+            head = f"*{len(read.head) + 1 + len(keys) + len(names)}\r\n"
+            packed = head + resp.bulk_text((*read.head, str(len(keys))))
+            packed += "".join(packed_keys) + resp.bulk_text(names)
+            calls.append((ScriptCall(read, keys, names, packed.encode()), positions))
+        return calls
+
+    def _page_keys_of(self, service_sid: str, bucket: int, page: int) -> _PageKeys:
+        """A page's keys as read.lua takes them, and packed; kept for the next lookup."""
+        keys = (
+            self.keys.page(bucket, service_sid, page),
+            self.keys.graveyard(bucket, service_sid, page),
+        )
+        if len(self._page_keys) >= KEPT_PAGE_KEYS:
+            self._page_keys.clear()
+        found = self._page_keys[service_sid, bucket, page] = (keys, resp.bulk_text(keys))
+        return found
 
     async def lookup(self, service_sid: str, identities: Sequence[str]) -> list[IdentityPresence]:
         calls = self.read_calls(service_sid, identities)
