@@ -12,7 +12,7 @@ from presence.keys import BUCKETS, PAGES
 from presence.model import IdentityPresence, Stats
 from presence.store import resp
 from presence.store.coalesce import Coalescer
-from presence.store.errors import unavailable_as_store_error
+from presence.store.errors import raise_as_store_error, unavailable_as_store_error
 from presence.store.pages import Pages
 from presence.store.replication import ReplicaWait
 from presence.store.scripts import Client, ScriptCall, run_scripts
@@ -160,7 +160,9 @@ class Reads:
     async def lookup(self, service_sid: str, identities: Sequence[str]) -> list[IdentityPresence]:
         calls = self.read_calls(service_sid, identities)
         found: list[IdentityPresence] = [None] * len(identities)  # type: ignore[list-item]
-        async with unavailable_as_store_error():
+        # A try rather than unavailable_as_store_error(): a context manager for each GET
+        # costs more than the try.
+        try:
             if self._wait is None and self._writes.pipelined:
                 # On the webhooks' pipelined connection: no connection taken from the pool,
                 # and reads made together share a round trip (with a WAIT to make, each
@@ -168,11 +170,13 @@ class Reads:
                 replies = await self._writes.call_many([call for call, _ in calls])
             else:
                 replies = await run_scripts(self.redis, [call for call, _ in calls])
-            for (call, positions), reply in zip(calls, replies, strict=True):
-                if isinstance(reply, Exception):
-                    raise reply
-                for name, position, row in zip(call.args, positions, reply, strict=True):
-                    found[position] = presence_of(service_sid, str(name), row)
+        except Exception as error:
+            raise_as_store_error(error)
+        for (call, positions), reply in zip(calls, replies, strict=True):
+            if isinstance(reply, Exception):
+                raise_as_store_error(reply)
+            for name, position, row in zip(call.args, positions, reply, strict=True):
+                found[position] = presence_of(service_sid, str(name), row)
         return found
 
     async def stats(self, service_sid: str) -> Stats:
