@@ -58,8 +58,9 @@ class Change:
         )
 
 
-@dataclass(frozen=True)
-class EventResult:
+class EventResult(NamedTuple):
+    """What an event did (a named tuple: one is made for every webhook)."""
+
     outcome: Outcome
     changes: tuple[Change, ...] = ()
     flap_suppressed: bool = False

@@ -25,6 +25,17 @@ def changes_of(messages: Sequence[str]) -> tuple[Change, ...]:
     return tuple(Change.from_message(message) for message in messages)
 
 
+def _tail(tail: tuple[str, str, str, str]) -> bytes:
+    """The EndpointId, EventId and the two flags, packed (the flags are one digit each)."""
+    endpoint, event_id, online, connected = tail
+    if not endpoint.isascii():
+        return resp.bulks(tail)
+    return (
+        f"${len(endpoint)}\r\n{endpoint}\r\n${len(event_id)}\r\n{event_id}\r\n"
+        f"$1\r\n{online}\r\n$1\r\n{connected}\r\n"
+    ).encode()
+
+
 PLACES = 8192
 """Pages whose calls' common part is kept packed (the busiest, about 1.5 KB each)."""
 EVENT_ARGS = 4
@@ -108,7 +119,11 @@ class Pages:
                 self.scripts.apply_event, keys, [identity, *self.args(service_sid, page), *tail]
             )
         place = self._places(service_sid, bucket, page)
-        packed = place.prefix + resp.bulks((identity,)) + place.middle + resp.bulks(tail)
+        # One piece of text for what the webhook brings: each bulk string made and encoded
+        # once, then one join (about 1 us a webhook less than packing each part alone).
+        packed = b"".join(
+            (place.prefix, resp.bulk_text((identity,)).encode(), place.middle, _tail(tail))
+        )
         return ScriptCall(
             self.scripts.apply_event, place.keys, (identity, *place.args, *tail), packed
         )

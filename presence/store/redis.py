@@ -59,6 +59,9 @@ FEED_RETENTION_MS = 86_400_000
 
 log = logging.getLogger("presence.store")
 
+_OUTCOMES = {outcome.value: outcome for outcome in Outcome}
+"""Each outcome by its text, as a script answers it: a dict is quicker than the enum's call."""
+
 _SID_AT = len('{"service_sid":"')
 """Where a change message's ServiceSid begins (``publish.lua`` writes it first)."""
 
@@ -144,7 +147,7 @@ class RedisStore:
     @staticmethod
     def _event_result(reply: list[str]) -> EventResult:
         return EventResult(
-            Outcome(reply[0]),
+            _OUTCOMES[reply[0]],
             changes_of(reply[3:]),
             flap_suppressed=reply[1] == "1",
             endpoints_expired=int(reply[2]),

@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import unquote_plus, urlsplit, urlunsplit
 
 import orjson
@@ -59,9 +58,8 @@ class _JsonObject(dict[str, Any]):
         self.pairs = pairs
 
 
-@dataclass(frozen=True)
-class _Verdict:
-    """A webhook's reply, and what to count it as."""
+class _Verdict(NamedTuple):
+    """A webhook's reply, and what to count it as (a named tuple: one per webhook)."""
 
     response: web.Response
     event_type: str = UNKNOWN
