@@ -3,7 +3,7 @@
 Each server runs under valgrind's callgrind, which counts the instructions it executes
 only while the harness has turned counting on: around a fixed number of requests, after a
 warm-up. A count does not depend on what else the machine is doing, nor on the CPU's speed,
-so two runs of the same code agree within 2%, where CPU seconds per request on a shared
+so two runs of the same code agree within 2 to 3%, where CPU seconds per request on a shared
 two-core machine move by 10 to 20% from run to run: this is the row to compare one change
 with the next. It leaves out what instructions do not show (cache misses, system calls'
 time in the kernel), so the CPU rows of ``ingest`` and ``get`` stay the verdicts.
