@@ -16,13 +16,12 @@ import asyncio
 import json
 import shutil
 import sys
-import time
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from bench.support import PYTHON, ROOT, pinned
+from bench.support import PYTHON, ROOT, log, pinned
 from harness.processes import free_port
 from presence.twilio.samples import SERVICE_SID
 
@@ -34,10 +33,6 @@ HELD = 100_000
 """Identities in the listing of the memory run."""
 CHUNK = 256 * 1024
 NODE_SCRIPT = ROOT / "bench" / "client_follow.mjs"
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def name(n: int) -> str:

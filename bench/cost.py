@@ -43,6 +43,7 @@ from bench.support import (
     RequestFile,
     affinity,
     loadavg,
+    log,
     redis_server,
     start_service,
     write_requests,
@@ -63,10 +64,6 @@ requests, a fraction of a second, well inside the grace period (a rebalancing's 
 FIRST_EVENT_ID = 1000
 """Above every EventId of the fill (one per endpoint)."""
 WARMUP_REQUESTS = 20_000
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 class Traffic:

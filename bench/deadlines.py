@@ -32,6 +32,7 @@ from bench.support import (
     affinity,
     http_json,
     loadavg,
+    log,
     metric_sum,
     metrics_text,
     redis_server,
@@ -42,10 +43,6 @@ from presence.twilio.samples import SERVICE_SID
 
 PATTERN = b'"online":false,"reason":"disconnected"'
 PREFIX = "d"
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 class Subscriber(threading.Thread):

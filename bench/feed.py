@@ -27,6 +27,7 @@ from bench.support import (
     API_TOKEN,
     AUTH_TOKEN,
     CpuMeter,
+    log,
     metric_sum,
     metrics_text,
     redis_server,
@@ -42,10 +43,6 @@ IDENTITIES_EACH = 10
 POPULATION = 5000
 RATE = 500.0
 SENDERS = 32
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def rss_bytes(pid: int) -> int:

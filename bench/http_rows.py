@@ -22,6 +22,7 @@ from bench.support import (
     RequestFile,
     http_json,
     identity_get_requests,
+    log,
     lookup_requests,
     metric_sum,
     metrics_text,
@@ -36,10 +37,6 @@ from presence.twilio.samples import SERVICE_SID
 
 SEED_IDENTITIES = 5000
 LOOKUP_CONNECTIONS = 16
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def settle(service: ServerProcess, within: float = 30.0) -> dict[str, Any]:

@@ -32,7 +32,7 @@ from typing import Any
 
 import aiohttp
 
-from bench.support import API_TOKEN, AUTH_TOKEN, ROOT, endpoint_id, redis_server
+from bench.support import API_TOKEN, AUTH_TOKEN, ROOT, endpoint_id, log, redis_server
 from harness.processes import ServerProcess, free_port, service_env
 from presence.twilio.samples import SERVICE_SID, reachability
 from presence.twilio.signing import form_headers
@@ -49,10 +49,6 @@ START_SECONDS = 600.0
 
 Request = tuple[str, str, dict[str, Any]]
 """Method, URL and the keyword arguments of an aiohttp request."""
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def _webhooks(url: str, prefix: str, count: int) -> list[Request]:

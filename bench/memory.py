@@ -36,7 +36,7 @@ from typing import Any
 from redis import Redis
 
 from bench.fill import TTL_MS, Step, apply_batches, identity_name, make_store
-from bench.support import loadavg, redis_server
+from bench.support import loadavg, log, redis_server
 from presence.keys import BUCKETS, PAGES, Keyspace
 from presence.sweeper import SWEEP_BATCH
 from presence.twilio.samples import SERVICE_SID
@@ -47,10 +47,6 @@ SAMPLE = 1000
 """Identities checked through the store's reads after each phase."""
 
 KEYS = Keyspace("presence")
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def used_memory(port: int) -> int:

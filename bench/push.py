@@ -36,6 +36,7 @@ from bench.support import (
     PYTHON,
     ROOT,
     CpuMeter,
+    log,
     pinned,
     redis_server,
     start_service,
@@ -53,10 +54,6 @@ POPULATION = 5000
 SENDERS = 32
 RECEIVER_DELAY_S = 0.001
 OUTAGE_RATE = 10.0
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 @dataclass

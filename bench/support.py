@@ -39,6 +39,11 @@ PIN = {"server": "1", "other": "0"}
 PINNING = True
 
 
+def log(message: str) -> None:
+    """A line of the harness's progress, timed, on standard output."""
+    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
+
+
 def pinned(role: str, command: Sequence[str]) -> list[str]:
     if not PINNING or shutil.which("taskset") is None:
         return list(command)

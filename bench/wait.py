@@ -10,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from bench import loads
-from bench.http_rows import counted_wrk, log, settle
-from bench.support import pinned, redis_server, start_service, webhook_requests
+from bench.http_rows import counted_wrk, settle
+from bench.support import log, pinned, redis_server, start_service, webhook_requests
 from harness.processes import RedisServer, redis_cli
 
 

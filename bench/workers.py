@@ -8,17 +8,12 @@ figures say what this two-core machine gives, not what a bigger one would.
 
 from __future__ import annotations
 
-import time
 from pathlib import Path
 from typing import Any
 
 from bench import loads
-from bench.support import AUTH_TOKEN, CpuMeter, redis_server, webhook_requests
+from bench.support import AUTH_TOKEN, CpuMeter, log, redis_server, webhook_requests
 from harness.processes import Service
-
-
-def log(message: str) -> None:
-    print(f"[bench {time.strftime('%H:%M:%S')}] {message}", flush=True)
 
 
 def children(pid: int) -> list[int]:
