@@ -3,6 +3,7 @@ identity's whole stored state (``inspect.lua``), and a service's counters."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -19,7 +20,7 @@ from presence.store.scripts import Client, ScriptCall, run_scripts
 
 KEPT_PAGE_KEYS = BUCKETS * PAGES
 """Pages whose keys a store keeps packed for lookups: every page of one service, about 600
-bytes each (forgotten all at once when more come)."""
+bytes each (the least recently used forgotten first, as ``Pages`` keeps its calls' parts)."""
 
 _PageKeys = tuple[tuple[str, str], str]
 """A page's key and graveyard key, and the two packed as the protocol writes them."""
@@ -100,7 +101,7 @@ class Reads:
         self.scripts = pages.scripts
         self._writes = writes
         self._wait = wait
-        self._page_keys: dict[tuple[str, int, int], _PageKeys] = {}
+        self._page_keys = functools.lru_cache(maxsize=KEPT_PAGE_KEYS)(self._page_keys_of)
 
     async def inspect(self, service_sid: str, identity: str) -> StoredIdentity:
         """An identity's whole stored state, by the rules' names."""
@@ -130,9 +131,7 @@ class Reads:
             group = by_bucket.get(bucket)
             if group is None:
                 group = by_bucket[bucket] = ([], [], [], [])
-            pair, packed_pair = page_keys.get((service_sid, bucket, page)) or self._page_keys_of(
-                service_sid, bucket, page
-            )
+            pair, packed_pair = page_keys(service_sid, bucket, page)
             group[0].extend(pair)
             group[1].append(packed_pair)
             group[2].append(name)
@@ -147,15 +146,12 @@ class Reads:
         return calls
 
     def _page_keys_of(self, service_sid: str, bucket: int, page: int) -> _PageKeys:
-        """A page's keys as read.lua takes them, and packed; kept for the next lookup."""
+        """A page's keys as read.lua takes them, and packed (kept: ``_page_keys``)."""
         keys = (
             self.keys.page(bucket, service_sid, page),
             self.keys.graveyard(bucket, service_sid, page),
         )
-        if len(self._page_keys) >= KEPT_PAGE_KEYS:
-            self._page_keys.clear()
-        found = self._page_keys[service_sid, bucket, page] = (keys, resp.bulk_text(keys))
-        return found
+        return keys, resp.bulk_text(keys)
 
     async def lookup(self, service_sid: str, identities: Sequence[str]) -> list[IdentityPresence]:
         calls = self.read_calls(service_sid, identities)
