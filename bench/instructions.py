@@ -165,10 +165,6 @@ def _gets(base: str, names: list[str], count: int, headers: dict[str, str]) -> l
     ]
 
 
-def _per(total: int, requests: int) -> float:
-    return round(total / requests)
-
-
 def _measure(
     server: Counted, warm: Callable[[], None], loads: Sequence[tuple[str, list[Request], int]]
 ) -> dict[str, float]:
@@ -177,7 +173,7 @@ def _measure(
     found: dict[str, float] = {}
     for name, requests, per in loads:
         log(f"instructions: {name}, {len(requests)} requests")
-        found[name] = _per(server.count(requests), per)
+        found[name] = round(server.count(requests) / per)
     return found
 
 
