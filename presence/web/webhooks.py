@@ -42,6 +42,7 @@ from presence.twilio import (
 from presence.twilio.signing import SignatureValidator
 from presence.web import openapi
 from presence.web.errors import json_error, store_unavailable
+from presence.web.packed import PackedReply
 from presence.web.replies import json_reply
 
 log = logging.getLogger("presence.webhooks")
@@ -74,8 +75,7 @@ _STATUS_BODIES = {outcome: orjson.dumps({"status": outcome.value}) for outcome i
 
 
 def _done(outcome: Outcome, event_type: str) -> _Verdict:
-    response = web.Response(body=_STATUS_BODIES[outcome], content_type=JSON)
-    return _Verdict(response, event_type, outcome.value)
+    return _Verdict(PackedReply(_STATUS_BODIES[outcome]), event_type, outcome.value)
 
 
 def _reject(status: int, error: str, message: str, event_type: str = UNKNOWN) -> _Verdict:
