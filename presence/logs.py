@@ -205,6 +205,12 @@ def _plain(*texts: str | None) -> bool:
     )
 
 
+_ACCESS_PARTS_KEPT = 256
+_access_parts: dict[tuple[str, str, int, str | None, str | None], tuple[str, str, str, str]] = {}
+"""The fixed parts of a webhook's access-log line, by its method, path, status, remote and
+outcome."""
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per request. Only the path is logged: never a header, the query or the body.
     The path stays percent-encoded, so no request can write a line break into the log."""
@@ -215,19 +221,34 @@ class AccessLogger(AbstractAccessLogger):
         path = request.rel_url.raw_path
         status = response.status
         method, remote, outcome = request.method, request.remote, request.get(WEBHOOK_OUTCOME)
+        if not _json:
+            key = (method, path, status, remote, outcome)
+            parts = _access_parts.get(key)
+            if parts is None and _plain(method, path, remote, outcome):
+                # The line every request writes, in one piece: each text is written as
+                # json.dumps writes a plain one (printable ASCII without quote or backslash).
+                parts = (
+                    f"{method} {path} {status} ",
+                    f'method="{method}" path="{path}" status={status} ',
+                    f"remote={'null' if remote is None else chr(34) + remote + chr(34)} ",
+                    "" if outcome is None else f' outcome="{outcome}"',
+                )
+                if outcome is not None:
+                    # A webhook's parts, kept: few (an outcome per sender) and on every
+                    # webhook. A query's path names an identity, so each would be new.
+                    if len(_access_parts) >= _ACCESS_PARTS_KEPT:
+                        _access_parts.clear()
+                    _access_parts[key] = parts
+            if parts is not None:
+                head, middle, remote_part, end = parts
+                ms = time * 1000
+                _output.add(
+                    f"{_clock.asctime(_now())} INFO {ACCESS_LOGGER}: {head}{ms:.1f}ms "
+                    f"{middle}duration_ms={round(ms, 3)!r} {remote_part}"
+                    f"bytes={response.body_length}{end}"
+                )
+                return
         message = f"{method} {path} {status} {time * 1000:.1f}ms"
-        if not _json and _plain(method, path, remote, outcome):
-            # The line every request writes, in one piece: each text is written as
-            # json.dumps writes a plain one (printable ASCII without quote or backslash).
-            end = "" if outcome is None else f' outcome="{outcome}"'
-            _output.add(
-                f"{_clock.asctime(_now())} INFO {ACCESS_LOGGER}: {message} "
-                f'method="{method}" path="{path}" status={status} '
-                f"duration_ms={round(time * 1000, 3)!r} remote="
-                f"{'null' if remote is None else chr(34) + remote + chr(34)} "
-                f"bytes={response.body_length}{end}"
-            )
-            return
         fields: dict[str, Any] = {
             "method": request.method,
             "path": path,
