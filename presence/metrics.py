@@ -7,7 +7,10 @@ answers a scrape reports the sum over all of them, so one scrape sees the whole 
 
 from __future__ import annotations
 
+import asyncio
+import math
 import os
+from bisect import bisect_left
 from collections.abc import Iterable
 from typing import Any
 
@@ -47,6 +50,21 @@ PUSH_OUTCOMES = (
     "dns",
     "address_refused",
 )
+
+_BOUNDS = (*LATENCY_BUCKETS, math.inf)
+"""The histogram's upper bounds, +Inf included, as prometheus_client keeps its buckets."""
+
+
+class _WebhookTally:
+    """The webhooks counted during one event-loop iteration, not yet added to their series."""
+
+    def __init__(self) -> None:
+        self.started = 0
+        self.finished = 0
+        self.seconds = 0.0
+        self.buckets = [0] * len(_BOUNDS)
+        self.outcomes: dict[tuple[str, str], int] = {}
+
 
 # The *_created series double the output and tell a scraper nothing it needs here.
 disable_created_metrics()  # type: ignore[no-untyped-call]
@@ -88,6 +106,8 @@ class Metrics:
         # labels() is a dictionary lookup under a lock, each time.
         self._webhooks: dict[tuple[str, str], Any] = {}
         self._changes = {reason: self.changes.labels(reason) for reason in CHANGE_REASONS}
+        self._tally = _WebhookTally()
+        self._tally_due = False
 
     def _webhook_metrics(self, into: CollectorRegistry | None) -> None:
         """Webhooks, and the presence changes they and the sweeper publish."""
@@ -241,12 +261,57 @@ class Metrics:
             outcome = "gone" if status == 410 else "http_error"
         self.push_deliveries.labels(outcome).inc()
 
+    # A webhook's four series are counted in plain numbers and added to prometheus_client's
+    # values once per event-loop iteration (each add takes a lock; under load an iteration
+    # answers many webhooks), and before every scrape, so a scrape never misses one.
+
+    def webhook_started(self) -> None:
+        """A webhook is being handled (``presence_webhooks_in_flight``)."""
+        self._tally.started += 1
+        if not self._tally_due:
+            self._add_tally_soon()
+
+    def webhook_finished(self, seconds: float) -> None:
+        """A webhook started was answered after ``seconds`` (its duration's histogram)."""
+        tally = self._tally
+        tally.finished += 1
+        tally.seconds += seconds
+        tally.buckets[bisect_left(_BOUNDS, seconds)] += 1
+        if not self._tally_due:
+            self._add_tally_soon()
+
     def webhook(self, event_type: str, outcome: str) -> None:
         """One webhook of ``event_type`` (a listed EventType or ``unknown``) had ``outcome``."""
-        child = self._webhooks.get((event_type, outcome))
-        if child is None:
-            child = self._webhooks[event_type, outcome] = self.webhooks.labels(event_type, outcome)
-        child.inc()
+        outcomes = self._tally.outcomes
+        outcomes[event_type, outcome] = outcomes.get((event_type, outcome), 0) + 1
+        if not self._tally_due:
+            self._add_tally_soon()
+
+    def _add_tally_soon(self) -> None:
+        try:
+            asyncio.get_running_loop().call_soon(self.add_tally)
+        except RuntimeError:  # no loop running: at once
+            self.add_tally()
+            return
+        self._tally_due = True
+
+    def add_tally(self) -> None:
+        """Adds the webhooks counted so far to their series."""
+        tally, self._tally, self._tally_due = self._tally, _WebhookTally(), False
+        if tally.started != tally.finished:
+            self.webhooks_in_flight.inc(tally.started - tally.finished)
+        if tally.finished:
+            # What Histogram.observe adds, once for all: the sum, and each bucket's count.
+            duration: Any = self.webhook_duration
+            duration._sum.inc(tally.seconds)
+            for bucket, count in enumerate(tally.buckets):
+                if count:
+                    duration._buckets[bucket].inc(count)
+        for key, count in tally.outcomes.items():
+            child = self._webhooks.get(key)
+            if child is None:
+                child = self._webhooks[key] = self.webhooks.labels(*key)
+            child.inc(count)
 
     def published(self, changes: Iterable[Change]) -> None:
         for change in changes:
@@ -261,4 +326,5 @@ class Metrics:
 
     def exposition(self) -> bytes:
         """The current values in the Prometheus text format."""
+        self.add_tally()
         return generate_latest(self.registry)

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import replace
 
+import pytest
+from prometheus_client import CollectorRegistry, Histogram, generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 
 from harness.processes import RedisServer
 from presence.feed.cursor import FeedCursor, Position
+from presence.metrics import LATENCY_BUCKETS, Metrics
 from presence.store.connections import redis_client
 from presence.twilio.samples import SERVICE_SID, collection_event, reachability
 from tests.support import (
@@ -211,3 +215,45 @@ async def test_metric_names_follow_prometheus_conventions(start_service: Start) 
             assert all(re.fullmatch(r"[a-z][a-z0-9_]*", label) for label in sample.labels)
     # Nothing about who is online leaks into the labels.
     assert "alice" not in text
+
+
+async def test_a_webhooks_series_are_what_observing_each_would_give() -> None:
+    """The webhook series are counted in plain numbers and added once an event-loop
+    iteration: a scrape in the same iteration sees them all, and none is added twice."""
+    metrics = Metrics()
+    wanted = CollectorRegistry()
+    duration = Histogram("d", "", buckets=LATENCY_BUCKETS, registry=wanted)
+    seconds = [0.0005, 0.001, 0.0031, 0.3, 20.0]  # 0.001 sits on a bound: in its bucket
+    for _ in seconds:
+        metrics.webhook_started()
+    metrics.webhook_started()  # still in flight
+    for taken in seconds:
+        metrics.webhook_finished(taken)
+        metrics.webhook("endpoint_connected", "applied")
+        duration.observe(taken)
+    metrics.webhook("unknown", "rejected")
+
+    def read(text: bytes) -> Samples:
+        return {
+            (sample.name, frozenset(sample.labels.items())): sample.value
+            for family in text_string_to_metric_families(text.decode())
+            for sample in family.samples
+        }
+
+    buckets = {labels: count for (name, labels), count in read(generate_latest(wanted)).items()}
+    for _ in range(2):  # a scrape in the same iteration, then one after it
+        samples = read(metrics.exposition())
+        assert value(samples, "presence_webhooks_in_flight") == 1
+        assert value(
+            samples, "presence_webhooks_total", event_type="endpoint_connected", outcome="applied"
+        ) == len(seconds)
+        assert (
+            value(samples, "presence_webhooks_total", event_type="unknown", outcome="rejected") == 1
+        )
+        assert value(samples, "presence_webhook_duration_seconds_sum") == pytest.approx(
+            sum(seconds)
+        )
+        for (name, labels), count in samples.items():
+            if name == "presence_webhook_duration_seconds_bucket":
+                assert count == buckets[labels], dict(labels)
+        await asyncio.sleep(0)

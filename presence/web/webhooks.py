@@ -258,12 +258,11 @@ class WebhookReceiver:
     async def handle(self, request: web.Request) -> web.Response:
         metrics = self.metrics
         started = time.perf_counter()
-        metrics.webhooks_in_flight.inc()
+        metrics.webhook_started()
         try:
             verdict = await self._handle(request)
         finally:
-            metrics.webhooks_in_flight.dec()
-            metrics.webhook_duration.observe(time.perf_counter() - started)
+            metrics.webhook_finished(time.perf_counter() - started)
         outcome = verdict.outcome if verdict.rejection is None else "rejected"
         metrics.webhook(verdict.event_type, outcome)
         if verdict.rejection is not None:
