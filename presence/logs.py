@@ -222,8 +222,10 @@ class AccessLogger(AbstractAccessLogger):
         status = response.status
         method, remote, outcome = request.method, request.remote, request.get(WEBHOOK_OUTCOME)
         if not _json:
+            # A webhook's parts are kept: few (an outcome per sender) and on every webhook.
+            # A query's path names an identity, so each would be new.
             key = (method, path, status, remote, outcome)
-            parts = _access_parts.get(key)
+            parts = None if outcome is None else _access_parts.get(key)
             if parts is None and _plain(method, path, remote, outcome):
                 # The line every request writes, in one piece: each text is written as
                 # json.dumps writes a plain one (printable ASCII without quote or backslash).
@@ -234,8 +236,6 @@ class AccessLogger(AbstractAccessLogger):
                     "" if outcome is None else f' outcome="{outcome}"',
                 )
                 if outcome is not None:
-                    # A webhook's parts, kept: few (an outcome per sender) and on every
-                    # webhook. A query's path names an identity, so each would be new.
                     if len(_access_parts) >= _ACCESS_PARTS_KEPT:
                         _access_parts.clear()
                     _access_parts[key] = parts
