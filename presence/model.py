@@ -4,6 +4,7 @@ what a query answers, and the store being out of reach. Nothing here knows Redis
 from __future__ import annotations
 
 from dataclasses import dataclass
+from dataclasses import fields as dataclass_fields
 from enum import StrEnum
 from typing import Any, NamedTuple
 
@@ -47,8 +48,15 @@ class Change:
 
     @classmethod
     def from_message(cls, message: str) -> Change:
+        """The change a changes-channel message (or a script's reply) carries."""
         fields: dict[str, Any] = orjson.loads(message)
-        return cls(**fields)
+        if fields.keys() != _CHANGE_FIELDS:
+            return cls(**fields)  # a TypeError naming the field missing or unknown
+        # A frozen dataclass's __init__ sets each field through object.__setattr__: 2 us a
+        # change, one for about every webhook. The message's dict holds exactly the fields.
+        change = object.__new__(cls)
+        object.__setattr__(change, "__dict__", fields)
+        return change
 
     def __str__(self) -> str:
         state = "online" if self.online else "offline"
@@ -56,6 +64,9 @@ class Change:
             f"{self.service_sid} {self.identity!r} {state} ({self.reason}, "
             f"event {self.event_id}, version {self.version})"
         )
+
+
+_CHANGE_FIELDS = frozenset(field.name for field in dataclass_fields(Change))
 
 
 class EventResult(NamedTuple):

@@ -12,6 +12,7 @@ example. Failing histories it found are pinned below as plain tests.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import itertools
 import json
 import os
@@ -20,6 +21,7 @@ from collections.abc import Coroutine, Iterator
 from dataclasses import dataclass
 from typing import Any, TypeVar
 
+import orjson
 import pytest
 from hypothesis import HealthCheck, settings
 from hypothesis import strategies as st
@@ -559,3 +561,21 @@ def test_pinned_many_compacted_identities_share_a_graveyard(harness: Harness) ->
     for n, name in enumerate(reversed(mates), start=100):
         assert harness.deliver(ev(n, "E1", True, True, identity=name)).changes
     harness.check()
+
+
+def test_a_change_read_from_its_message_is_the_change() -> None:
+    change = Change("IS" + "0" * 32, "élodie", True, "connected", 12, 3, "2026-12-07T12:00:00.000Z")
+    message = orjson.dumps(dataclasses.asdict(change)).decode()
+    read = Change.from_message(message)
+    assert read == change
+    assert hash(read) == hash(change)
+    assert str(read) == str(change)
+    assert dataclasses.asdict(read) == dataclasses.asdict(change)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        read.online = False  # type: ignore[misc]
+    fields = orjson.loads(message)
+    with pytest.raises(TypeError, match="extra"):
+        Change.from_message(orjson.dumps({**fields, "extra": 1}).decode())
+    del fields["version"]
+    with pytest.raises(TypeError, match="version"):
+        Change.from_message(orjson.dumps(fields).decode())

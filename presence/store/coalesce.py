@@ -231,8 +231,12 @@ class Coalescer:
             except Exception as error:
                 _fail(batch, error)
                 return
+            # Only an error can say a script is unknown: the rest (nearly all) are passed by
+            # one isinstance, not a method call each.
             refused = [
-                i for i, reply in enumerate(replies) if batch[i].script.script.unknown(reply)
+                i
+                for i, reply in enumerate(replies)
+                if isinstance(reply, ResponseError) and batch[i].script.script.unknown(reply)
             ]
             if refused:
                 # The scripts or the library were flushed: the calls refused did not run.
