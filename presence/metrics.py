@@ -64,6 +64,8 @@ class _WebhookTally:
         self.seconds = 0.0
         self.buckets = [0] * len(_BOUNDS)
         self.outcomes: dict[tuple[str, str], int] = {}
+        self.changes: dict[str, int] = {}
+        self.flaps = 0
 
 
 # The *_created series double the output and tell a scraper nothing it needs here.
@@ -261,9 +263,10 @@ class Metrics:
             outcome = "gone" if status == 410 else "http_error"
         self.push_deliveries.labels(outcome).inc()
 
-    # A webhook's four series are counted in plain numbers and added to prometheus_client's
-    # values once per event-loop iteration (each add takes a lock; under load an iteration
-    # answers many webhooks), and before every scrape, so a scrape never misses one.
+    # A webhook's series, and the changes', are counted in plain numbers and added to
+    # prometheus_client's values once per event-loop iteration (each add takes a lock; under
+    # load an iteration answers many webhooks), and before every scrape, so a scrape never
+    # misses one.
 
     def webhook_started(self) -> None:
         """A webhook is being handled (``presence_webhooks_in_flight``)."""
@@ -312,10 +315,24 @@ class Metrics:
             if child is None:
                 child = self._webhooks[key] = self.webhooks.labels(*key)
             child.inc(count)
+        for reason, count in tally.changes.items():
+            self._changes[reason].inc(count)
+        if tally.flaps:
+            self.flaps_suppressed.inc(tally.flaps)
 
     def published(self, changes: Iterable[Change]) -> None:
+        """Presence changes published, by a webhook or the sweeper."""
+        counted = self._tally.changes
         for change in changes:
-            self._changes[change.reason].inc()
+            counted[change.reason] = counted.get(change.reason, 0) + 1
+            if not self._tally_due:
+                self._add_tally_soon()
+
+    def flap_suppressed(self) -> None:
+        """A webhook cancelled a pending offline."""
+        self._tally.flaps += 1
+        if not self._tally_due:
+            self._add_tally_soon()
 
     def redis_error(self, operation: str) -> None:
         self.redis_errors.labels(operation).inc()

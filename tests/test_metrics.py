@@ -14,6 +14,7 @@ from prometheus_client.parser import text_string_to_metric_families
 from harness.processes import RedisServer
 from presence.feed.cursor import FeedCursor, Position
 from presence.metrics import LATENCY_BUCKETS, Metrics
+from presence.model import Change
 from presence.store.connections import redis_client
 from presence.twilio.samples import SERVICE_SID, collection_event, reachability
 from tests.support import (
@@ -218,7 +219,7 @@ async def test_metric_names_follow_prometheus_conventions(start_service: Start) 
 
 
 async def test_a_webhooks_series_are_what_observing_each_would_give() -> None:
-    """The webhook series are counted in plain numbers and added once an event-loop
+    """The webhook and change series are counted in plain numbers and added once an event-loop
     iteration: a scrape in the same iteration sees them all, and none is added twice."""
     metrics = Metrics()
     wanted = CollectorRegistry()
@@ -232,6 +233,10 @@ async def test_a_webhooks_series_are_what_observing_each_would_give() -> None:
         metrics.webhook("endpoint_connected", "applied")
         duration.observe(taken)
     metrics.webhook("unknown", "rejected")
+    change = Change(SERVICE_SID, "alice", True, "connected", 1, 1, "2026-12-07T12:00:00.000Z")
+    metrics.published([change, change, replace(change, online=False, reason="expired")])
+    metrics.flap_suppressed()
+    metrics.flap_suppressed()
 
     def read(text: bytes) -> Samples:
         return {
@@ -253,6 +258,11 @@ async def test_a_webhooks_series_are_what_observing_each_would_give() -> None:
         assert value(samples, "presence_webhook_duration_seconds_sum") == pytest.approx(
             sum(seconds)
         )
+        changes = "presence_changes_published_total"
+        assert value(samples, changes, reason="connected") == 2
+        assert value(samples, changes, reason="expired") == 1
+        assert value(samples, changes, reason="disconnected") == 0
+        assert value(samples, "presence_flaps_suppressed_total") == 2
         for (name, labels), count in samples.items():
             if name == "presence_webhook_duration_seconds_bucket":
                 assert count == buckets[labels], dict(labels)

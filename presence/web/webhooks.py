@@ -354,7 +354,7 @@ class WebhookReceiver:
         log_changes(result.changes)
         self.metrics.published(result.changes)
         if result.flap_suppressed:
-            self.metrics.flaps_suppressed.inc()
+            self.metrics.flap_suppressed()
             if self.activity is not None:
                 self.activity.count(service_sid, "flaps_suppressed")
         if result.endpoints_expired:
