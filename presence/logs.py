@@ -206,9 +206,28 @@ def _plain(*texts: str | None) -> bool:
 
 
 _ACCESS_PARTS_KEPT = 256
-_access_parts: dict[tuple[str, str, int, str | None, str | None], tuple[str, str, str, str]] = {}
-"""The fixed parts of a webhook's access-log line, by its method, path, status, remote and
-outcome."""
+_access_parts: dict[tuple[str, str, int, str | None, str], tuple[str, str, str, str]] = {}
+
+
+def _webhook_parts(
+    method: str, path: str, status: int, remote: str | None, outcome: str
+) -> tuple[str, str, str, str] | None:
+    """The fixed parts of a webhook's access-log line, as json.dumps writes plain texts; None
+    when a text is not plain. Kept: they are few (an outcome per sender) and on every webhook
+    (a query's path names an identity, so its parts would each be new)."""
+    key = (method, path, status, remote, outcome)
+    parts = _access_parts.get(key)
+    if parts is None and _plain(method, path, remote, outcome):
+        parts = (
+            f"{method} {path} {status} ",
+            f'method="{method}" path="{path}" status={status} ',
+            f"remote={'null' if remote is None else chr(34) + remote + chr(34)} ",
+            f' outcome="{outcome}"',
+        )
+        if len(_access_parts) >= _ACCESS_PARTS_KEPT:
+            _access_parts.clear()
+        _access_parts[key] = parts
+    return parts
 
 
 class AccessLogger(AbstractAccessLogger):
@@ -222,24 +241,20 @@ class AccessLogger(AbstractAccessLogger):
         status = response.status
         method, remote, outcome = request.method, request.remote, request.get(WEBHOOK_OUTCOME)
         if not _json:
-            # A webhook's parts are kept: few (an outcome per sender) and on every webhook.
-            # A query's path names an identity, so each would be new.
-            key = (method, path, status, remote, outcome)
-            parts = None if outcome is None else _access_parts.get(key)
-            if parts is None and _plain(method, path, remote, outcome):
-                # The line every request writes, in one piece: each text is written as
-                # json.dumps writes a plain one (printable ASCII without quote or backslash).
-                parts = (
-                    f"{method} {path} {status} ",
-                    f'method="{method}" path="{path}" status={status} ',
-                    f"remote={'null' if remote is None else chr(34) + remote + chr(34)} ",
-                    "" if outcome is None else f' outcome="{outcome}"',
-                )
-                if outcome is not None:
-                    if len(_access_parts) >= _ACCESS_PARTS_KEPT:
-                        _access_parts.clear()
-                    _access_parts[key] = parts
-            if parts is not None:
+            if outcome is None:
+                if _plain(method, path, remote):
+                    # A query's line, in one piece: each text is written as json.dumps
+                    # writes a plain one (printable ASCII without quote or backslash).
+                    _output.add(
+                        f"{_clock.asctime(_now())} INFO {ACCESS_LOGGER}: {method} {path} "
+                        f'{status} {time * 1000:.1f}ms method="{method}" path="{path}" '
+                        f"status={status} duration_ms={round(time * 1000, 3)!r} remote="
+                        f"{'null' if remote is None else chr(34) + remote + chr(34)} "
+                        f"bytes={response.body_length}"
+                    )
+                    return
+            elif (parts := _webhook_parts(method, path, status, remote, outcome)) is not None:
+                # A webhook's line, from the parts kept for its sender and outcome.
                 head, middle, remote_part, end = parts
                 ms = time * 1000
                 _output.add(
