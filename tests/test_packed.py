@@ -7,7 +7,7 @@ import re
 
 import pytest
 from aiohttp import web
-from aiohttp.test_utils import BaseTestServer, RawTestServer
+from aiohttp.test_utils import BaseTestServer, RawTestServer, TestServer
 
 from presence.twilio import JSON
 from presence.web.packed import PackedReply
@@ -99,3 +99,25 @@ async def test_a_new_second_gets_a_new_date() -> None:
         second, _ = await answers(True, post())
     assert date_of(second) != date_of(first)
     assert same_but_date(first, second)
+
+
+async def test_a_routed_request_is_answered_by_aiohttps_own_way() -> None:
+    """Through the router, the app's on_response_prepare signal may change a reply: it is
+    written by aiohttp, with what the signal set."""
+    replies: list[PackedReply] = []
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        await request.read()
+        replies.append(PackedReply(BODY))
+        return replies[-1]
+
+    async def signed(request: web.Request, response: web.StreamResponse) -> None:
+        response.headers["X-Prepared"] = "yes"
+
+    app = web.Application()
+    app.router.add_post("/webhooks/sync", handler)
+    app.on_response_prepare.append(signed)
+    async with TestServer(app) as server:
+        answered = await exchange(server, post())
+    assert b"\r\nX-Prepared: yes\r\n" in answered
+    assert [reply.packed for reply in replies] == [False]

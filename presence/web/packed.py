@@ -4,9 +4,10 @@ Nearly every webhook is answered with one of four small JSON bodies. aiohttp wri
 by building its headers in a multidict, adding Content-Length, Date and Server, serializing
 them and writing headers and body: 6% of a webhook's instructions (docs/benchmarks.md).
 The same bytes, made once per second (only the Date header moves) and per body, cost one
-write. They are exactly the bytes aiohttp writes for the same
-``web.Response`` (``tests/test_packed.py`` compares them off the wire), and a request they
-would not fit (HTTP/1.0, a connection to close) is answered by aiohttp's own way.
+write. They are exactly the bytes aiohttp writes for the same ``web.Response``
+(``tests/test_packed.py`` compares them off the wire), and a request they would not fit
+(HTTP/1.0, a connection to close, one that went through the router) is answered by aiohttp's
+own way.
 """
 
 from __future__ import annotations
