@@ -15,7 +15,7 @@ from redis.exceptions import ResponseError
 from harness.processes import RedisServer
 from presence.events import ReachabilityEvent, parse_event
 from presence.store import resp
-from presence.store.coalesce import Coalescer
+from presence.store.coalesce import EAGER_BATCH, Coalescer
 from presence.store.scripts import Script, ScriptCall
 from presence.twilio.samples import reachability
 from tests.support import make_store
@@ -77,7 +77,56 @@ async def test_calls_made_while_a_batch_is_in_flight_form_the_next_one(
     later = [asyncio.create_task(writes.call(append, ["log"], [str(n)])) for n in range(20)]
     assert await first == 1
     assert [await task for task in later] == list(range(2, 22))
-    assert writes.pipelines == [1, 20]
+    # EAGER_BATCH of them went at once, while the rest were being made; the rest followed.
+    assert writes.pipelines == [1, EAGER_BATCH, 20 - EAGER_BATCH]
+
+
+async def test_calls_made_together_go_in_eager_batches_while_they_are_made(
+    redis: Redis, append: Script
+) -> None:
+    """Redis runs the first calls of a burst while the service makes the rest: a burst is
+    not all made first, then all sent to wait together (the service idle meanwhile)."""
+    writes = CountingCoalescer(redis)
+    assert await writes.call(append, ["log"], ["first"]) == 1  # the connection is up
+    burst = [asyncio.ensure_future(writes.call(append, ["log"], [str(n)])) for n in range(40)]
+    await asyncio.sleep(0)  # the 40 calls are made, in this one iteration of the loop
+    # Two eager batches were written while they were made; the sender has the rest.
+    assert writes.pipelines == [1, EAGER_BATCH, EAGER_BATCH]
+    assert await asyncio.gather(*burst) == list(range(2, 42))
+    assert writes.pipelines == [1, EAGER_BATCH, EAGER_BATCH, 40 - 2 * EAGER_BATCH]
+    assert await redis.lrange("log", 0, -1) == ["first", *(str(n) for n in range(40))]
+
+
+async def test_no_eager_batch_goes_ahead_of_a_batch_the_sender_took(
+    redis: Redis, append: Script
+) -> None:
+    writes = CountingCoalescer(redis)
+    assert await writes.call(append, ["log"], ["first"]) == 1
+    pipe = writes._pipe
+    assert pipe is not None
+    entered, gate = asyncio.Event(), asyncio.Event()
+    ready = pipe.ready
+
+    async def held_ready() -> None:
+        # The sender has taken its batch and waits here (as for a reconnection).
+        entered.set()
+        await gate.wait()
+        await ready()
+
+    pipe.ready = held_ready  # type: ignore[method-assign]
+    taken = [asyncio.ensure_future(writes.call(append, ["log"], [f"t{n}"])) for n in range(5)]
+    await asyncio.wait_for(entered.wait(), 10)
+    later = [asyncio.ensure_future(writes.call(append, ["log"], [str(n)])) for n in range(20)]
+    await asyncio.sleep(0)  # the 20 calls are made: more than an eager batch
+    assert writes.pipelines == [1]  # nothing went ahead of the batch taken
+    gate.set()
+    await asyncio.gather(*taken, *later)
+    assert writes.pipelines[:2] == [1, 5]
+    assert await redis.lrange("log", 0, -1) == [
+        "first",
+        *(f"t{n}" for n in range(5)),
+        *(str(n) for n in range(20)),
+    ]
 
 
 async def test_an_error_reaches_only_its_own_caller(redis: Redis, append: Script) -> None:
@@ -215,3 +264,29 @@ async def test_a_webhook_is_sent_to_redis_packed_as_its_page_made_it(
     assert packed == []
     presence = await store.identity(events[1].service_sid, "alice")
     assert presence.last_event_id == 2
+
+
+async def test_no_eager_batch_goes_ahead_when_a_recovery_releases_the_sender(
+    redis: Redis, append: Script
+) -> None:
+    """A recovery's lock, released, wakes the sender with the batch it took: calls made
+    before it resumes must not be written ahead of that batch."""
+    writes = CountingCoalescer(redis)
+    assert await writes.call(append, ["log"], ["first"]) == 1
+    await writes._recovering.acquire()  # as _settle does while it loads scripts again
+    taken = [asyncio.ensure_future(writes.call(append, ["log"], [f"t{n}"])) for n in range(5)]
+    for _ in range(100):  # until the sender has taken the 5 calls and waits for the lock
+        if writes._holding:
+            break
+        await asyncio.sleep(0)
+    assert writes._holding
+    later = [asyncio.ensure_future(writes.call(append, ["log"], [str(n)])) for n in range(20)]
+    writes._recovering.release()
+    await asyncio.sleep(0)  # the 20 calls are made before the sender resumes
+    await asyncio.gather(*taken, *later)
+    assert writes.pipelines[:2] == [1, 5]
+    assert await redis.lrange("log", 0, -1) == [
+        "first",
+        *(f"t{n}" for n in range(5)),
+        *(str(n) for n in range(20)),
+    ]

@@ -76,6 +76,7 @@ class Coalescer:
         self.wait = wait
         self._pending: list[_Call] = []
         self._sender: asyncio.Task[None] | None = None
+        self._holding = False
         self._pipe: Pipe | None = None
         if isinstance(redis, Redis) and resp.supported(redis):
             self._pipe = Pipe(redis, self._load_scripts)
@@ -125,8 +126,7 @@ class Coalescer:
         self._scripts.setdefault(script.script.loaded_as, script.script)
         self._pending.append(call)
         if len(self._pending) >= EAGER_BATCH and self._can_write_now():
-            batch, self._pending = self._pending, []
-            self._write(batch)
+            self._write(self._take())
         elif self._sender is None:
             self._sender = asyncio.create_task(self._send_all(), name="presence-coalescer")
         return call.reply
@@ -146,7 +146,13 @@ class Coalescer:
                 while self._in_flight >= self.max_in_flight:
                     self._room.clear()
                     await self._room.wait()
-                await self._submit(self._pipe, self._take())
+                # Until the batch taken is written, no eager batch may go ahead of it (not
+                # even when a recovery has just released the lock it waits for).
+                self._holding = True
+                try:
+                    await self._submit(self._pipe, self._take())
+                finally:
+                    self._holding = False
         except BaseException:
             # Cancelled (the loop is closing): nothing will send what is left.
             for call in self._pending:
@@ -181,14 +187,16 @@ class Coalescer:
 
     def _can_write_now(self) -> bool:
         """True when a batch can be written without waiting: the connection is up, no
-        recovery is under way, and fewer than ``max_in_flight`` batches await replies (and
-        nothing is queued before it: the sender's batches go first)."""
+        recovery is under way, fewer than ``max_in_flight`` batches await replies, and the
+        sender holds no batch it took (which goes first). While the sender waits out its
+        tick's grace or for room, it holds none: the calls it would take are the ones a
+        batch written now takes, first, in their order."""
         return (
             self._pipe is not None
             and self._pipe.connected
             and not self._recovering.locked()
             and self._in_flight < self.max_in_flight
-            and self._sender is None
+            and not self._holding
         )
 
     def _commands(self, calls: Sequence[_Call]) -> list[bytes]:
