@@ -11,7 +11,7 @@ from redis.asyncio import Redis
 
 from harness.processes import RedisServer
 from presence.events import ReachabilityEvent, parse_event
-from presence.keys import BUCKETS
+from presence.keys import BUCKETS, page_member
 from presence.model import SweepResult
 from presence.store.redis import RedisStore
 from presence.sweeper import Sweeper
@@ -131,6 +131,38 @@ async def test_a_sweep_says_when_more_are_due(backend: Redis, clock: ManualClock
     fired = [change.identity for result in passes for change in result.changes]
     assert sorted(fired) == sorted(f"u{n}" for n in range(300))
     assert not (await store.sweep(BUCKETS)).changes
+
+
+async def zadd_calls(redis: Redis) -> int:
+    """The ZADDs Redis has run, scripts' own included."""
+    stats = await redis.info("commandstats")
+    return int(stats["cmdstat_zadd"]["calls"])
+
+
+async def test_a_reconnect_that_ends_a_pending_offline_leaves_the_due_pages_alone(
+    redis: Redis, clock: ManualClock
+) -> None:
+    """A page is due no later than any identity of it. A flap's reconnect moves its identity's
+    due later (from the grace deadline to the TTL after it), which cannot move the page's: no
+    ZADD. The page comes due at the deadline, fires nothing, and is put at what is left."""
+    store = make_store(redis, clock, grace=5, ttl=60)
+    await apply(store, "alice", 1, connected=True)
+    await apply(store, "alice", 2, connected=False)
+    bucket, page = store.keys.place_of(SERVICE_SID, "alice")
+    due_pages, member = store.keys.due_pages(bucket), page_member(SERVICE_SID, page)
+    deadline = await redis.zscore(due_pages, member)
+    assert deadline is not None
+    zadds = await zadd_calls(redis)
+
+    clock.advance(1)
+    await apply(store, "alice", 3, connected=True)
+
+    assert await zadd_calls(redis) == zadds
+    assert await redis.zscore(due_pages, member) == deadline
+    clock.advance(4)
+    assert not (await store.sweep(BUCKETS)).changes
+    # Due the TTL after her reconnect, a second after the disconnect: 5 s before the deadline.
+    assert await redis.zscore(due_pages, member) == deadline - 4_000 + 60_000
 
 
 class BrokenOnce:

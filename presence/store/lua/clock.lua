@@ -17,23 +17,25 @@ local function clock(arg)
 end
 
 -- ISO 8601 in UTC with milliseconds (days to civil date: Howard Hinnant's algorithm), as
--- presence/timestamps.py writes it.
+-- presence/timestamps.py writes it. Whole numbers are divided as (a - a % b) / b, which is
+-- math.floor(a / b) without a call.
 local function iso(ms)
-  local seconds = math.floor(ms / 1000)
-  local millis = ms - seconds * 1000
-  local days = math.floor(seconds / 86400)
-  local rest = seconds - days * 86400
-  local hour = math.floor(rest / 3600)
-  local minute = math.floor((rest - hour * 3600) / 60)
-  local second = rest - hour * 3600 - minute * 60
-  local z = days + 719468
-  local era = math.floor(z / 146097)
-  local doe = z - era * 146097
-  local yoe = math.floor((doe - math.floor(doe / 1460) + math.floor(doe / 36524)
-    - math.floor(doe / 146096)) / 365)
-  local doy = doe - (365 * yoe + math.floor(yoe / 4) - math.floor(yoe / 100))
-  local mp = math.floor((5 * doy + 2) / 153)
-  local day = doy - math.floor((153 * mp + 2) / 5) + 1
+  local millis = ms % 1000
+  local seconds = (ms - millis) / 1000
+  local second = seconds % 60
+  local minutes = (seconds - second) / 60
+  local minute = minutes % 60
+  local hours = (minutes - minute) / 60
+  local hour = hours % 24
+  local z = (hours - hour) / 24 + 719468
+  local doe = z % 146097
+  local era = (z - doe) / 146097
+  local yoe = doe - (doe - doe % 1460) / 1460 + (doe - doe % 36524) / 36524
+    - (doe - doe % 146096) / 146096
+  yoe = (yoe - yoe % 365) / 365
+  local doy = doe - (365 * yoe + (yoe - yoe % 4) / 4 - (yoe - yoe % 100) / 100)
+  local mp = (5 * doy + 2 - (5 * doy + 2) % 153) / 153
+  local day = doy - (153 * mp + 2 - (153 * mp + 2) % 5) / 5 + 1
   local month = mp < 10 and mp + 3 or mp - 9
   local year = yoe + era * 400
   if month <= 2 then

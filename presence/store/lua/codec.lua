@@ -47,8 +47,11 @@ local RECORD = 23
 -- (a quarter of the cost of doing it a byte at a time in Lua). The embedded store's Lua has
 -- no struct: the same, for the formats used here ('>' then B and I<n>), in Lua.
 -- Bound by bind_packing on the first call, not when this file is read: a library of Redis
--- functions runs its top level at FUNCTION LOAD, where no global but `redis` exists.
+-- functions runs its top level at FUNCTION LOAD, where no global but `redis` exists. With
+-- them, the string functions the rules call most: an upvalue costs less than a global's
+-- field looked up at every call.
 local pack, unpack_at
+local byte, sub, char, concat
 
 local function widths(format)
   local out = {}
@@ -87,6 +90,7 @@ local function lua_unpack_at(format, s, pos)
 end
 
 local function bind_packing()
+  byte, sub, char, concat = string.byte, string.sub, string.char, table.concat
   local struct = rawget(_G, 'struct')
   if struct then
     pack, unpack_at = struct.pack, struct.unpack
@@ -106,22 +110,22 @@ local UUID = '^[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]%
   .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f]%-[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]'
   .. '[0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f][0-9a-f]$'
 
--- An endpoint's packed form, from its text.
+-- An endpoint's packed form, from its text. A webhook's comes packed so already (the service
+-- packs it: presence/store/endpoints.py); this packs those that migrate.lua moves.
 local function endpoint_bytes(ep)
   if #ep == 36 and string.find(ep, UUID) then
-    local sub = string.sub
     return '\0' .. pack('>I4I4I4I4', tonumber(sub(ep, 1, 8), 16),
       tonumber(sub(ep, 10, 13) .. sub(ep, 15, 18), 16),
       tonumber(sub(ep, 20, 23) .. sub(ep, 25, 28), 16), tonumber(sub(ep, 29, 36), 16))
   elseif #ep < 255 then
-    return string.char(#ep) .. ep
+    return char(#ep) .. ep
   end
   return '\255' .. pack('>I2', #ep) .. ep
 end
 
 -- The packed endpoint at pos (its bytes as stored), and the position after it.
 local function endpoint_at(s, pos)
-  local tag = string.byte(s, pos)
+  local tag = byte(s, pos)
   local stop
   if tag == 0 then
     stop = pos + 16
@@ -130,32 +134,42 @@ local function endpoint_at(s, pos)
   else
     stop = pos + 2 + unpack_at('>I2', s, pos + 1)
   end
-  return string.sub(s, pos, stop), stop + 1
+  return sub(s, pos, stop), stop + 1
 end
 
 -- An endpoint's text, from its packed form.
 local function endpoint_text(key)
-  local tag = string.byte(key, 1)
+  local tag = byte(key, 1)
   if tag == 0 then
     local a, b, c, d = unpack_at('>I4I4I4I4', key, 2)
     return string.format('%08x-%04x-%04x-%04x-%04x%08x', a, math.floor(b / 65536), b % 65536,
       math.floor(c / 65536), c % 65536, d)
   elseif tag < 255 then
-    return string.sub(key, 2)
+    return sub(key, 2)
   end
-  return string.sub(key, 4)
+  return sub(key, 4)
 end
 
+-- An identity never seen. The fields absent at first are named too (nil), so that the
+-- table is made at its full size at once, not grown as they are set. The was_ fields keep
+-- what it was when read: stored (in its page), compacted, published online, pending
+-- offline, its connected endpoints and when it was due (0: never), from which a write
+-- brings the counters and its page's due in line (state.lua).
 local function empty_state()
   return {
     connected = {}, tombstones = {}, count = { connected = 0, tombstones = 0 },
     version = 0, published_online = false, top_online = false, compacted = false,
+    top = nil, top_at = nil, changed_at = nil, deadline = nil, deadline_event = nil,
+    off_floor = nil, off_endpoint = nil, forgotten_floor = nil, touched = nil,
+    was_stored = false, was_compacted = false, was_online = false, was_pending = false,
+    was_endpoints = 0, was_due = 0,
   }
 end
 
 -- The layout written before flag 64, read (fixed widths, big-endian).
 local function decode_fixed(value, s, flags)
-  local _, version, changed_at, top, top_at, pos = unpack_at('>I6I4I6I7I6', value, 2)
+  local due, version, changed_at, top, top_at, pos = unpack_at('>I6I4I6I7I6', value, 2)
+  s.was_due = due
   s.version = version
   if changed_at ~= 0 then
     s.changed_at = changed_at
@@ -176,8 +190,9 @@ local function decode_fixed(value, s, flags)
   if has(flags, FORGOTTEN) then
     s.forgotten_floor, pos = unpack_at('>I7', value, pos)
   end
-  for _, kind in ipairs(KINDS) do
-    local count = string.byte(value, pos)
+  for k = 1, 2 do
+    local kind = KINDS[k]
+    local count = byte(value, pos)
     pos = pos + 1
     if count == 255 then
       count, pos = unpack_at('>I2', value, pos)
@@ -196,14 +211,14 @@ end
 
 -- A varint at pos, and the position after it.
 local function varint_at(s, pos)
-  local b = string.byte(s, pos)
+  local b = byte(s, pos)
   if b < 128 then
     return b, pos + 1
   end
   local n, scale = b - 128, 128
   while true do
     pos = pos + 1
-    b = string.byte(s, pos)
+    b = byte(s, pos)
     if b < 128 then
       return n + b * scale, pos + 1
     end
@@ -225,7 +240,7 @@ end
 
 -- Most differences fit one byte: read without the general case's call.
 local function zigzag_at(s, pos)
-  local z = string.byte(s, pos)
+  local z = byte(s, pos)
   if z < 128 then
     return z % 2 == 0 and z / 2 or -(z + 1) / 2, pos + 1
   end
@@ -240,7 +255,7 @@ local function head_at(value, flags)
   top_at, pos = unpack_at('>I6', value, 2)
   version, pos = varint_at(value, pos)
   top = 0
-  if has(flags, TOP) then
+  if flags % 64 >= TOP then
     top, pos = varint_at(value, pos)
   end
   due, pos = varint_at(value, pos)
@@ -256,26 +271,28 @@ local function head_at(value, flags)
   return version, top_at, top, due, changed, pos
 end
 
+-- (Its flags tested inline, not by has: this runs at every event.)
 local function decode_varints(value, s, flags)
-  local _, top, pos
-  s.version, s.top_at, top, _, s.changed_at, pos = head_at(value, flags)
-  if has(flags, TOP) then
+  local top, pos
+  s.version, s.top_at, top, s.was_due, s.changed_at, pos = head_at(value, flags)
+  if flags % 64 >= TOP then
     s.top = top
   end
   local base = s.top_at
-  if has(flags, DEADLINE) then
+  if flags % 8 >= DEADLINE then
     local at, below
     at, pos = zigzag_at(value, pos)
     below, pos = zigzag_at(value, pos)
     s.deadline, s.deadline_event = base + at, fmt(top - below)
   end
-  if has(flags, FORGOTTEN) then
+  if flags % 32 >= FORGOTTEN then
     local below
     below, pos = zigzag_at(value, pos)
     s.forgotten_floor = top - below
   end
-  local order = has(flags, OFF_MARK) and {}
-  for _, kind in ipairs(KINDS) do
+  local order = flags >= OFF_MARK and {}
+  for k = 1, 2 do
+    local kind = KINDS[k]
     local count
     count, pos = varint_at(value, pos)
     local marks = s[kind]
@@ -291,7 +308,7 @@ local function decode_varints(value, s, flags)
     end
     s.count[kind] = count
   end
-  if has(flags, OFF) then
+  if flags % 16 >= OFF then
     local below
     below, pos = zigzag_at(value, pos)
     s.off_floor = top - below
@@ -306,62 +323,76 @@ local function decode_varints(value, s, flags)
   return s
 end
 
--- The state table of rules.py's Identity, from a value of either layout (nil: never seen).
+-- The state table of rules.py's Identity, from a value of either layout read from its page
+-- (nil: never seen).
 local function decode(value)
   local s = empty_state()
   if not value then
     return s
   end
-  local flags = string.byte(value, 1)
-  s.published_online = has(flags, PUBLISHED)
-  s.top_online = has(flags, TOP_ONLINE)
-  if has(flags, VARINTS) then
-    return decode_varints(value, s, flags)
+  local flags = byte(value, 1)
+  s.published_online = flags % 2 == PUBLISHED
+  s.top_online = flags % 4 >= TOP_ONLINE
+  if flags % 128 >= VARINTS then
+    decode_varints(value, s, flags)
+  else
+    decode_fixed(value, s, flags)
   end
-  return decode_fixed(value, s, flags)
+  s.was_stored = true
+  s.was_online = s.published_online
+  s.was_pending = s.deadline ~= nil
+  s.was_endpoints = s.count.connected
+  return s
 end
 
--- Appends n's varint to buf (bytes as numbers).
-local function put_varint(buf, n)
-  while n >= 128 do
-    local low = n % 128
-    buf[#buf + 1] = low + 128
-    n = (n - low) / 128
+-- Puts v's varint in buf after its first n bytes (as numbers); returns how many it has then.
+local function put_varint(buf, n, v)
+  while v >= 128 do
+    local low = v % 128
+    n = n + 1
+    buf[n] = low + 128
+    v = (v - low) / 128
   end
-  buf[#buf + 1] = n
+  buf[n + 1] = v
+  return n + 1
 end
 
-local function put_zigzag(buf, n)
-  put_varint(buf, zigzag(n))
+local function put_zigzag(buf, n, v)
+  return put_varint(buf, n, v >= 0 and 2 * v or -2 * v - 1)
 end
 
--- The value of a state, always in the varint layout. Numbers gather in buf and go into out
--- as one string before each endpoint (out: the value's pieces; its first, the flags).
+-- What encode fills, kept from call to call (a Redis function's upvalues last as long as its
+-- library): the numbers of the piece being made, and the value's pieces. Tables grown anew at
+-- every call cost more than what is written in them.
+local BYTES, PIECES = {}, {}
+
+-- The value of a state, always in the varint layout. Numbers gather in BYTES and go into
+-- PIECES as one string before each endpoint (the first piece, the flags, is made last).
 local function encode(s, due)
   local top, base = s.top or 0, s.top_at or 0
-  local out, buf = { '', pack('>I6', base) }, {}
-  put_varint(buf, s.version)
+  local buf, out = BYTES, PIECES
+  out[2] = pack('>I6', base)
+  local n, k = put_varint(buf, 0, s.version), 2
   if s.top then
-    put_varint(buf, top)
+    n = put_varint(buf, n, top)
   end
-  put_varint(buf, (due and due ~= 0) and 1 + zigzag(due - base) or 0)
-  put_varint(buf, s.changed_at and 1 + zigzag(s.changed_at - base) or 0)
+  n = put_varint(buf, n, (due and due ~= 0) and 1 + zigzag(due - base) or 0)
+  n = put_varint(buf, n, s.changed_at and 1 + zigzag(s.changed_at - base) or 0)
   if s.deadline then
-    put_zigzag(buf, s.deadline - base)
-    put_zigzag(buf, top - tonumber(s.deadline_event))
+    n = put_zigzag(buf, n, s.deadline - base)
+    n = put_zigzag(buf, n, top - tonumber(s.deadline_event))
   end
   if s.forgotten_floor then
-    put_zigzag(buf, top - s.forgotten_floor)
+    n = put_zigzag(buf, n, top - s.forgotten_floor)
   end
   local off, mark, written = s.off_endpoint, nil, 0
-  for _, kind in ipairs(KINDS) do
-    put_varint(buf, s.count[kind])
+  for i = 1, 2 do
+    local kind = KINDS[i]
+    n = put_varint(buf, n, s.count[kind])
     for ep, m in pairs(s[kind]) do
-      out[#out + 1] = string.char(unpack(buf))
-      out[#out + 1] = ep
-      buf = {}
-      put_zigzag(buf, top - m.event_id)
-      put_zigzag(buf, m.at - base)
+      out[k + 1], out[k + 2], k = char(unpack(buf, 1, n)), ep, k + 2
+      n = put_zigzag(buf, 0, top - m.event_id)
+      n = put_zigzag(buf, n, m.at - base)
       written = written + 1
       if ep == off then
         mark = written
@@ -369,26 +400,24 @@ local function encode(s, due)
     end
   end
   if s.off_floor then
-    put_zigzag(buf, top - s.off_floor)
+    n = put_zigzag(buf, n, top - s.off_floor)
     if mark then
-      put_varint(buf, mark)
+      n = put_varint(buf, n, mark)
     else
-      out[#out + 1] = string.char(unpack(buf))
-      out[#out + 1] = off
-      buf = {}
+      out[k + 1], out[k + 2], k, n = char(unpack(buf, 1, n)), off, k + 2, 0
     end
   end
-  out[#out + 1] = string.char(unpack(buf))
-  out[1] = string.char(VARINTS + (s.published_online and PUBLISHED or 0)
+  out[k + 1] = char(unpack(buf, 1, n))
+  out[1] = char(VARINTS + (s.published_online and PUBLISHED or 0)
     + (s.top_online and TOP_ONLINE or 0) + (s.deadline and DEADLINE or 0)
     + (s.off_floor and OFF or 0) + (s.forgotten_floor and FORGOTTEN or 0)
     + (s.top and TOP or 0) + ((s.off_floor and mark) and OFF_MARK or 0))
-  return table.concat(out)
+  return concat(out, '', 1, k + 1)
 end
 
 -- The position after the endpoint at pos, without making it.
 local function after_endpoint(s, pos)
-  local tag = string.byte(s, pos)
+  local tag = byte(s, pos)
   if tag == 0 then
     return pos + 17
   elseif tag < 255 then
@@ -408,7 +437,7 @@ local function fixed_endpoints_at(value, flags, pos)
   if has(flags, FORGOTTEN) then
     pos = pos + 7
   end
-  local count = string.byte(value, pos)
+  local count = byte(value, pos)
   pos = pos + 1
   if count == 255 then
     count, pos = unpack_at('>I2', value, pos)
@@ -427,7 +456,7 @@ end
 -- is published online and pending offline, its version, highest EventId (false: none),
 -- last change (false: none), and its connected endpoints.
 local function answer_of(value)
-  local flags = string.byte(value, 1)
+  local flags = byte(value, 1)
   local _, version, changed_at, top, endpoints
   if has(flags, VARINTS) then
     local pos
@@ -462,7 +491,7 @@ end
 
 -- Its version, without decoding the rest of it (the listing with versions).
 local function version_of(value)
-  if has(string.byte(value, 1), VARINTS) then
+  if has(byte(value, 1), VARINTS) then
     return (varint_at(value, 8))
   end
   return (unpack_at('>I4', value, 8))
@@ -470,7 +499,7 @@ end
 
 -- When a stored value is next due (0: never), without decoding the rest of it.
 local function due_of(value)
-  local flags = string.byte(value, 1)
+  local flags = byte(value, 1)
   if has(flags, VARINTS) then
     local _, _, _, due = head_at(value, flags)
     return due
@@ -486,7 +515,7 @@ end
 local function graveyard_key(name)
   local a, b = 5381, 0
   for i = 1, #name do
-    local c = string.byte(name, i)
+    local c = byte(name, i)
     a = (a * 33 + c) % 4294967296
     b = (c + b * 65599) % 4294967296
   end

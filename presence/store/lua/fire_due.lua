@@ -19,7 +19,7 @@ for i = 1, #flat, 2 do
   if due ~= 0 and due <= ctx.now then
     local name = flat[i]
     about(ctx, name)
-    local s = remember(decode(flat[i + 1]), true)
+    local s = decode(flat[i + 1])
     advance(ctx, s)
     due = store(ctx, s, KEYS) or 0
   end
@@ -28,7 +28,7 @@ for i = 1, #flat, 2 do
   end
 end
 if next_due then
-  redis.call('ZADD', KEYS[4], next_due, ctx.member)
+  redis.call('ZADD', KEYS[4], fmt(next_due), ctx.member)
 else
   redis.call('ZREM', KEYS[4], ctx.member)
 end

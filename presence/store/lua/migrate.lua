@@ -48,7 +48,7 @@ s.forgotten_floor = tonumber(field.tf)
 local ctx = { keys = KEYS, identity = ARGV[1], member = ARGV[2], ttl = tonumber(ARGV[3]) }
 local outcome = 'moved'
 local current = load(ctx)
-if current.was.stored or current.compacted then
+if current.was_stored or current.compacted then
   -- The counters count both: this hash's share goes.
   outcome = 'kept'
   if s.published_online then

@@ -19,9 +19,10 @@ local function publish(ctx, s, online, reason, event_id)
     ctx.one = ctx.all .. ':' .. ctx.sid .. ':' .. ctx.identity
     ctx.head = '{"service_sid":"' .. ctx.sid .. '","identity":' .. json_string(ctx.identity)
   end
+  local version = fmt(s.version)
   local message = ctx.head .. ',"online":' .. (online and 'true' or 'false')
     .. ',"reason":"' .. reason .. '","event_id":' .. (event_id or 'null')
-    .. ',"version":' .. fmt(s.version) .. ',"changed_at":"' .. ctx.at .. '"}'
+    .. ',"version":' .. version .. ',"changed_at":"' .. ctx.at .. '"}'
   -- On the feed, the change's fields alone (the reader writes the message again, see
   -- presence/store/base.py FeedEntry): a quarter of the message's bytes, kept for the
   -- retention. The same fields in every entry let Redis store their names once per node.
@@ -29,18 +30,20 @@ local function publish(ctx, s, online, reason, event_id)
   -- the write fails with READONLY and ends the script before anything is announced.
   -- The trim point and the feed's expiry are the same for every change of one script: made
   -- once (a sweep fires many in one call).
+  -- Numbers go to Redis as text: it would format a Lua number with '%.17g' first.
   local first = not ctx.kept
   if first then
     -- now is the server's time already, unless the caller gave its own clock.
-    ctx.kept = fmt((ctx.server_now and ctx.now or server_ms()) - ctx.retention)
+    ctx.kept = fmt((ctx.server_now and ctx.now or server_ms()) - tonumber(ctx.retention))
+    ctx.now_text = fmt(ctx.now)
   end
   -- Numbered: the bucket's count of the service's changes goes up, and the entry carries it,
   -- so a reader tells from the data whether Redis still holds what its cursor saw
   -- (presence/store/feed.py).
   local number = redis.call('INCR', ctx.count)
   redis.call('XADD', ctx.feed, 'MINID', '~', ctx.kept, '*', 'i', ctx.identity,
-    'o', online and 1 or 0, 'r', reason, 'e', event_id or '', 'v', s.version, 't', ctx.now,
-    'n', number)
+    'o', online and '1' or '0', 'r', reason, 'e', event_id or '', 'v', version,
+    't', ctx.now_text, 'n', fmt(number))
   if first then
     redis.call('PEXPIRE', ctx.feed, ctx.retention)
   end

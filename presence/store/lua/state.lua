@@ -11,6 +11,9 @@
 --   '' for the Redis server's clock)   6 channel of every change (an identity's channel is
 --   it, ':ServiceSid:identity')   7 how long the feed keeps a change (ms)
 
+-- A counter's usual steps, as text.
+local ONE = { [1] = '1', [-1] = '-1' }
+
 local ESCAPED = { ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f',
   ['\n'] = '\\n', ['\r'] = '\\r', ['\t'] = '\\t' }
 
@@ -18,6 +21,9 @@ local ESCAPED = { ['"'] = '\\"', ['\\'] = '\\\\', ['\b'] = '\\b', ['\f'] = '\\f'
 -- webhooks' changes and of the feed are written by it): '"', backslash and the characters
 -- below 32, nothing else (cjson would also escape '/' and 127).
 local function json_string(name)
+  if not string.find(name, '[%z\1-\31"\\]') then
+    return '"' .. name .. '"'
+  end
   return '"' .. string.gsub(name, '[%z\1-\31"\\]', function(c)
     return ESCAPED[c] or string.format('\\u%04x', string.byte(c))
   end) .. '"'
@@ -30,7 +36,7 @@ local function context(keys, argv, first)
   return {
     sid = sid, member = sid .. ':' .. argv[first + 1], grace = tonumber(argv[first + 2]),
     ttl = tonumber(argv[first + 3]), now = clock(argv[first + 4]), all = argv[first + 5],
-    retention = tonumber(argv[first + 6]), messages = {}, expired = 0, keys = keys,
+    retention = argv[first + 6], messages = {}, expired = 0, keys = keys,
     feed = keys[5], count = keys[6], server_now = argv[first + 4] == '',
   }
 end
@@ -42,11 +48,14 @@ local function about(ctx, identity)
   ctx.head = nil
 end
 
+-- What a state not read from its page (a graveyard's record, a migrated identity) was, in
+-- codec.lua's was_ fields (decode sets them for a value of a page).
 local function remember(s, stored)
-  s.was = {
-    online = s.published_online, pending = s.deadline ~= nil,
-    endpoints = s.count.connected, stored = stored, compacted = s.compacted,
-  }
+  s.was_stored = stored
+  s.was_compacted = s.compacted
+  s.was_online = s.published_online
+  s.was_pending = s.deadline ~= nil
+  s.was_endpoints = s.count.connected
   return s
 end
 
@@ -54,7 +63,7 @@ end
 local function load(ctx)
   local value = redis.call('HGET', ctx.keys[1], ctx.identity)
   if value then
-    return remember(decode(value), true)
+    return decode(value)
   end
   local blob = redis.call('GET', ctx.keys[2])
   if blob then
@@ -63,7 +72,7 @@ local function load(ctx)
       return remember(from_record(string.sub(blob, at, at + RECORD - 1)), false)
     end
   end
-  return remember(decode(nil), false)
+  return decode(nil)
 end
 
 -- kind 'connected' or 'tombstones': an endpoint's mark set or dropped. Whatever changes the
@@ -136,10 +145,10 @@ end
 local function store(ctx, s, keys)
   local due
   if s.compacted then
-    if not s.was.compacted then
+    if not s.was_compacted then
       inter(keys[2], ctx.identity, s)
     end
-    if s.was.stored then
+    if s.was_stored then
       redis.call('HDEL', keys[1], ctx.identity)
     end
   elseif s.top or s.version > 0 then
@@ -147,23 +156,29 @@ local function store(ctx, s, keys)
     redis.call('HSET', keys[1], ctx.identity, encode(s, due))
   end
 
+  -- Increments as text: Redis would format a Lua number with '%.17g' first.
   local pending = s.deadline ~= nil
-  if s.published_online ~= s.was.online then
-    redis.call('HINCRBY', keys[3], 'online', s.published_online and 1 or -1)
+  if s.published_online ~= s.was_online then
+    redis.call('HINCRBY', keys[3], 'online', s.published_online and '1' or '-1')
   end
-  if pending ~= s.was.pending then
-    redis.call('HINCRBY', keys[3], 'pending', pending and 1 or -1)
+  if pending ~= s.was_pending then
+    redis.call('HINCRBY', keys[3], 'pending', pending and '1' or '-1')
   end
-  if s.count.connected ~= s.was.endpoints then
-    redis.call('HINCRBY', keys[3], 'endpoints', s.count.connected - s.was.endpoints)
+  local endpoints = s.count.connected - s.was_endpoints
+  if endpoints ~= 0 then
+    redis.call('HINCRBY', keys[3], 'endpoints', ONE[endpoints] or fmt(endpoints))
   end
   return due
 end
 
 -- The same for the one identity an event is about: its page is due no later than it is.
+-- A page is due no later than any identity of it (every due lowered goes in here, and
+-- fire_due.lua gives a page the earliest of its identities'): an identity due no earlier
+-- than when it was stored (a flap's reconnect, which ends its pending offline) cannot move
+-- it, and costs no ZADD.
 local function save(ctx, s, keys)
   local due = store(ctx, s, keys)
-  if due then
-    redis.call('ZADD', keys[4], 'LT', due, ctx.member)
+  if due and (s.was_due == 0 or due < s.was_due) then
+    redis.call('ZADD', keys[4], 'LT', fmt(due), ctx.member)
   end
 end
