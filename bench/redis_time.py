@@ -15,6 +15,8 @@ EventIds above the last. It goes in batches of ``BATCH`` calls, each batch to th
 script and then to this release's store, one pipeline each; INFO commandstats is read around
 every batch, so each side's Redis time is its own top-level command's (``evalsha`` or
 ``fcall``: the commands a script calls are counted inside it) whatever the other side uses.
+Each side gets its release's arguments: the same but for the EndpointId, which this release
+packs in the service (``presence/store/endpoints.py``) and the previous one took as text.
 Both sides must answer every webhook alike (the outcome and the flap flag), or the row fails.
 """
 
@@ -33,8 +35,9 @@ from bench.loads import commandstats_delta
 from bench.support import loadavg, redis_server
 from presence.events import ReachabilityEvent
 from presence.store import resp
+from presence.store.pages import EVENT_ARGS
 from presence.store.redis import RedisStore
-from presence.store.scripts import run_scripts
+from presence.store.scripts import ScriptCall, run_scripts
 
 PREVIOUS = Path(__file__).parent / "previous"
 PREVIOUS_RULES = (
@@ -62,6 +65,14 @@ def previous_script() -> str:
     """The previous release's apply_event script, as it sent it."""
     names = [*PREVIOUS_RULES, "apply_event"]
     return "\n".join((PREVIOUS / f"{name}.lua").read_text(encoding="utf-8") for name in names)
+
+
+def previous_args(call: ScriptCall, event: ReachabilityEvent) -> list[resp.Arg]:
+    """``call``'s ARGV as the previous release took it: the same, but for the EndpointId as
+    text (this release sends it packed, ``presence/store/endpoints.py``)."""
+    args = list(call.args)
+    args[-EVENT_ARGS] = event.endpoint_id
+    return args
 
 
 def stream(identities: int, rounds: int) -> list[ReachabilityEvent]:
@@ -135,7 +146,8 @@ async def _measure(url: str, identities: int, rounds: int) -> dict[str, Any]:
             batch = events[start : start + BATCH]
             calls = [new_store.pages.event_call(e) for e in batch]
             old_commands = [
-                resp.pack(("EVALSHA", old_sha, len(c.keys), *c.keys, *c.args)) for c in calls
+                resp.pack(("EVALSHA", old_sha, len(c.keys), *c.keys, *previous_args(c, e)))
+                for c, e in zip(calls, batch, strict=True)
             ]
             before = await _stats(stats_client)
             t0 = time.perf_counter()

@@ -70,11 +70,12 @@ end
 return encode(s, tonumber(ARGV[2]))
 """
 
-_CURRENT = "\n".join(
+CURRENT = "\n".join(
     [source("codec"), "bind_packing()", "local function key(ep) return endpoint_bytes(ep) end"]
 )
+"""codec.lua as this release runs it."""
 
-WRITE = _CURRENT + _BUILD
+WRITE = CURRENT + _BUILD
 """A state's value as this release writes it."""
 
 WRITE_BEFORE = "\n".join(
@@ -83,7 +84,7 @@ WRITE_BEFORE = "\n".join(
 """A state's value as the release before wrote it."""
 
 READ = (
-    _CURRENT
+    CURRENT
     + """
 local value = ARGV[1]
 local s = decode(value)

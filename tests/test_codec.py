@@ -15,6 +15,7 @@ from redis.asyncio import Redis
 
 from harness.processes import RedisServer
 from presence.events import MAX_SAFE_INTEGER, ReachabilityEvent, parse_event
+from presence.store.endpoints import packed_endpoint
 from presence.store.scripts import Client
 from presence.twilio.samples import SERVICE_SID, reachability
 from tests import codec
@@ -154,6 +155,33 @@ def test_every_field_comes_back_from_either_layout(lua: SyncRedis, name: str, du
         assert found.state == state.canonical(), before
         assert (found.due, found.version) == (due, state.version)
         assert found.answer == codec.expected_answer(state)
+
+
+@pytest.mark.parametrize(
+    "endpoint",
+    [
+        *ENDPOINTS,
+        "3f2a5b7c-1234-4321-abcd-1234567890aB",
+        "3f2a5b7c-1234-4321-abcd-1234567890a",  # one digit short
+        "3f2a5b7c-1234-4321-abcd-1234567890abc",
+        "3f2a5b7c1-234-4321-abcd-1234567890ab",  # a dash out of place
+        "3f2a5b7c-1234-4321-abcd-12345678-0ab",
+        "3f2a5b7c-1234-4321-abcd-1234567890a\u00e9",  # 36 characters, 37 bytes
+        "\u0663f2a5b7c-1234-4321-abcd-1234567890a",  # a digit, but not an ASCII one
+        "3f2a5b7c-1234-4321-abcd-1234567890ab\n",
+        " 3f2a5b7c-1234-4321-abcd-1234567890a",
+        "é" * 127,  # 254 bytes
+        "é" * 128,
+        "日本" * 170,
+    ],
+)
+def test_the_service_packs_an_endpoint_as_the_codec_does(lua: SyncRedis, endpoint: str) -> None:
+    """apply_event takes the EndpointId packed by the service (presence/store/endpoints.py):
+    byte for byte what codec.lua's endpoint_bytes makes of it, and its text comes back."""
+    script = codec.CURRENT + "\nlocal ep = endpoint_bytes(ARGV[1])\nreturn {ep, endpoint_text(ep)}"
+    packed, text = lua.eval(script, 0, endpoint)
+    assert packed_endpoint(endpoint) == packed
+    assert text.decode() == endpoint
 
 
 def test_a_flapped_identity_fits_a_listpack_value(lua: SyncRedis) -> None:

@@ -92,7 +92,7 @@ class Coalescer:
         self._settling: set[asyncio.Task[None]] = set()
         self._recovering = asyncio.Lock()
 
-    async def call(self, script: Routine, keys: Sequence[str], args: Sequence[str | int]) -> Any:
+    async def call(self, script: Routine, keys: Sequence[str], args: Sequence[resp.Arg]) -> Any:
         """Runs ``script`` (or function) with ``keys`` and ``args``; returns its reply or
         raises its error."""
         # A caller cancelled meanwhile leaves its call in the batch: once queued, the script

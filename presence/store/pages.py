@@ -13,6 +13,7 @@ from presence.events import ReachabilityEvent
 from presence.keys import Keyspace, split_page_member
 from presence.model import Change
 from presence.store import resp
+from presence.store.endpoints import packed_endpoint
 from presence.store.scripts import Client, ScriptCall, Scripts
 
 Clock = Callable[[], int]
@@ -25,22 +26,21 @@ def changes_of(messages: Sequence[str]) -> tuple[Change, ...]:
     return tuple(Change.from_message(message) for message in messages)
 
 
-def _tail(tail: tuple[str, str, str, str]) -> bytes:
-    """The EndpointId, EventId and the two flags, packed (the flags are one digit each)."""
+def _tail(tail: tuple[bytes, str, str, str]) -> bytes:
+    """The packed EndpointId, the EventId and the two flags, in the protocol (the flags are
+    one digit each)."""
     endpoint, event_id, online, connected = tail
-    if not endpoint.isascii():
-        return resp.bulks(tail)
     return (
-        f"${len(endpoint)}\r\n{endpoint}\r\n${len(event_id)}\r\n{event_id}\r\n"
-        f"$1\r\n{online}\r\n$1\r\n{connected}\r\n"
-    ).encode()
+        b"$%d\r\n%b\r\n" % (len(endpoint), endpoint)
+        + (f"${len(event_id)}\r\n{event_id}\r\n$1\r\n{online}\r\n$1\r\n{connected}\r\n").encode()
+    )
 
 
 PLACES = 8192
 """Pages whose calls' common part is kept packed (the busiest, about 1.5 KB each)."""
 EVENT_ARGS = 4
-"""The ARGV of apply_event.lua after the page's: EndpointId, EventId, IsIdentityOnline and
-connected."""
+"""The ARGV of apply_event.lua after the page's: EndpointId (packed: ``endpoints.py``),
+EventId, IsIdentityOnline and connected."""
 
 
 class _Place(NamedTuple):
@@ -107,7 +107,7 @@ class Pages:
         service_sid, identity = event.service_sid, event.identity
         bucket, page = self.keys.place_of(service_sid, identity)
         tail = (
-            event.endpoint_id,
+            packed_endpoint(event.endpoint_id),
             str(event.event_id),
             "1" if event.is_identity_online else "0",
             "1" if event.connected else "0",

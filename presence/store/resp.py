@@ -18,13 +18,23 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import ResponseError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
-Arg = str | int
+Arg = str | int | bytes
+"""An argument of a command: text, a number, or bytes as they are (a packed EndpointId)."""
 
 
 def pack(args: Sequence[Arg]) -> bytes:
     """One command in the Redis protocol: an array of bulk strings."""
-    texts = [arg if arg.__class__ is str else str(arg) for arg in args]
+    texts = [a if a.__class__ is str else str(a) for a in args if a.__class__ is not bytes]
+    if len(texts) < len(args):
+        # Bytes go as they are: not through the text that the rest is joined and encoded in.
+        return f"*{len(args)}\r\n".encode() + b"".join(map(bulk, args))
     return f"*{len(texts)}\r\n{bulk_text(texts)}".encode()
+
+
+def bulk(arg: Arg) -> bytes:
+    """One argument as the protocol writes it."""
+    data = arg if isinstance(arg, bytes) else str(arg).encode()
+    return b"$%d\r\n%b\r\n" % (len(data), data)
 
 
 def bulks(texts: Sequence[str]) -> bytes:

@@ -100,7 +100,7 @@ class Routine(ABC):
     loaded_as: str
     """What ``load`` loads (one library for all its functions)."""
 
-    def command(self, keys: Sequence[str], args: Sequence[str | int]) -> tuple[str | int, ...]:
+    def command(self, keys: Sequence[str], args: Sequence[resp.Arg]) -> tuple[resp.Arg, ...]:
         """The call with ``keys`` and ``args``."""
         return (*self.head, len(keys), *keys, *args)
 
@@ -236,7 +236,7 @@ class ScriptCall:
 
     script: Routine
     keys: Sequence[str]
-    args: Sequence[str | int]
+    args: Sequence[resp.Arg]
     packed: bytes | None = None
     """The call as the protocol writes it, when it was made so already (the webhooks' calls:
     see ``Pages.event_call``)."""
