@@ -31,7 +31,7 @@ def _tail(tail: tuple[bytes, str, str, str]) -> bytes:
     one digit each)."""
     endpoint, event_id, online, connected = tail
     return (
-        b"$%d\r\n%b\r\n" % (len(endpoint), endpoint)
+        resp.bulk(endpoint)
         + (f"${len(event_id)}\r\n{event_id}\r\n$1\r\n{online}\r\n$1\r\n{connected}\r\n").encode()
     )
 

@@ -323,6 +323,17 @@ local function decode_varints(value, s, flags)
   return s
 end
 
+-- What a state was, in its was_ fields: read from its page (stored), from its page's
+-- graveyard, or made from a migrated identity.
+local function remember(s, stored)
+  s.was_stored = stored
+  s.was_compacted = s.compacted
+  s.was_online = s.published_online
+  s.was_pending = s.deadline ~= nil
+  s.was_endpoints = s.count.connected
+  return s
+end
+
 -- The state table of rules.py's Identity, from a value of either layout read from its page
 -- (nil: never seen).
 local function decode(value)
@@ -338,11 +349,7 @@ local function decode(value)
   else
     decode_fixed(value, s, flags)
   end
-  s.was_stored = true
-  s.was_online = s.published_online
-  s.was_pending = s.deadline ~= nil
-  s.was_endpoints = s.count.connected
-  return s
+  return remember(s, true)
 end
 
 -- Puts v's varint in buf after its first n bytes (as numbers); returns how many it has then.

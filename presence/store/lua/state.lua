@@ -48,17 +48,6 @@ local function about(ctx, identity)
   ctx.head = nil
 end
 
--- What a state not read from its page (a graveyard's record, a migrated identity) was, in
--- codec.lua's was_ fields (decode sets them for a value of a page).
-local function remember(s, stored)
-  s.was_stored = stored
-  s.was_compacted = s.compacted
-  s.was_online = s.published_online
-  s.was_pending = s.deadline ~= nil
-  s.was_endpoints = s.count.connected
-  return s
-end
-
 -- From its page, else from its page's graveyard (compacted), else never seen.
 local function load(ctx)
   local value = redis.call('HGET', ctx.keys[1], ctx.identity)
