@@ -132,7 +132,13 @@ def log_changes(changes: Iterable[Change]) -> None:
     if not _changes_log.isEnabledFor(logging.INFO):
         return
     for change in changes:
-        if not _json and _plain(change.service_sid, change.identity, change.reason):
+        # Tested one by one, not through _plain's generator: this is on nearly every webhook.
+        if (
+            not _json
+            and _plain_text(change.identity)
+            and _plain_text(change.service_sid)
+            and _plain_text(change.reason)
+        ):
             # The line nearly every change writes, in one piece (as the access log's): each
             # value as json.dumps writes it.
             event_id = "null" if change.event_id is None else str(change.event_id)
@@ -184,13 +190,20 @@ class _Clock:
 
     second = -1
     text = ""
+    millis = -1
+    stamp = ""
 
     def asctime(self, now: float) -> str:
         second = int(now)
+        millis = int((now - second) * 1000)
+        if millis == self.millis and second == self.second:
+            # The lines of one event-loop iteration mostly share their millisecond.
+            return self.stamp
         if second != self.second:
             self.second = second
             self.text = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(second))
-        return f"{self.text},{int((now - second) * 1000):03d}"
+        self.millis, self.stamp = millis, f"{self.text},{millis:03d}"
+        return self.stamp
 
 
 _clock = _Clock()
@@ -198,11 +211,11 @@ _clock = _Clock()
 
 def _plain(*texts: str | None) -> bool:
     """Whether every text is written by json.dumps as itself in quotes."""
-    return all(
-        text is None
-        or (text.isascii() and text.isprintable() and '"' not in text and "\\" not in text)
-        for text in texts
-    )
+    return all(text is None or _plain_text(text) for text in texts)
+
+
+def _plain_text(text: str) -> bool:
+    return text.isascii() and text.isprintable() and '"' not in text and "\\" not in text
 
 
 _ACCESS_PARTS_KEPT = 256

@@ -6,6 +6,7 @@ import io
 import json
 import logging
 import signal
+import time
 from pathlib import Path
 
 import aiohttp
@@ -144,6 +145,29 @@ async def test_text_logs_are_plain_lines(tmp_path: Path, redis_server: RedisServ
     assert not any(line.startswith('{"level"') for line in output.splitlines())
     for secret in (AUTH_TOKEN, API_TOKEN, WRONG_TOKEN, *signatures):
         assert secret not in output
+
+
+def test_the_time_of_a_line_written_directly_is_the_text_formatters(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The lines written directly carry their time as the TextFormatter writes it: kept for
+    the lines of one millisecond, made again for the next millisecond and for the same
+    millisecond of the next second."""
+    clock = logs._Clock()
+    formatter = TextFormatter()
+    start = 1_795_000_000.0
+    for now in (
+        start + 0.1234,
+        start + 0.1236,  # the same millisecond
+        start + 0.1241,
+        start + 1.1241,  # the same millisecond of the next second
+        start + 1.9999,
+        start + 61.0,
+    ):
+        monkeypatch.setattr(time, "time", lambda now=now: now)
+        monkeypatch.setattr(time, "time_ns", lambda now=now: int(now * 1e9))
+        record = logging.LogRecord("presence.test", logging.INFO, __file__, 1, "x", None, None)
+        assert clock.asctime(now) == formatter.formatTime(record), now
 
 
 @pytest.mark.parametrize(

@@ -29,9 +29,8 @@ from __future__ import annotations
 import hashlib
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
-from dataclasses import dataclass
 from importlib.resources import files
-from typing import Any, TypeAlias
+from typing import Any, NamedTuple, TypeAlias
 
 from fakeredis.commands_mixins import scripting_mixin
 from redis.asyncio import Redis, RedisCluster
@@ -230,9 +229,9 @@ class Scripts:
         self.push_commit = Script(source("push_commit"))
 
 
-@dataclass(frozen=True)
-class ScriptCall:
-    """One call of a script or function: its KEYS (all in one hash slot) and ARGV."""
+class ScriptCall(NamedTuple):
+    """One call of a script or function: its KEYS (all in one hash slot) and ARGV (a named
+    tuple: one is made for every webhook)."""
 
     script: Routine
     keys: Sequence[str]

@@ -26,7 +26,9 @@ Params = Mapping[str, Sequence[str]] | Sequence[tuple[str, str]]
 
 def signature_algorithm(settings_header: str | None) -> str:
     """The algorithm named by ``X-Twilio-Webhooks-Signature-Settings`` (HMAC_SHA1 if none)."""
-    for part in (settings_header or "").split(","):
+    if settings_header is None:  # nearly every webhook: Twilio's default
+        return "HMAC_SHA1"
+    for part in settings_header.split(","):
         name, separator, value = part.partition("=")
         if separator and name.strip() == "algorithm" and value.strip():
             return value.strip().upper()
