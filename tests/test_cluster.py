@@ -124,10 +124,13 @@ async def test_every_script_call_stays_in_one_slot_and_calls_reach_every_node(
     # A push subscription's life: each operation is one script on its service's slot.
     subscriptions = store.subscriptions
     await subscriptions.create(subscription("SUB1"))
-    held = await subscriptions.acquire(SERVICE_SID, "SUB1", "replica-a", 10_000)
+    (held,) = await subscriptions.acquire([(SERVICE_SID, "SUB1")], "replica-a", 10_000)
     assert held is not None
+    assert not isinstance(held, Exception)
     holder, _ = held
-    assert await subscriptions.renew(SERVICE_SID, "SUB1", holder, 10_000) is not None
+    (renewed,) = await subscriptions.renew([(SERVICE_SID, "SUB1", holder)], 10_000)
+    assert renewed is not None
+    assert not isinstance(renewed, Exception)
     assert await subscriptions.commit(SERVICE_SID, "SUB1", holder, {"failures": "0"})
     assert await subscriptions.rotate(SERVICE_SID, "SUB1", "whsec_b", 0) is not None
     assert await subscriptions.update(SERVICE_SID, "SUB1", {"description": "x"}) is not None

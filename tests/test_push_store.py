@@ -4,6 +4,8 @@ rotated and deleted; one lease holder at a time, whose commits a former holder c
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import pytest
 
 from presence.push.records import KEPT_ATTEMPTS, MAX_SUBSCRIPTIONS, Attempt, Subscription
@@ -29,6 +31,34 @@ def new(
         secret="whsec_first",
         cursor="cursor-0",
     )
+
+
+async def acquire(
+    subscriptions: SubscriptionStore, subscription_id: str, replica: str
+) -> tuple[str, Subscription] | None:
+    (taken,) = await subscriptions.acquire([(SERVICE_SID, subscription_id)], replica, LEASE_MS)
+    assert not isinstance(taken, Exception)
+    return taken
+
+
+async def renew(
+    subscriptions: SubscriptionStore, subscription_id: str, holder: str
+) -> Subscription | None:
+    (found,) = await subscriptions.renew([(SERVICE_SID, subscription_id, holder)], LEASE_MS)
+    assert not isinstance(found, Exception)
+    return found
+
+
+def places(
+    answers: Sequence[tuple[str, Subscription] | Subscription | Exception | None],
+) -> list[tuple[str, str] | None]:
+    """The subscription each answer is of (None: not taken, or not renewed)."""
+    found: list[tuple[str, str] | None] = []
+    for answer in answers:
+        assert not isinstance(answer, Exception)
+        subscription = answer[1] if isinstance(answer, tuple) else answer
+        found.append(None if subscription is None else (subscription.service_sid, subscription.id))
+    return found
 
 
 @pytest.fixture
@@ -99,54 +129,84 @@ async def test_one_holder_at_a_time_and_a_former_one_cannot_commit(
     subscriptions: SubscriptionStore,
 ) -> None:
     await subscriptions.create(new("sub_1"))
-    taken = await subscriptions.acquire(SERVICE_SID, "sub_1", "replica-a", LEASE_MS)
+    taken = await acquire(subscriptions, "sub_1", "replica-a")
     assert taken is not None
     first, found = taken
     assert first.startswith("replica-a:")
     assert found.cursor == "cursor-0"
-    assert await subscriptions.acquire(SERVICE_SID, "sub_1", "replica-b", LEASE_MS) is None
+    assert await acquire(subscriptions, "sub_1", "replica-b") is None
     assert await subscriptions.commit(SERVICE_SID, "sub_1", first, {"cursor": "cursor-1"})
-    assert await subscriptions.renew(SERVICE_SID, "sub_1", first, LEASE_MS) is not None
+    assert await renew(subscriptions, "sub_1", first) is not None
 
     # Given back, the lease goes to another, with a newer fencing token.
     await subscriptions.release(SERVICE_SID, "sub_1", first)
-    taken = await subscriptions.acquire(SERVICE_SID, "sub_1", "replica-b", LEASE_MS)
+    taken = await acquire(subscriptions, "sub_1", "replica-b")
     assert taken is not None
     second, found = taken
     assert second != first
     assert found.cursor == "cursor-1"
     # The former holder: not renewed, its commit refused, its release a no-op.
-    assert await subscriptions.renew(SERVICE_SID, "sub_1", first, LEASE_MS) is None
+    assert await renew(subscriptions, "sub_1", first) is None
     assert not await subscriptions.commit(SERVICE_SID, "sub_1", first, {"cursor": "cursor-0"})
     await subscriptions.release(SERVICE_SID, "sub_1", first)
-    assert await subscriptions.acquire(SERVICE_SID, "sub_1", "replica-a", LEASE_MS) is None
+    assert await acquire(subscriptions, "sub_1", "replica-a") is None
     found_now = await subscriptions.get(SERVICE_SID, "sub_1")
     assert found_now is not None
     assert found_now.cursor == "cursor-1"
+
+
+async def test_leases_taken_and_renewed_together_answer_each_in_its_place(
+    subscriptions: SubscriptionStore,
+) -> None:
+    # Two services (two slots; on a Cluster, two nodes as likely as one), one lease held by
+    # another replica: each answer is the one of the lease in its place.
+    for sid in (SERVICE_SID, OTHER_SID):
+        for n in (1, 2):
+            await subscriptions.create(new(f"sub_{n}", service_sid=sid))
+    assert await acquire(subscriptions, "sub_2", "replica-b") is not None
+    wanted = [(OTHER_SID, "sub_1"), (SERVICE_SID, "sub_2"), (SERVICE_SID, "sub_1"),
+              (OTHER_SID, "sub_2"), (SERVICE_SID, "sub_none")]  # fmt: skip
+    taken = await subscriptions.acquire(wanted, "replica-a", LEASE_MS)
+    assert places(taken) == [
+        (OTHER_SID, "sub_1"), None, (SERVICE_SID, "sub_1"), (OTHER_SID, "sub_2"), None,
+    ]  # fmt: skip
+    holders = {key: t[0] for key, t in zip(wanted, taken, strict=True) if isinstance(t, tuple)}
+
+    await subscriptions.update(OTHER_SID, "sub_2", {"enabled": "0"})
+    await subscriptions.update(SERVICE_SID, "sub_1", {"url": "https://moved.example/"})
+    leases = [(sid, sub, holder) for (sid, sub), holder in holders.items()]
+    leases.append((SERVICE_SID, "sub_2", holders[OTHER_SID, "sub_1"]))  # not its holder
+    renewed = await subscriptions.renew(leases, LEASE_MS)
+    assert places(renewed) == [
+        (OTHER_SID, "sub_1"), (SERVICE_SID, "sub_1"), None, None,
+    ]  # fmt: skip
+    assert isinstance(renewed[1], Subscription)
+    assert renewed[1].url == "https://moved.example/"
+    assert await subscriptions.renew([], LEASE_MS) == []
 
 
 async def test_a_disabled_or_deleted_subscription_loses_its_lease_at_renewal(
     subscriptions: SubscriptionStore,
 ) -> None:
     await subscriptions.create(new("sub_1"))
-    taken = await subscriptions.acquire(SERVICE_SID, "sub_1", "replica-a", LEASE_MS)
+    taken = await acquire(subscriptions, "sub_1", "replica-a")
     assert taken is not None
     await subscriptions.update(SERVICE_SID, "sub_1", {"enabled": "0"})
-    assert await subscriptions.renew(SERVICE_SID, "sub_1", taken[0], LEASE_MS) is None
-    assert await subscriptions.acquire(SERVICE_SID, "sub_1", "replica-b", LEASE_MS) is None
+    assert await renew(subscriptions, "sub_1", taken[0]) is None
+    assert await acquire(subscriptions, "sub_1", "replica-b") is None
 
     await subscriptions.update(SERVICE_SID, "sub_1", {"enabled": "1"})
-    taken = await subscriptions.acquire(SERVICE_SID, "sub_1", "replica-b", LEASE_MS)
+    taken = await acquire(subscriptions, "sub_1", "replica-b")
     assert taken is not None
     assert await subscriptions.delete(SERVICE_SID, "sub_1")
-    assert await subscriptions.renew(SERVICE_SID, "sub_1", taken[0], LEASE_MS) is None
+    assert await renew(subscriptions, "sub_1", taken[0]) is None
     assert not await subscriptions.commit(SERVICE_SID, "sub_1", taken[0], {"cursor": "x"})
     assert await subscriptions.get(SERVICE_SID, "sub_1") is None  # not brought back
 
 
 async def test_the_last_attempts_are_kept_newest_first(subscriptions: SubscriptionStore) -> None:
     await subscriptions.create(new("sub_1"))
-    taken = await subscriptions.acquire(SERVICE_SID, "sub_1", "replica-a", LEASE_MS)
+    taken = await acquire(subscriptions, "sub_1", "replica-a")
     assert taken is not None
     made = [Attempt(n, f"msg_{n}", 500, None, 3) for n in range(KEPT_ATTEMPTS + 7)]
     for batch in (made[:20], made[20:]):

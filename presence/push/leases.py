@@ -131,10 +131,13 @@ class Leases:
             await self._end(next(reversed(self.held)), give_back=True)
         candidates = [s for s in enabled if (s.service_sid, s.id) not in self.held]
         random.shuffle(candidates)
-        for subscription in candidates:
-            if len(self.held) >= share:
-                break
-            await self._take(subscription)
+        while candidates and len(self.held) < share:
+            # As many as the share lacks, at once; again with others for those held elsewhere.
+            wanted, candidates = (
+                candidates[: share - len(self.held)],
+                candidates[share - len(self.held) :],
+            )
+            await self._take(wanted)
         await self._listen_while(holding=bool(self.held))
         self.metrics.push_leases.set(len(self.held))
         now = self.now_ms()
@@ -151,37 +154,45 @@ class Leases:
             if held.task.done():
                 # Disabled by a 410, or fenced off: its lease goes back.
                 await self._end(key, give_back=True)
-                continue
-            found = await self.store.renew(*key, held.holder, LEASE_MS)
-            if found is None:
+        # Every lease in one round trip (per node): one at a time, on an event loop kept busy
+        # by deliveries, a hundred took most of the lease's 10 s.
+        keys = list(self.held)
+        leases = [(sid, sub, self.held[sid, sub].holder) for sid, sub in keys]
+        failed: Exception | None = None
+        for key, found in zip(keys, await self.store.renew(leases, LEASE_MS), strict=True):
+            if isinstance(found, Exception):
+                failed = failed or found  # left to _stop_unrenewed if it lasts
+            elif found is None:
                 # Disabled, deleted, or taken by another: no attempt starts here any more.
                 await self._end(key, give_back=False)
             else:
+                held = self.held[key]
                 held.delivery.update(found)
                 held.renewed = time.monotonic()
+        if failed is not None:
+            raise failed
 
-    async def _take(self, subscription: Subscription) -> None:
-        taken = await self.store.acquire(
-            subscription.service_sid, subscription.id, self.replica, LEASE_MS
-        )
-        if taken is None:
-            return
-        holder, current = taken
-        delivery = Delivery(
-            current,
-            holder,
-            feed=self.feed,
-            store=self.store,
-            sender=self.sender,
-            metrics=self.metrics,
-            now=self.now_ms,
-            concurrency=self.concurrency,
-            retention_ms=self.retention_ms,
-        )
-        task = asyncio.create_task(delivery.run(), name=f"push-{current.id}")
-        self.held[(current.service_sid, current.id)] = _Held(
-            holder, delivery, task, time.monotonic()
-        )
+    async def _take(self, subscriptions: list[Subscription]) -> None:
+        wanted = [(s.service_sid, s.id) for s in subscriptions]
+        for taken in await self.store.acquire(wanted, self.replica, LEASE_MS):
+            if taken is None or isinstance(taken, Exception):
+                continue  # held by another replica, or to be tried at the next turn
+            holder, current = taken
+            delivery = Delivery(
+                current,
+                holder,
+                feed=self.feed,
+                store=self.store,
+                sender=self.sender,
+                metrics=self.metrics,
+                now=self.now_ms,
+                concurrency=self.concurrency,
+                retention_ms=self.retention_ms,
+            )
+            task = asyncio.create_task(delivery.run(), name=f"push-{current.id}")
+            self.held[(current.service_sid, current.id)] = _Held(
+                holder, delivery, task, time.monotonic()
+            )
 
     async def _end(self, key: tuple[str, str], *, give_back: bool) -> None:
         held = self.held.pop(key)

@@ -10,7 +10,7 @@ from typing import Any
 
 from presence.keys import Keyspace
 from presence.push.records import KEPT_ATTEMPTS, MAX_SUBSCRIPTIONS, Attempt, Subscription
-from presence.store.errors import unavailable_as_store_error
+from presence.store.errors import as_store_error, unavailable_as_store_error
 from presence.store.scripts import Client, ScriptCall, Scripts, run_scripts
 
 
@@ -69,10 +69,26 @@ class SubscriptionStore:
 
     async def of_service(self, service_sid: str) -> list[Subscription]:
         """The service's subscriptions, oldest first."""
+        return (await self._of_services([service_sid]))[service_sid]
+
+    async def _of_services(self, services: Sequence[str]) -> dict[str, list[Subscription]]:
+        """Each service's subscriptions, oldest first: in two round trips, however many there
+        are (a replica's every turn reads them all, on an event loop that may be busy)."""
         async with unavailable_as_store_error():
-            ids = await self.redis.zrange(self.keys.push_ids(service_sid), 0, -1)
-            found = [await self.get(service_sid, str(i)) for i in ids]
-        return [s for s in found if s is not None]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sid in services:
+                    pipe.zrange(self.keys.push_ids(sid), 0, -1)
+                listed: list[list[str]] = await pipe.execute() if services else []
+            wanted = [(sid, str(i)) for sid, ids in zip(services, listed, strict=True) for i in ids]
+            async with self.redis.pipeline(transaction=False) as pipe:
+                for sid, sub in wanted:
+                    pipe.hgetall(self.keys.push_subscription(sid, sub))
+                records: list[dict[str, str]] = await pipe.execute() if wanted else []
+        found: dict[str, list[Subscription]] = {sid: [] for sid in services}
+        for (sid, sub), fields in zip(wanted, records, strict=True):
+            if fields:  # deleted between the two reads
+                found[sid].append(Subscription.from_fields(sub, fields))
+        return found
 
     async def update(
         self, service_sid: str, subscription_id: str, fields: dict[str, str]
@@ -136,10 +152,8 @@ class SubscriptionStore:
         """Every service's subscriptions (for the replicas to share them out)."""
         async with unavailable_as_store_error():
             services = sorted(await self.redis.smembers(self.keys.push_services))
-        found: list[Subscription] = []
-        for sid in services:
-            found += await self.of_service(str(sid))
-        return found
+        found = await self._of_services([str(sid) for sid in services])
+        return [subscription for sid in found for subscription in found[sid]]
 
     async def live_replicas(self, replica: str, until_ms: int, now_ms: int) -> int:
         """Says this replica is alive until ``until_ms``; how many are alive now."""
@@ -157,12 +171,14 @@ class SubscriptionStore:
             await self.redis.zrem(self.keys.push_replicas, replica)
 
     async def acquire(
-        self, service_sid: str, subscription_id: str, replica: str, lease_ms: int
-    ) -> tuple[str, Subscription] | None:
-        """The lease, for ``replica``: its holder name ("<replica>:<token>") and the
-        subscription; None when another holds it, or it is disabled or gone."""
-        keys, sid, sub = self.keys, service_sid, subscription_id
-        reply = await self._one(
+        self, leases: Sequence[tuple[str, str]], replica: str, lease_ms: int
+    ) -> list[tuple[str, Subscription] | Exception | None]:
+        """For each (ServiceSid, subscription id), its lease for ``replica``: the holder name
+        ("<replica>:<token>") and the subscription; None when another holds it, or it is
+        disabled or gone; the error (``StoreUnavailable`` for "not now") of one that could
+        not be asked. In one round trip per node, however many."""
+        keys = self.keys
+        calls = [
             ScriptCall(
                 self.scripts.push_acquire,
                 [
@@ -172,25 +188,41 @@ class SubscriptionStore:
                 ],
                 [replica, lease_ms],
             )
-        )
-        if not reply:
-            return None
-        return f"{replica}:{reply[0]}", self._record(sub, reply[1:])
+            for sid, sub in leases
+        ]
+        found: list[tuple[str, Subscription] | Exception | None] = []
+        for (_, sub), reply in zip(leases, await self._many(calls), strict=True):
+            if isinstance(reply, Exception) or not reply:
+                found.append(reply or None)
+            else:
+                found.append((f"{replica}:{reply[0]}", self._record(sub, reply[1:])))
+        return found
 
     async def renew(
-        self, service_sid: str, subscription_id: str, holder: str, lease_ms: int
-    ) -> Subscription | None:
-        """The lease kept, and the subscription as it is now; None when the lease is lost
-        (or the subscription disabled or gone)."""
-        keys, sid, sub = self.keys, service_sid, subscription_id
-        flat = await self._one(
+        self, leases: Sequence[tuple[str, str, str]], lease_ms: int
+    ) -> list[Subscription | Exception | None]:
+        """For each (ServiceSid, subscription id, holder), the lease kept and the subscription
+        as it is now; None when the lease is lost (or the subscription disabled or gone); the
+        error of one that could not be asked. In one round trip per node, however many."""
+        keys = self.keys
+        calls = [
             ScriptCall(
                 self.scripts.push_renew,
                 [keys.push_subscription(sid, sub), keys.push_lease(sid, sub)],
                 [holder, lease_ms],
             )
-        )
-        return self._record(sub, flat) if flat else None
+            for sid, sub, holder in leases
+        ]
+        return [
+            reply if isinstance(reply, Exception) else self._record(sub, reply) if reply else None
+            for (_, sub, _), reply in zip(leases, await self._many(calls), strict=True)
+        ]
+
+    async def _many(self, calls: Sequence[ScriptCall]) -> list[Any]:
+        """Each call's reply, or its error as the store says it."""
+        async with unavailable_as_store_error():
+            replies = await run_scripts(self.redis, calls)
+        return [as_store_error(r) if isinstance(r, Exception) else r for r in replies]
 
     async def release(self, service_sid: str, subscription_id: str, holder: str) -> None:
         await self._one(
