@@ -25,6 +25,8 @@ replica in step) gives the same, and the read goes on. A cursor older than the r
 
 from __future__ import annotations
 
+import bisect
+import functools
 import math
 import secrets
 from collections.abc import Collection, Iterable, Sequence
@@ -38,6 +40,7 @@ from redis.exceptions import ResponseError
 from presence.feed.cursor import FeedCursor, Position, history_of, history_term, moved
 from presence.feed.entries import FeedEntry, FeedRead, ResetReason
 from presence.keys import BUCKETS, Keyspace
+from presence.store import resp
 from presence.store.errors import unavailable_as_store_error
 from presence.store.nodes import by_node, on_each_node
 from presence.store.scripts import Client, Script, ScriptCall, run_scripts, source
@@ -45,6 +48,8 @@ from presence.store.scripts import Client, Script, ScriptCall, run_scripts, sour
 RETENTION_SLACK_MS = 1000
 """A cursor must be this much younger than the retention: a change after it cannot be
 trimmed between the check and the read (trimming goes by the writer's later clock)."""
+
+_EVERY_BUCKET = list(range(BUCKETS))
 
 Entry = tuple[str, dict[str, str]]
 """A stream entry as redis-py gives it: its ID, its fields."""
@@ -82,6 +87,28 @@ class _NodeQuery:
     buckets: Sequence[int]
     after: Position | None
     limits: dict[int, int]
+    groups: list[tuple[int, list[int]]] = field(init=False)
+    """The changes' commands: one per bucket on a Cluster node (each its own slot), else one
+    per limit, with the buckets read with it."""
+
+    def __post_init__(self) -> None:
+        if self.after is None:
+            self.groups = []
+        elif self.node is not None:
+            self.groups = [(self.limits[b], [b]) for b in self.buckets]
+        elif len(limits := {self.limits[b] for b in self.buckets}) == 1:
+            self.groups = [(limits.pop(), list(self.buckets))]
+        else:
+            # One command per limit: a single Redis serves every bucket.
+            by_limit: dict[int, list[int]] = {}
+            for b in self.buckets:
+                by_limit.setdefault(self.limits[b], []).append(b)
+            self.groups = sorted(by_limit.items())
+
+    @property
+    def counted(self) -> int:
+        """How many commands ``counts`` makes."""
+        return 1 if self.node is None else len(self.buckets)
 
     def counts(self, keys: Keyspace) -> list[tuple[Any, ...]]:
         sid = self.service_sid
@@ -95,46 +122,124 @@ class _NodeQuery:
             return []
         if self.node is not None:
             return [
-                ("XRANGE", keys.feed(b, sid), after.first_after_in(b), "+", "COUNT", self.limits[b])
-                for b in self.buckets
+                ("XRANGE", keys.feed(b, sid), after.first_after_in(b), "+", "COUNT", limit)
+                for limit, (b,) in self.groups
             ]
-        # One command per limit: a single Redis serves every bucket.
-        commands: list[tuple[Any, ...]] = []
-        for limit in sorted({self.limits[b] for b in self.buckets}):
-            these = [b for b in self.buckets if self.limits[b] == limit]
-            streams = [keys.feed(b, sid) for b in these]
-            starts = [after.last_before_in(b) for b in these]
-            commands.append(("XREAD", "COUNT", limit, "STREAMS", *streams, *starts))
-        return commands
+        return [
+            (
+                "XREAD", "COUNT", limit, "STREAMS",
+                *(keys.feed(b, sid) for b in these), *(after.last_before_in(b) for b in these),
+            )
+            for limit, these in self.groups
+        ]  # fmt: skip
 
     def parse(self, keys: Keyspace, replies: list[Any]) -> tuple[_NodeRead, list[Any]]:
         """What the replies to ``counts`` then ``changes`` say (its time set by the caller),
         and the replies after them."""
-        counted = len(self.counts(keys))
+        counted = self.counted
         if self.node is None:
             flat = _checked(replies[0])
-            pairs = [(flat[2 * i], flat[2 * i + 1]) for i in range(len(self.buckets))]
+            epochs, counts = flat[0::2], flat[1::2]
         else:
-            pairs = [_checked(reply) for reply in replies[:counted]]
+            epochs, counts = zip(*(_checked(reply) for reply in replies[:counted]), strict=True)
         read = _NodeRead(
             0,
-            {b: epoch for b, (epoch, _) in zip(self.buckets, pairs, strict=True)},
-            {b: int(count or 0) for b, (_, count) in zip(self.buckets, pairs, strict=True)},
+            dict(zip(self.buckets, epochs, strict=True)),
+            dict(zip(self.buckets, [int(count or 0) for count in counts], strict=True)),
         )
-        read_changes = len(self.changes(keys))
+        read_changes = len(self.groups)
         replies = replies[counted:]
         if self.node is None:
-            found: dict[str, list[Entry]] = {}
             for reply in replies[:read_changes]:
-                found.update(dict(_checked(reply) or []))
-            for b in self.buckets:
-                if found.get(keys.feed(b, self.service_sid)):
-                    read.entries[b] = found[keys.feed(b, self.service_sid)]
+                streams = _checked(reply) or ()
+                # A map by stream in RESP3, pairs in RESP2 (the embedded store's).
+                for key, items in streams.items() if isinstance(streams, dict) else streams:
+                    if items:
+                        read.entries[_bucket_of(key)] = items
         else:
             for b, items in zip(self.buckets, replies[:read_changes], strict=False):
                 if _checked(items):
                     read.entries[b] = items
         return read, replies[read_changes:]
+
+
+class _Packer:
+    """A read's commands to one Redis packed here (``resp``): redis-py's pipeline encodes each
+    of a read's 500 arguments through several layers, and a push subscription or a stream
+    reads at every change. Every key of a read ends with the ServiceSid, so each command is
+    the keys' parts before it (made once for each length of ServiceSid) joined by it."""
+
+    TIME = resp.pack(["TIME"])
+    INFO = resp.pack(["INFO", "replication"])
+
+    def __init__(self, keys: Keyspace) -> None:
+        self.keys = keys
+        self.heads = functools.lru_cache(maxsize=8)(self._heads)
+
+    def _heads(self, size: int) -> tuple[list[str], list[str]]:
+        """For a ServiceSid of ``size`` bytes, each bucket's part of the counts before it
+        (its epoch, then its count's key up to the ServiceSid), and its feed's key's."""
+
+        def head(prefix: str) -> str:
+            return f"${len(prefix.encode()) + size}\r\n{prefix}"
+
+        keys = self.keys
+        tallies = [
+            resp.bulk_text([keys.epoch(b)]) + head(keys.feed_count(b, "")) for b in range(BUCKETS)
+        ]
+        return tallies, [head(keys.feed(b, "")) for b in range(BUCKETS)]
+
+    def commands(self, query: _NodeQuery, info: bool) -> list[bytes]:
+        """TIME, the counts, the changes (and INFO replication), as ``_read_node`` sends them."""
+        sid = query.service_sid
+        tallies, feeds = self.heads(len(sid) if sid.isascii() else len(sid.encode()))
+        joint = sid + "\r\n"
+        buckets = query.buckets
+        every = len(buckets) == BUCKETS
+        counts = joint.join(tallies if every else [tallies[b] for b in buckets]) + joint
+        commands = [self.TIME, f"*{1 + 2 * len(buckets)}\r\n$4\r\nMGET\r\n{counts}".encode()]
+        after = query.after
+        if after is not None:
+            # An XREAD starts after the last ID at or before the position: one ID for the
+            # buckets up to the position's, another for those after it (in order).
+            upto = resp.bulk_text([after.last_before_in(after.bucket)])
+            beyond = resp.bulk_text([after.last_before_in(after.bucket + 1)])
+            for limit, these in query.groups:
+                streams = joint.join(feeds if len(these) == BUCKETS else [feeds[b] for b in these])
+                first_beyond = bisect.bisect_right(these, after.bucket)
+                starts = upto * first_beyond + beyond * (len(these) - first_beyond)
+                head = f"*{4 + 2 * len(these)}\r\n$5\r\nXREAD\r\n$5\r\nCOUNT\r\n"
+                commands.append(
+                    f"{head}{resp.bulk_text([str(limit)])}$7\r\nSTREAMS\r\n"
+                    f"{streams}{joint}{starts}".encode()
+                )
+        if info:
+            commands.append(self.INFO)
+        return commands
+
+    @staticmethod
+    def as_parsed(query: _NodeQuery, replies: list[Any]) -> list[Any]:
+        """The replies as redis-py's pipeline gives them: each XREAD's entries as (ID,
+        fields), the INFO as the dict of its fields."""
+        first = 2 + len(query.groups)
+        for i in range(2, first):
+            streams = replies[i]
+            if isinstance(streams, list | dict):
+                # A map by stream in RESP3, pairs in RESP2; an entry's fields a flat list.
+                pairs = streams.items() if isinstance(streams, dict) else streams
+                replies[i] = {
+                    key: [(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in entries]
+                    for key, entries in pairs
+                }
+        if len(replies) > first and isinstance(replies[first], str):
+            lines = replies[first].splitlines()
+            replies[first] = dict(line.split(":", 1) for line in lines if ":" in line)
+        return replies
+
+
+def _bucket_of(key: str) -> int:
+    """The bucket of a key (its hash tag: the prefix has no braces)."""
+    return int(key[key.index("{") + 1 : key.index("}")])
 
 
 def _tally_keys(keys: Keyspace, bucket: int, service_sid: str) -> tuple[str, str]:
@@ -152,6 +257,11 @@ class FeedReader:
         self._epoch_script = Script(source("epoch"))
         self._replication: bool | None = None
         """Whether the nodes report their replication (not the embedded store)."""
+        self._packer = (
+            _Packer(keys)
+            if resp.supported(redis) and not isinstance(redis, RedisCluster)  # type: ignore[arg-type]
+            else None
+        )
 
     # -- one node ---------------------------------------------------------------------------
 
@@ -165,28 +275,37 @@ class FeedReader:
     async def _read_node(self, query: _NodeQuery, replication: bool) -> _NodeRead:
         """The node's time, its buckets' epochs and counts, then (a position to read after)
         the changes after it, then (``replication``) its replication ID."""
-        target: dict[str, Any] = {} if query.node is None else {"target_nodes": query.node}
-        async with self.redis.pipeline(transaction=False) as pipe:
-            # TIME first: what is stored after it has an ID of at least this time. The counts
-            # next, then the changes: a change stored between them is one read after the
-            # position, never one counted before it and missed.
-            pipe.execute_command("TIME", **target)
-            for command in query.counts(self.keys):
-                pipe.execute_command(*command, **target)
-            for command in query.changes(self.keys):
-                pipe.execute_command(*command, **target)
-            if replication and self._replication is not False:
-                pipe.execute_command("INFO", "replication", **target)
-            replies: list[Any] = await pipe.execute(raise_on_error=False)
+        # TIME first: what is stored after it has an ID of at least this time. The counts
+        # next, then the changes: a change stored between them is one read after the
+        # position, never one counted before it and missed.
+        info = replication and self._replication is not False
+        replies: list[Any]
+        if self._packer is not None:
+            commands = self._packer.commands(query, info)
+            replies = self._packer.as_parsed(query, await resp.execute(self.redis, commands))  # type: ignore[arg-type]
+        else:
+            target: dict[str, Any] = {} if query.node is None else {"target_nodes": query.node}
+            async with self.redis.pipeline(transaction=False) as pipe:
+                pipe.execute_command("TIME", **target)
+                for command in query.counts(self.keys):
+                    pipe.execute_command(*command, **target)
+                for command in query.changes(self.keys):
+                    pipe.execute_command(*command, **target)
+                if info:
+                    pipe.execute_command("INFO", "replication", **target)
+                replies = await pipe.execute(raise_on_error=False)
         seconds, micros = _checked(replies[0])
         read, rest = query.parse(self.keys, replies[1:])
         read.time_ms = int(seconds) * 1000 + int(micros) // 1000
         if rest:
-            info = rest[0]
-            if isinstance(info, ResponseError) and "unknown command" in str(info).lower():
+            info_reply = rest[0]
+            if (
+                isinstance(info_reply, ResponseError)
+                and "unknown command" in str(info_reply).lower()
+            ):
                 self._replication = False  # the embedded store: nothing to fail over
             else:
-                read.replid = str(_checked(info)["master_replid"])
+                read.replid = str(_checked(info_reply)["master_replid"])
                 self._replication = True
         return read
 
@@ -245,10 +364,8 @@ class FeedReader:
         # The counts were read after TIME: a change stored in between is after the watermark
         # and counted; the first change after the watermark says how many are not.
         after = await self._read_nodes(service_sid, covered, watermark, dict.fromkeys(covered, 1))
-        firsts = {b: entries[0] for read in after for b, entries in read.entries.items()}
         epochs, counts = _merged(reads)
-        numbers = {b: _number(firsts[b]) - 1 if b in firsts else counts[b] for b in covered}
-        history = history_of([history_term(b, epochs[b], max(numbers[b], 0)) for b in covered])
+        history = _history(covered, epochs, _numbers_at(counts, after))
         ids = None
         if snapshot:
             ids = frozenset(r.replid for r in reads if r.replid is not None)
@@ -268,7 +385,7 @@ class FeedReader:
         ``limit`` of them, only from ``buckets`` when given (the buckets of the identities a
         reader follows). A cursor whose history Redis no longer holds, or older than the
         retention, gives a reset and the cursor of now."""
-        wanted = sorted(set(range(BUCKETS) if buckets is None else buckets))
+        wanted = _EVERY_BUCKET if buckets is None else sorted(set(buckets))
         if after is None:
             return FeedRead([], await self.now(service_sid, buckets))
         if after.history is None:
@@ -280,23 +397,27 @@ class FeedReader:
         )
         # The buckets the cursor's history covers but this read does not follow: only their
         # first change after the position is needed, to check it.
-        limits = dict.fromkeys(after.covers(), 1) | dict.fromkeys(wanted, count)
+        limits = dict.fromkeys(wanted, count)
+        if after.buckets is not None or buckets is not None:
+            limits = dict.fromkeys(after.covers(), 1) | limits
         reads = await self._read_nodes(
             service_sid, limits, after.position, limits, replication=after.snapshot is not None
         )
-        reason = self._reset_reason(after, reads)
+        epochs, counts = _merged(reads)
+        seen = _Seen(epochs, _numbers_at(counts, reads))
+        reason = self._reset_reason(after, reads, seen)
         if reason is not None:
             return FeedRead([], await self.now(service_sid, buckets), reason)
-        return _page(service_sid, after, reads, wanted, buckets is None, limit, count)
+        return _page(service_sid, after, reads, seen, wanted, buckets is None, limit, count)
 
-    def _reset_reason(self, after: FeedCursor, reads: list[_NodeRead]) -> ResetReason | None:
+    def _reset_reason(
+        self, after: FeedCursor, reads: list[_NodeRead], seen: _Seen
+    ) -> ResetReason | None:
         newest = max(read.time_ms for read in reads)
         if after.position.ms < newest - self.retention_ms + RETENTION_SLACK_MS:
             return ResetReason.RETENTION
-        epochs, counts = _merged(reads)
-        seen = _numbers_at(after.covers(), reads, counts)
-        history = history_of([history_term(b, epochs[b], seen[b]) for b in after.covers()])
-        if history != after.history:
+        covers = _EVERY_BUCKET if after.buckets is None else sorted(after.buckets)
+        if _history(covers, seen.epochs, seen.numbers) != after.history:
             return ResetReason.LOST
         # A listing's pages may show changes after its cursor: a node that restarted or
         # failed over since (a new replication ID) may have lost them.
@@ -307,7 +428,18 @@ class FeedReader:
         return None
 
 
+@dataclass
+class _Seen:
+    """What the reads made after a position say of each bucket they read: its epoch, and how
+    many changes its feed had up to the position."""
+
+    epochs: dict[int, str]
+    numbers: dict[int, int]
+
+
 def _merged(reads: list[_NodeRead]) -> tuple[dict[int, str], dict[int, int]]:
+    if len(reads) == 1:  # one Redis: its own, not copied (every epoch is made by now)
+        return reads[0].epochs, reads[0].counts  # type: ignore[return-value]
     epochs: dict[int, str] = {}
     counts: dict[int, int] = {}
     for read in reads:
@@ -316,19 +448,30 @@ def _merged(reads: list[_NodeRead]) -> tuple[dict[int, str], dict[int, int]]:
     return epochs, counts
 
 
-def _numbers_at(
-    buckets: Iterable[int], reads: list[_NodeRead], counts: dict[int, int]
-) -> dict[int, int]:
-    """How many changes each bucket's feed had up to the position the reads were made after:
+def _numbers_at(counts: dict[int, int], reads: list[_NodeRead]) -> dict[int, int]:
+    """How many changes each bucket's feed had up to the position ``reads`` were made after:
     the number of the first change after it, less one, else the bucket's count."""
-    firsts = {b: entries[0] for read in reads for b, entries in read.entries.items()}
-    return {b: max(_number(firsts[b]) - 1, 0) if b in firsts else counts.get(b, 0) for b in buckets}
+    numbers = dict(counts)
+    for read in reads:
+        for b, entries in read.entries.items():
+            numbers[b] = max(_number(entries[0]) - 1, 0)
+    return numbers
+
+
+def _history(buckets: list[int], epochs: dict[int, str], numbers: dict[int, int]) -> int:
+    """The history digest of ``buckets`` (sorted) at their ``numbers``."""
+    # Mapped rather than a comprehension: a read makes 128 terms, on every read.
+    terms = map(
+        history_term, buckets, map(epochs.__getitem__, buckets), map(numbers.__getitem__, buckets)
+    )
+    return history_of(list(terms))
 
 
 def _page(
     service_sid: str,
     after: FeedCursor,
     reads: list[_NodeRead],
+    seen: _Seen,
     wanted: list[int],
     everything: bool,
     limit: int,
@@ -336,7 +479,6 @@ def _page(
 ) -> FeedRead:
     """The changes after ``after`` up to the watermark, at most ``limit``, each with the
     cursor right after it."""
-    epochs, counts = _merged(reads)
     watermark = min(Position.end_of(r.time_ms - 1) for r in reads)
     entries: list[tuple[FeedEntry, int]] = []
     more = False
@@ -366,14 +508,22 @@ def _page(
     position = max(watermark, after.position)
 
     covered = None if everything else frozenset(wanted)
-    numbers = _numbers_at(wanted, reads, counts)
-    terms = {b: history_term(b, epochs[b], numbers[b]) for b in wanted}
-    history = history_of(list(terms.values()))
+    epochs, numbers = seen.epochs, seen.numbers
+    # The history of what this read follows, at the position: the cursor's own (checked just
+    # now) when it covers the same buckets.
+    if covered == after.buckets and after.history is not None:
+        history = after.history
+    else:
+        history = _history(wanted, epochs, numbers)
+    terms: dict[int, int] = {}
     cursors = []
     for entry, number in entries:
         bucket = entry.position.bucket
+        before = terms.get(bucket)
+        if before is None:
+            before = history_term(bucket, epochs[bucket], numbers[bucket])
         term = history_term(bucket, epochs[bucket], number)
-        history = moved(history, terms[bucket], term)
+        history = moved(history, before, term)
         terms[bucket] = term
         cursors.append(FeedCursor(entry.position, history, covered))
     # Past the last change delivered, up to the watermark, nothing more was stored in any
