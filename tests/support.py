@@ -23,7 +23,10 @@ from redis.asyncio import Redis, RedisCluster
 from twilio.request_validator import RequestValidator
 
 from harness.processes import service_env
+from presence.feed.hub import FeedSource
 from presence.keys import Keyspace
+from presence.metrics import Metrics
+from presence.push.leases import Leases
 from presence.store.redis import RedisStore
 from presence.web.runner import ServiceRunner
 
@@ -93,6 +96,20 @@ def make_store(
         endpoint_ttl_ms=round(ttl * 1000),
         feed_retention_ms=round(retention * 1000),
         clock=clock,
+    )
+
+
+def leases_on(store: RedisStore, feed: FeedSource | None = None) -> Leases:
+    """A replica's push leases on ``store``, its deliveries reading ``feed`` (else the
+    store's own), to private addresses, without wake-ups (they poll)."""
+    return Leases(
+        store.subscriptions,
+        store if feed is None else feed,
+        Metrics(),
+        concurrency=4,
+        timeout_seconds=1,
+        allow_private=True,
+        retention_ms=store.retention_ms,
     )
 
 

@@ -11,11 +11,10 @@ from dataclasses import replace
 
 from redis.asyncio import Redis
 
-from presence.metrics import Metrics
-from presence.push.leases import RENEW_SECONDS, Leases
+from presence.push.leases import RENEW_SECONDS
 from presence.push.records import MAX_SUBSCRIPTIONS
 from presence.twilio.samples import SERVICE_SID
-from tests.support import make_store, wait_until
+from tests.support import leases_on, make_store, wait_until
 from tests.test_push_store import new
 
 BUSY_SECONDS = 0.002
@@ -29,15 +28,7 @@ async def test_a_hundred_leases_are_taken_and_renewed_in_a_few_turns_of_a_busy_l
     cursor = (await store.feed.now(SERVICE_SID)).encode()
     for n in range(MAX_SUBSCRIPTIONS):
         await store.subscriptions.create(replace(new(f"sub_{n:03d}"), cursor=cursor))
-    leases = Leases(
-        store.subscriptions,
-        store,
-        Metrics(),
-        concurrency=4,
-        timeout_seconds=1,
-        allow_private=True,
-        retention_ms=store.retention_ms,
-    )
+    leases = leases_on(store)
     turns = 0
 
     async def busy() -> None:

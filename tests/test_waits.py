@@ -14,12 +14,10 @@ from redis.asyncio import Redis
 
 from presence.feed.cursor import FeedCursor, Position
 from presence.feed.hub import Closed, Subscriber
-from presence.metrics import Metrics
-from presence.push.leases import Leases
 from presence.store.redis import RedisStore
 from presence.twilio.samples import SERVICE_SID
 from presence.waits import set_within
-from tests.support import make_store, wait_until
+from tests.support import leases_on, make_store, wait_until
 from tests.test_push_store import new
 
 
@@ -96,15 +94,7 @@ async def test_a_push_delivery_whose_read_loses_the_cancellation_ends_when_its_l
     cursor = await store.feed.now(SERVICE_SID)
     await store.subscriptions.create(replace(new("sub_1"), cursor=cursor.encode()))
     feed = _LosesCancellations(store)
-    leases = Leases(
-        store.subscriptions,
-        feed,
-        Metrics(),
-        concurrency=4,
-        timeout_seconds=1,
-        allow_private=True,
-        retention_ms=store.retention_ms,
-    )
+    leases = leases_on(store, feed)
     running = asyncio.create_task(leases.run())
     try:
         await wait_until(lambda: feed.reads == 1, 10, "the delivery reading")
