@@ -96,8 +96,6 @@ class _NodeQuery:
             self.groups = []
         elif self.node is not None:
             self.groups = [(self.limits[b], [b]) for b in self.buckets]
-        elif len(limits := {self.limits[b] for b in self.buckets}) == 1:
-            self.groups = [(limits.pop(), list(self.buckets))]
         else:
             # One command per limit: a single Redis serves every bucket.
             by_limit: dict[int, list[int]] = {}
@@ -151,9 +149,7 @@ class _NodeQuery:
         replies = replies[counted:]
         if self.node is None:
             for reply in replies[:read_changes]:
-                streams = _checked(reply) or ()
-                # A map by stream in RESP3, pairs in RESP2 (the embedded store's).
-                for key, items in streams.items() if isinstance(streams, dict) else streams:
+                for key, items in _streams(_checked(reply)):
                     if items:
                         read.entries[_bucket_of(key)] = items
         else:
@@ -223,18 +219,24 @@ class _Packer:
         fields), the INFO as the dict of its fields."""
         first = 2 + len(query.groups)
         for i in range(2, first):
-            streams = replies[i]
-            if isinstance(streams, list | dict):
-                # A map by stream in RESP3, pairs in RESP2; an entry's fields a flat list.
-                pairs = streams.items() if isinstance(streams, dict) else streams
-                replies[i] = {
-                    key: [(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in entries]
-                    for key, entries in pairs
-                }
+            if not isinstance(replies[i], Exception):
+                # An entry's fields come as a flat list.
+                replies[i] = [
+                    (key, [(eid, dict(zip(f[::2], f[1::2], strict=True))) for eid, f in entries])
+                    for key, entries in _streams(replies[i])
+                ]
         if len(replies) > first and isinstance(replies[first], str):
             lines = replies[first].splitlines()
             replies[first] = dict(line.split(":", 1) for line in lines if ":" in line)
         return replies
+
+
+def _streams(reply: Any) -> Iterable[tuple[str, Any]]:
+    """An XREAD's (stream, entries): a map in RESP3, pairs in RESP2 (the embedded store's),
+    nothing when no stream had any."""
+    if not reply:
+        return ()
+    return reply.items() if isinstance(reply, dict) else reply
 
 
 def _bucket_of(key: str) -> int:
