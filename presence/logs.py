@@ -87,27 +87,36 @@ class TextFormatter(logging.Formatter):
 
 
 class _Lines:
-    """Lines for standard error, written together at the end of the event-loop iteration
-    (or at once, outside a running loop)."""
+    """Lines for standard error, made and written together at the end of the event-loop
+    iteration (or at once, outside a running loop).
+
+    A line is kept as its maker and values, and made only then: the lines of one iteration
+    are made one after the other, while the maker's code is in the CPU's caches. Made in
+    the handler of each request, between aiohttp's code and the other requests', a line
+    cost two to three times as much (docs/benchmarks.md, a webhook's time in place)."""
 
     def __init__(self, stream: TextIO) -> None:
         self.stream = stream
-        self.lines: list[str] = []
+        self.lines: list[tuple[Callable[..., str], tuple[Any, ...]]] = []
 
     def add(self, line: str) -> None:
+        self.later(str, line)
+
+    def later(self, make: Callable[..., str], *values: Any) -> None:
+        """A line that ``make(*values)`` makes when the lines are written."""
         if not self.lines:
             try:
                 asyncio.get_running_loop().call_soon(self.flush)
             except RuntimeError:
-                self.lines.append(line)
+                self.lines.append((make, values))
                 self.flush()
                 return
-        self.lines.append(line)
+        self.lines.append((make, values))
 
     def flush(self) -> None:
         lines, self.lines = self.lines, []
         if lines:
-            self.stream.write("\n".join(lines) + "\n")
+            self.stream.write("\n".join([make(*values) for make, values in lines]) + "\n")
             self.stream.flush()
 
 
@@ -139,15 +148,7 @@ def log_changes(changes: Iterable[Change]) -> None:
             and _plain_text(change.service_sid)
             and _plain_text(change.reason)
         ):
-            # The line nearly every change writes, in one piece (as the access log's): each
-            # value as json.dumps writes it.
-            event_id = "null" if change.event_id is None else str(change.event_id)
-            _output.add(
-                f"{_clock.asctime(_now())} INFO {CHANGES_LOGGER}: presence change: {change} "
-                f'service_sid="{change.service_sid}" identity="{change.identity}" '
-                f"online={'true' if change.online else 'false'} "
-                f'reason="{change.reason}" event_id={event_id} version={change.version}'
-            )
+            _output.later(_change_line, _now(), change)
             continue
         fields = {
             "service_sid": change.service_sid,
@@ -166,6 +167,18 @@ def log_changes(changes: Iterable[Change]) -> None:
 
 
 _changes_log = logging.getLogger(CHANGES_LOGGER)
+
+
+def _change_line(now: float, change: Change) -> str:
+    # The line nearly every change writes, in one piece (as the access log's): each value as
+    # json.dumps writes it.
+    event_id = "null" if change.event_id is None else str(change.event_id)
+    return (
+        f"{_clock.asctime(now)} INFO {CHANGES_LOGGER}: presence change: {change} "
+        f'service_sid="{change.service_sid}" identity="{change.identity}" '
+        f"online={'true' if change.online else 'false'} "
+        f'reason="{change.reason}" event_id={event_id} version={change.version}'
+    )
 
 
 def _ascii_pairs(fields: dict[str, Any]) -> str:
@@ -243,6 +256,34 @@ def _webhook_parts(
     return parts
 
 
+def _query_line(
+    now: float,
+    method: str,
+    path: str,
+    status: int,
+    seconds: float,
+    remote: str | None,
+    length: int,
+) -> str:
+    # A query's line, in one piece: each text is written as json.dumps writes a plain one
+    # (printable ASCII without quote or backslash).
+    ms = seconds * 1000
+    return (
+        f"{_clock.asctime(now)} INFO {ACCESS_LOGGER}: {method} {path} {status} {ms:.1f}ms "
+        f'method="{method}" path="{path}" status={status} duration_ms={round(ms, 3)!r} '
+        f"remote={'null' if remote is None else chr(34) + remote + chr(34)} bytes={length}"
+    )
+
+
+def _webhook_line(now: float, parts: tuple[str, str, str, str], seconds: float, length: int) -> str:
+    head, middle, remote_part, end = parts
+    ms = seconds * 1000
+    return (
+        f"{_clock.asctime(now)} INFO {ACCESS_LOGGER}: {head}{ms:.1f}ms "
+        f"{middle}duration_ms={round(ms, 3)!r} {remote_part}bytes={length}{end}"
+    )
+
+
 class AccessLogger(AbstractAccessLogger):
     """One line per request. Only the path is logged: never a header, the query or the body.
     The path stays percent-encoded, so no request can write a line break into the log."""
@@ -256,25 +297,14 @@ class AccessLogger(AbstractAccessLogger):
         if not _json:
             if outcome is None:
                 if _plain(method, path, remote):
-                    # A query's line, in one piece: each text is written as json.dumps
-                    # writes a plain one (printable ASCII without quote or backslash).
-                    _output.add(
-                        f"{_clock.asctime(_now())} INFO {ACCESS_LOGGER}: {method} {path} "
-                        f'{status} {time * 1000:.1f}ms method="{method}" path="{path}" '
-                        f"status={status} duration_ms={round(time * 1000, 3)!r} remote="
-                        f"{'null' if remote is None else chr(34) + remote + chr(34)} "
-                        f"bytes={response.body_length}"
-                    )
+                    _output.later(
+                        _query_line, _now(), method, path, status, time, remote,
+                        response.body_length,
+                    )  # fmt: skip
                     return
             elif (parts := _webhook_parts(method, path, status, remote, outcome)) is not None:
                 # A webhook's line, from the parts kept for its sender and outcome.
-                head, middle, remote_part, end = parts
-                ms = time * 1000
-                _output.add(
-                    f"{_clock.asctime(_now())} INFO {ACCESS_LOGGER}: {head}{ms:.1f}ms "
-                    f"{middle}duration_ms={round(ms, 3)!r} {remote_part}"
-                    f"bytes={response.body_length}{end}"
-                )
+                _output.later(_webhook_line, _now(), parts, time, response.body_length)
                 return
         message = f"{method} {path} {status} {time * 1000:.1f}ms"
         fields: dict[str, Any] = {

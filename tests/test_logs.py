@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -264,3 +265,49 @@ def test_change_lines_are_the_text_formatters_lines(
     )
     written = out.getvalue().rstrip("\n")
     assert written.partition(" INFO ")[2] == TextFormatter().format(wanted).partition(" INFO ")[2]
+
+
+async def test_lines_of_one_iteration_are_written_together_each_at_its_own_time(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Lines are made once the event-loop iteration ends (all of them, together, in the
+    order logged), but each carries the time it was logged at, not the time it was made."""
+    out = io.StringIO()
+    monkeypatch.setattr(logs, "_output", logs._Lines(out))
+    monkeypatch.setattr(logs, "_json", False)
+    logging.getLogger(logs.CHANGES_LOGGER).setLevel(logging.INFO)
+    logging.getLogger(logs.ACCESS_LOGGER).setLevel(logging.INFO)
+    base = 1_796_000_000.0  # a fixed second, not today: only the milliseconds are compared
+    clock = iter([base + 0.0015, base + 0.2505, base + 0.9995])
+    monkeypatch.setattr(logs, "_now", lambda: next(clock))
+    change = Change(
+        service_sid="IS" + "0" * 32,
+        identity="alice",
+        online=True,
+        reason="connected",
+        event_id=3,
+        version=3,
+        changed_at="2026-11-23T10:00:00.123Z",
+    )
+    request = make_mocked_request("POST", "/webhooks/sync")
+    request[logs.WEBHOOK_OUTCOME] = "applied"
+    logger = logs.AccessLogger(logging.getLogger(logs.ACCESS_LOGGER), "")
+    query = make_mocked_request("GET", "/v1/services")
+
+    logs.log_changes([change])
+    logger.log(request, web.Response(body=b"{}"), 0.002)
+    logger.log(query, web.Response(body=b"[]"), 0.003)
+    assert out.getvalue() == ""  # nothing made or written within the iteration
+
+    await asyncio.sleep(0)
+    lines = out.getvalue().splitlines()
+    assert [line.split(" INFO ")[1].split(":")[0] for line in lines] == [
+        logs.CHANGES_LOGGER,
+        logs.ACCESS_LOGGER,
+        logs.ACCESS_LOGGER,
+    ]
+    assert [line.split(" INFO ")[0][-4:] for line in lines] == [",001", ",250", ",999"]
+    assert "presence change: " in lines[0]
+    assert 'identity="alice"' in lines[0]
+    assert 'outcome="applied"' in lines[1]
+    assert 'path="/v1/services"' in lines[2]
