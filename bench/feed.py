@@ -82,9 +82,11 @@ class _Stream(asyncio.Protocol):
         clients = self.clients
         for match in _CHANGE.finditer(chunk, 0, cut + 1):
             clients.received += 1
-            sent = clients.sent.get((match[1].decode(), int(match[2])))
+            key = (match[1].decode(), int(match[2]))
+            sent = clients.sent.get(key)
             if sent is not None:
                 clients.latencies.append(now - sent)
+                clients.per_change[key] = clients.per_change.get(key, 0) + 1
         if clients.received >= clients.expected:
             clients.all_in.set()
 
@@ -100,6 +102,13 @@ class Clients:
         self.port = port
         self.filters = filters
         self.sent: dict[tuple[str, int], float] = {}
+        """When each change's webhook went out, by (identity, version)."""
+        self.answered: dict[tuple[str, int], tuple[float, int]] = {}
+        """Each webhook's answer: seconds after it went out, and its status."""
+        self.per_change: dict[tuple[str, int], int] = {}
+        """Deliveries received of each change."""
+        self.wanted: dict[tuple[str, int], int] = {}
+        """Deliveries expected of each change."""
         self.latencies: list[float] = []
         self.received = 0
         self.expected = 1 << 62
@@ -146,11 +155,12 @@ async def _send(
     async def sender(session: aiohttp.ClientSession) -> None:
         while (item := await queue.get()) is not None:
             params, key = item
-            clients.sent[key] = time.perf_counter()
+            clients.sent[key] = sent = time.perf_counter()
             async with session.post(
                 url, data=urlencode(params), headers=form_headers(AUTH_TOKEN, url, params)
             ) as response:
                 await response.read()
+            clients.answered[key] = (time.perf_counter() - sent, response.status)
 
     connector = aiohttp.TCPConnector(limit=SENDERS)
     async with aiohttp.ClientSession(connector=connector) as session:
@@ -166,7 +176,8 @@ async def _send(
             versions[name] = version
             online = version % 2 == 1
             params = reachability(name, "E1", version, online, connected=online)
-            expected += FOLLOWING_ALL + recipients.get(name, 0)
+            clients.wanted[(name, version)] = wanted = FOLLOWING_ALL + recipients.get(name, 0)
+            expected += wanted
             queue.put_nowait((params, (name, version)))
         for _ in workers:
             queue.put_nowait(None)
@@ -196,6 +207,8 @@ async def _measure(base: str, port: int, pids: dict[str, int], duration: float) 
     cpu = meter.stop()
     clients.stop()
     ordered = sorted(clients.latencies)
+    answers = sorted(seconds for seconds, _ in clients.answered.values())
+    short = _short(clients)
     service_cpu_s = cpu["service"] / 100 * elapsed
     return {
         "clients": CLIENTS,
@@ -209,6 +222,14 @@ async def _measure(base: str, port: int, pids: dict[str, int], duration: float) 
         "deliveries_expected": expected,
         "deliveries_received": clients.received,
         "client_errors": clients.errors,
+        # Which changes came short, and their webhooks' answers: a slow or failed webhook
+        # tells a stalled ingest from a stream that lost a change.
+        "changes_short": len(short),
+        "short_changes": short[:20],
+        "webhook_answer_ms": {
+            "p99": round(1000 * percentile(answers, 0.99), 2),
+            "max": round(1000 * percentile(answers, 1.0), 2),
+        },
         "latency_ms": {
             "p50": round(1000 * percentile(ordered, 0.5), 2),
             "p99": round(1000 * percentile(ordered, 0.99), 2),
@@ -221,6 +242,21 @@ async def _measure(base: str, port: int, pids: dict[str, int], duration: float) 
         "service_cpu_us_per_delivery": round(service_cpu_s / max(1, clients.received) * 1e6, 1),
         "service_cpu_us_per_change": round(service_cpu_s / max(1, sent) * 1e6, 1),
     }
+
+
+def _short(clients: Clients) -> list[dict[str, Any]]:
+    """The changes some client did not receive, with their webhooks' answers."""
+    short = []
+    for key, wanted in clients.wanted.items():
+        got = clients.per_change.get(key, 0)
+        if got < wanted:
+            answer = clients.answered.get(key)
+            short.append({
+                "identity": key[0], "version": key[1], "received": got, "wanted": wanted,
+                "webhook_ms": None if answer is None else round(1000 * answer[0], 1),
+                "status": None if answer is None else answer[1],
+            })  # fmt: skip
+    return short
 
 
 def run(workdir: Path, duration: float) -> dict[str, Any]:

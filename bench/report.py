@@ -211,9 +211,13 @@ def _feed_rows(fd: Run, targets: Run) -> list[list[str]]:
         f"following all), {fd['rate']:g} changes/s: webhook-to-client p50 / p99"
     )
     missing = fd["deliveries_expected"] - fd["deliveries_received"]
-    ours = f"{lat['p50']:.1f} / {lat['p99']:.1f} ms" + (
-        f" ({missing:,} deliveries missing)" if missing else ""
-    )
+    ours = f"{lat['p50']:.1f} / {lat['p99']:.1f} ms"
+    if missing:
+        ours += f" ({missing:,} deliveries missing"
+        if "changes_short" in fd:  # older results lack it
+            answer = fd["webhook_answer_ms"]["max"]
+            ours += f", of {fd['changes_short']:,} changes; slowest webhook answer {answer:,.0f} ms"
+        ours += ")"
     value, idle_goal = fd["bytes_per_idle_stream"], targets["feed_bytes_per_idle_stream"]
     return [
         ["feed", measure, ours, "", "", f"p99 < {goal:g} ms",
