@@ -19,11 +19,22 @@ _RUNNING: dict[int, subprocess.Popen[bytes]] = {}
 """Every process started here and not yet stopped, by pid (``stop_all`` ends them)."""
 
 
+_HANDED_OUT: set[int] = set()
+"""Every port ``free_port`` gave. The kernel may give a port again as soon as the socket that
+found it is closed: two servers made before either starts (three Sentinels) could get the
+same one, and the second's start would find the first listening there."""
+
+
 def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port: int = sock.getsockname()[1]
-        return port
+    """A port nothing listens on now, and never one this process was given before."""
+    for _ in range(1000):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port: int = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
+    raise RuntimeError("no port the kernel gives is new to this process")
 
 
 def wait_for_port(
