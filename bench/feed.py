@@ -150,7 +150,6 @@ async def _send(
         for name in names or ():
             recipients[name] = recipients.get(name, 0) + 1
     queue: asyncio.Queue[tuple[dict[str, str], tuple[str, int]] | None] = asyncio.Queue()
-    expected = 0
 
     async def sender(session: aiohttp.ClientSession) -> None:
         while (item := await queue.get()) is not None:
@@ -176,13 +175,12 @@ async def _send(
             versions[name] = version
             online = version % 2 == 1
             params = reachability(name, "E1", version, online, connected=online)
-            clients.wanted[(name, version)] = wanted = FOLLOWING_ALL + recipients.get(name, 0)
-            expected += wanted
+            clients.wanted[(name, version)] = FOLLOWING_ALL + recipients.get(name, 0)
             queue.put_nowait((params, (name, version)))
         for _ in workers:
             queue.put_nowait(None)
         await asyncio.gather(*workers)
-    return count, expected
+    return count, sum(clients.wanted.values())
 
 
 async def _measure(base: str, port: int, pids: dict[str, int], duration: float) -> dict[str, Any]:
