@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import itertools
 import json
+from typing import Any
 
 import orjson
 import pytest
 
+from presence import events
 from presence.events import (
     EVENT_TYPES,
     MAX_DATA_DEPTH,
+    MAX_NAME_LENGTH,
     MAX_SAFE_INTEGER,
     DocumentEvent,
     DocumentRemoved,
@@ -24,7 +28,7 @@ from presence.events import (
     normalised,
     parse_event,
 )
-from presence.twilio.samples import collection_event, reachability
+from presence.twilio.samples import ACCOUNT_SID, SERVICE_SID, collection_event, reachability
 
 MODELS = {
     "endpoint_connected": ReachabilityEvent,
@@ -102,6 +106,71 @@ def test_event_ids_outside_the_range_are_refused(value: str) -> None:
     params = reachability("a", "E1", 1, True, connected=True) | {"EventId": value}
     with pytest.raises(InvalidPayload):
         parse_event(params.items())
+
+
+ABSENT = object()
+"""A parameter left out of the webhook."""
+
+# Each parameter of a connect or disconnect: values that hold (as a form or a JSON body gives
+# them) and values that do not, every kind of problem the validators know.
+REACHABILITY_VALUES: dict[str, list[Any]] = {
+    "AccountSid": [ACCOUNT_SID, "AC" + "0" * 31, ABSENT],
+    "ServiceSid": [SERVICE_SID, "IS" + SERVICE_SID[2:].upper(), "ET" + "0" * 32],
+    "EventType": ["endpoint_connected", "endpoint_disconnected"],
+    "Identity": ["alice", "x" * MAX_NAME_LENGTH, "x" * (MAX_NAME_LENGTH + 1), "", "\ud800", 5],
+    "EndpointId": ["E1", "", None, ABSENT],
+    "EventId": ["3", 0, MAX_SAFE_INTEGER, "-1", True, "1e3", "١٢", ABSENT],
+    "IsIdentityOnline": ["true", "FALSE", True, False, "yes", 1],
+}
+
+
+def outcome(params: dict[str, Any]) -> tuple[str, Any]:
+    """What ``parse_event`` gives: the event's fields in order, with the fields set, or the
+    errors it raises."""
+    try:
+        event = parse_event(params.items())
+    except InvalidPayload as error:
+        return "refused", error.errors
+    assert isinstance(event, ReachabilityEvent)
+    return "event", (list(vars(event).items()), event.model_fields_set, event.model_dump())
+
+
+def test_connects_and_disconnects_checked_by_hand_are_what_pydantic_makes(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """Every combination of the values above: the event, or the errors, are the same whether
+    the hand-made check (nearly all webhooks) or pydantic alone parses it."""
+    names = list(REACHABILITY_VALUES)
+    combinations = [
+        {name: value for name, value in zip(names, values, strict=True) if value is not ABSENT}
+        for values in itertools.product(*REACHABILITY_VALUES.values())
+    ]
+    by_hand = [outcome(params) for params in combinations]
+    with monkeypatch.context() as patched:
+        patched.setattr(events, "_reachability", lambda params, event_type: None)
+        by_pydantic = [outcome(params) for params in combinations]
+
+    for params, mine, theirs in zip(combinations, by_hand, by_pydantic, strict=True):
+        assert mine == theirs, params
+    kinds = [kind for kind, _ in by_hand]
+    assert 0 < kinds.count("event") < kinds.count("refused")
+
+
+def test_a_valid_connect_is_made_without_pydantic(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The hand-made check is taken (the test above cannot tell it from pydantic); a
+    parameter given twice still goes to pydantic, to be named."""
+
+    class Unused:
+        def validate_python(self, params: object) -> None:
+            raise AssertionError("pydantic validated a valid connect")
+
+    params = reachability("alice", "E1", 7, True, connected=True)
+    monkeypatch.setattr(events, "_SYNC_EVENT", Unused())
+    event = parse_event(params.items())
+    assert isinstance(event, ReachabilityEvent)
+    assert (event.identity, event.endpoint_id, event.event_id) == ("alice", "E1", 7)
+    with pytest.raises(AssertionError, match="pydantic validated"):
+        parse_event([*params.items(), ("EventId", "7")])
 
 
 def test_json_values_may_already_be_typed() -> None:

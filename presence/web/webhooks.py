@@ -22,8 +22,9 @@ from presence.events import (
     FieldError,
     InvalidPayload,
     ReachabilityEvent,
+    gathered,
     loads_strict,
-    parse_event,
+    parse_parameters,
 )
 from presence.logs import WEBHOOK_OUTCOME, log_changes
 from presence.metrics import UNKNOWN, Metrics
@@ -288,7 +289,7 @@ class WebhookReceiver:
             return pairs
         if len(pairs) > MAX_PARAMETERS:
             return _body_error(f"has more than {MAX_PARAMETERS} parameters")
-        params = dict(pairs)
+        params, repeated = gathered(pairs)
         _note_service(request, params)
         event_type = _event_type_label(params)
         if not self._account_accepted(params):
@@ -296,7 +297,7 @@ class WebhookReceiver:
                 403, "account_not_allowed", "AccountSid is not accepted here", event_type
             )
         try:
-            event = parse_event(pairs)
+            event = parse_parameters(params, repeated)
         except InvalidPayload as error:
             return _invalid(error.errors, event_type)
         if event is None:
