@@ -83,6 +83,18 @@ async def test_the_bytes_are_aiohttps_own(requests: tuple[bytes, ...], is_packed
     assert all(r.body_length > len(BODY) for r in packed_replies)
 
 
+def test_it_is_made_as_aiohttp_makes_a_response() -> None:
+    """Its constructor sets what ``web.Response``'s does, without calling it: an aiohttp that
+    sets more (or other values) fails here rather than in a reply."""
+    packed = vars(PackedReply(BODY))
+    plain = vars(web.Response(body=BODY, content_type=JSON))
+    assert packed.pop("packed") is False
+    assert packed.keys() == plain.keys()
+    for name, value in plain.items():
+        assert packed[name] == value, name
+    assert packed["_headers"] is not vars(PackedReply(BODY))["_headers"]
+
+
 def date_of(reply: bytes) -> bytes:
     found = DATE.search(reply)
     assert found is not None
