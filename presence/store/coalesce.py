@@ -100,9 +100,11 @@ class Coalescer:
         # dropped, see _deliver).
         return await self._queue(ScriptCall(script, keys, args))
 
-    async def run(self, call: ScriptCall) -> Any:
-        """Runs ``call`` as ``call()`` does, sending its packed form when it has one."""
-        return await self._queue(call)
+    def run(self, call: ScriptCall) -> asyncio.Future[Any]:
+        """Runs ``call`` as ``call()`` does, sending its packed form when it has one: queued
+        at once, and its reply awaited on the future returned (no coroutine of its own: one
+        is run for nearly every webhook)."""
+        return self._queue(call)
 
     @property
     def pipelined(self) -> bool:

@@ -279,7 +279,13 @@ class WebhookReceiver:
         event, applied."""
         if request.content_type not in (FORM, JSON):
             return _reject(415, "unsupported_media_type", f"send {FORM} (as Twilio does) or {JSON}")
-        body = await self._read_body(request)
+        length, content = request.content_length, request.content
+        if length is not None and length <= self.max_body and content.is_eof():
+            # Whole already (a webhook's body nearly always comes with its headers): taken as
+            # it is, without read()'s loop of awaits and copies.
+            body: bytes | None = content.read_nowait()
+        else:
+            body = await self._read_body(request)
         if body is None:
             return _reject(
                 413, "payload_too_large", f"the body is larger than {self.max_body} bytes"
@@ -331,9 +337,14 @@ class WebhookReceiver:
     ) -> _Verdict:
         """The event stored, and its outcome; a 503 when Redis cannot take it."""
         try:
-            if isinstance(event, ReachabilityEvent):
-                return await self._apply_reachability(event, event_type)
-            return _done(await self.store.record(event, self._token(request)), event_type)
+            if not isinstance(event, ReachabilityEvent):
+                return _done(await self.store.record(event, self._token(request)), event_type)
+            if event.identity == SYSTEM_IDENTITY:
+                return _done(Outcome.IGNORED, event_type)
+            # Here rather than in a coroutine of its own: nearly every webhook comes this way.
+            result = await self.store.apply_reachability(event)
+            self._observe(result, event.service_sid)
+            return _done(result.outcome, event_type)
         except ReplicasBehind as error:
             # Applied on the master only: Twilio's retry is answered duplicate or stale.
             log.warning("replicas did not confirm a webhook: %s", error)
@@ -343,13 +354,6 @@ class WebhookReceiver:
             log.warning("store unavailable for a webhook: %s", error)
             self.metrics.redis_error("webhook")
             return _Verdict(store_unavailable(), event_type, rejection="store_unavailable")
-
-    async def _apply_reachability(self, event: ReachabilityEvent, event_type: str) -> _Verdict:
-        if event.identity == SYSTEM_IDENTITY:
-            return _done(Outcome.IGNORED, event_type)
-        result = await self.store.apply_reachability(event)
-        self._observe(result, event.service_sid)
-        return _done(result.outcome, event_type)
 
     def _observe(self, result: EventResult, service_sid: str) -> None:
         log_changes(result.changes)
@@ -374,11 +378,6 @@ class WebhookReceiver:
         if request.content_length is not None:
             if request.content_length > self.max_body:
                 return None
-            content = request.content
-            if content.is_eof():
-                # Whole already (a webhook's body nearly always comes with its headers):
-                # taken as it is, without read()'s loop of awaits and copies.
-                return content.read_nowait()
             return await request.read()  # it stops at the length declared
         body = bytearray()
         async for chunk in request.content.iter_any():
