@@ -431,13 +431,14 @@ def parse_parameters(
 
 _REACHABILITY_TYPES = frozenset(event_types(ReachabilityEvent))
 _REACHABILITY_FIELDS = frozenset(ReachabilityEvent.model_fields)
+_set = object.__setattr__
 
 
 def _reachability(params: dict[str, object], event_type: str) -> ReachabilityEvent | None:
     """A connect or disconnect whose every field holds, checked by the validators of its
-    model without pydantic's own work around them (a third of the cost, on nearly all the
-    webhooks a service gets); None as soon as one does not hold, for pydantic to name them all.
-    """
+    model without pydantic's own work around them (``parse_event`` a quarter cheaper, on
+    nearly all the webhooks a service gets); None as soon as one does not hold, for pydantic
+    to name them all."""
     account, service = params.get("AccountSid"), params.get("ServiceSid")
     identity, endpoint = params.get("Identity"), params.get("EndpointId")
     if not (
@@ -470,9 +471,6 @@ def _reachability(params: dict[str, object], event_type: str) -> ReachabilityEve
     _set(event, "__pydantic_extra__", None)
     _set(event, "__pydantic_private__", None)
     return event
-
-
-_set = object.__setattr__
 
 
 def normalised(event: CollectionEvent) -> dict[str, Any]:
