@@ -105,7 +105,7 @@ class Pages:
         endpoint = packed_endpoint(event.endpoint_id)
         event_id = str(event.event_id)
         online = "1" if event.is_identity_online else "0"
-        connected = "1" if event.event_type == "endpoint_connected" else "0"
+        connected = "1" if event.connected else "0"
         if self.clock is not None:
             # A clock of the tests' own: its time is in every call's ARGV.
             keys = self.keys_of(service_sid, bucket, page)
